@@ -1,4 +1,5 @@
-"""pynba_exporter: the Pinba engine (records, wire codec, transport) and the OpenTelemetry bridge."""
+"""pynba_exporter: the Pinba engine (records, wire codec, transport) and the OpenTelemetry
+bridge."""
 
 from pynba_exporter._model import PinbaRequest, PinbaTimer
 from pynba_exporter._wire import PinbaDecodeError, PinbaEncodeError, decode, encode

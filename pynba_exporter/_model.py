@@ -8,15 +8,15 @@ so that building a record stays cheap on the request path.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Union
 
 __all__ = ["PinbaRequest", "PinbaTimer", "TagValue"]
 
 #: What a tag value may be. Anything else with a working ``str()`` is accepted at run time too;
 #: numbers become text the way the reference client writes them (see ``encode``).
-TagValue = Union[str, bytes, int, float]
+TagValue = str | bytes | int | float
 
 
 def _as_tuple(owner: object, name: str) -> None:
@@ -25,10 +25,8 @@ def _as_tuple(owner: object, name: str) -> None:
     # to reject with a message naming the field.
     value = getattr(owner, name)
     if type(value) is not tuple and not isinstance(value, (str, bytes, Mapping)):
-        try:
+        with contextlib.suppress(TypeError):  # not iterable: encode() reports it
             object.__setattr__(owner, name, tuple(value))
-        except TypeError:
-            pass  # not iterable: encode() reports it
 
 
 @dataclass(frozen=True, slots=True)

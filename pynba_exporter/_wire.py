@@ -40,6 +40,8 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import attrgetter, mul, truediv
 from typing import Any, Final
 
 from pynba_exporter._model import PinbaRequest, PinbaTimer
@@ -86,7 +88,7 @@ class PinbaDecodeError(ValueError):
 
 def _php_float(x: float) -> str:
     """A float as PHP turns it into a string (``precision=14``): 0.1, 1.0E+20, 1.0E-5, -0."""
-    if x != x:
+    if math.isnan(x):
         return "NAN"
     if x == math.inf:
         return "INF"
@@ -96,7 +98,7 @@ def _php_float(x: float) -> str:
         return "-0" if math.copysign(1.0, x) < 0 else "0"
     # zend_gcvt switches to exponent form exactly where %G does (exponent < -4 or >= precision),
     # but writes a one-digit mantissa as "1.0" and the exponent without padding.
-    s = "%.14G" % x
+    s = f"{x:.14G}"
     mantissa, e, exponent = s.partition("E")
     if not e:
         return s
@@ -124,9 +126,7 @@ def _text(value: object, where: str) -> str:
     try:
         return str(value)
     except Exception as exc:
-        raise PinbaEncodeError(
-            where, f"str() of a {type(value).__name__} failed: {exc!r}"
-        ) from exc
+        raise PinbaEncodeError(where, f"str() of a {type(value).__name__} failed: {exc!r}") from exc
 
 
 def _utf8(s: str) -> bytes:
@@ -161,6 +161,10 @@ def _str_bytes(value: object, where: str) -> bytes:
 def _varint(v: int) -> bytes:
     if v < 0x80:
         return _SMALL[v]
+    if v < 0x4000:
+        return bytes((v & 0x7F | 0x80, v >> 7))
+    if v < 0x200000:
+        return bytes((v & 0x7F | 0x80, (v >> 7) & 0x7F | 0x80, v >> 14))
     out = bytearray()
     while v >= 0x80:
         out.append((v & 0x7F) | 0x80)
@@ -176,15 +180,15 @@ def _u32(value: object, where: str) -> int:
     if type(value) is int and 0 <= value <= UINT32_MAX:
         return value
     if isinstance(value, float):
-        if value != value:
+        if math.isnan(value):
             return 0
-        value = UINT32_MAX if value > UINT32_MAX else int(value) if value > 0 else 0
-    elif not isinstance(value, int):
+        number = UINT32_MAX if value > UINT32_MAX else int(value) if value > 0 else 0
+    else:
         try:
-            value = int(value)  # type: ignore[call-overload]
+            number = int(value)  # type: ignore[call-overload]
         except Exception as exc:
             raise PinbaEncodeError(where, f"expected an integer, got {value!r}") from exc
-    return 0 if value < 0 else UINT32_MAX if value > UINT32_MAX else int(value)
+    return 0 if number < 0 else min(number, UINT32_MAX)
 
 
 def _seconds(value: object, where: str) -> float:
@@ -207,80 +211,97 @@ def _seconds(value: object, where: str) -> float:
 def _usec(value: object, where: str) -> int:
     """Seconds -> whole microseconds, as the reference client's ``float_to_timeval`` does."""
     v = _seconds(value, where)
-    if v > 4294967295.0:
-        v = 4294967295.0  # the reference client keeps timer seconds in a 32-bit int
+    v = min(v, 4294967295.0)  # the reference client keeps timer seconds in a 32-bit int
     sec = int(v)
     return sec * 1_000_000 + int((v - sec) * 1000000.0)
 
 
-def _usec_to_float(us: int) -> float:
-    # timeval_to_float: (float)tv_sec + (float)tv_usec / 1000000.0, computed in double.
-    sec, usec = divmod(us, 1_000_000)
-    v = sec + usec / 1000000.0
-    return FLT_MAX if v > FLT_MAX else v
-
-
 # --------------------------------------------------------------------------------------------
 # Encoding
+#
+# encode() runs on every request of the host app, so the common case is made cheap by caching
+# what repeats between requests. An app sends the same few shapes of request over and over: the
+# same names, the same request tag names, the same timer tag sets in the same order. The
+# "layout" of a request (its dictionary and every index field: 12, 13, 14, 15, 20, 21, plus how
+# its timers merge) depends only on that shape, so it is computed once by the careful path and
+# then found by one dict lookup; only the numbers (fields 4-11, 16-17, 22-23) are written anew.
+# A layout is cached only when every tag name and value was a plain str: then equality of the
+# raw shape implies equality of the text (False == 0, but "" != "0").
 
-# Dictionary entries (key 15, length, bytes) of the strings seen recently. Tag names and values
-# repeat from request to request, so most requests find all of theirs here.
-_ENTRY_CACHE: dict[str, bytes] = {}
-_ENTRY_CACHE_MAX: Final = 4096
-_ENTRY_CACHEABLE_LEN: Final = 256
+_CACHE_MAX: Final = 4096
+_CACHEABLE_LEN: Final = 256
+_US: Final = 1000000
 
 
-def _entry(s: str) -> bytes:
-    e = _ENTRY_CACHE.get(s)
-    if e is None:
-        raw = _utf8(s)
-        e = b"\x7a" + _varint(len(raw)) + raw
-        if len(s) <= _ENTRY_CACHEABLE_LEN:
-            if len(_ENTRY_CACHE) >= _ENTRY_CACHE_MAX:
-                _ENTRY_CACHE.clear()
-            _ENTRY_CACHE[s] = e
-    return e
+def _cache_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()  # a burst of new shapes: start over rather than grow or track recency
+    cache[key] = value
+
+
+# (hostname, server_name, script_name) -> fields 1 to 3.
+_NAMES_CACHE: dict[tuple[object, object, object], bytes] = {}
+
+
+def _names(r: PinbaRequest) -> bytes:
+    """Fields 1 to 3."""
+    key = (r.hostname, r.server_name, r.script_name)
+    try:
+        cached = _NAMES_CACHE.get(key)
+    except TypeError:  # unhashable: _str_bytes below says what is wrong
+        cached = None
+    if cached is not None:
+        return cached
+    host = _str_bytes(r.hostname, "hostname")
+    server = _str_bytes(r.server_name, "server_name")
+    script = _str_bytes(r.script_name, "script_name")
+    out = b"".join(
+        (b"\x0a", _varint(len(host)), host, b"\x12", _varint(len(server)), server,
+         b"\x1a", _varint(len(script)), script)
+    )  # fmt: skip
+    if len(out) <= 3 * _CACHEABLE_LEN and all(type(x) is str for x in key):
+        _cache_put(_NAMES_CACHE, key, out)
+    return out
 
 
 _HEAD_FLOATS: Final = struct.Struct("<BfBfBf")
-_FLOAT_RUNS: dict[int, struct.Struct] = {}
+_STRUCTS: dict[tuple[int, int], struct.Struct] = {}
 
 
-def _floats_struct(n: int) -> struct.Struct:
-    st = _FLOAT_RUNS.get(n)
+def _interleaved(keylen: int, n: int) -> struct.Struct:
+    """A struct writing n floats, each after ``keylen`` key bytes (0: packed, no keys)."""
+    st = _STRUCTS.get((keylen, n))
     if st is None:
-        st = struct.Struct(f"<{n}f")
-        if n <= 64:
-            _FLOAT_RUNS[n] = st
+        st = struct.Struct("<" + ("B" * keylen + "f") * n)
+        if n <= 256:
+            _STRUCTS[(keylen, n)] = st
     return st
 
 
 def _rep_varints(key: bytes, values: list[int], packed: bool) -> bytes:
-    n = len(values)
+    """A repeated uint32 field, unpacked (one key per value) or packed."""
     small = max(values) < 0x80
     if packed:
         payload = bytes(values) if small else b"".join(map(_varint, values))
         return key + _varint(len(payload)) + payload
     if small and len(key) == 1:
-        out = bytearray(key * n * 2)
+        out = [key[0]] * (2 * len(values))
         out[1::2] = values
         return bytes(out)
     return b"".join([key + _varint(v) for v in values])
 
 
 def _rep_floats(key: bytes, values: list[float], packed: bool) -> bytes:
+    """A repeated float field, unpacked (one key per value) or packed."""
     n = len(values)
-    data = _floats_struct(n).pack(*values)
     if packed:
-        return key + _varint(4 * n) + data
+        st = _STRUCTS.get((0, n)) or _interleaved(0, n)
+        return key + _varint(4 * n) + st.pack(*values)
     k = len(key)
-    step = k + 4
-    out = bytearray(key * n + data)  # right size; then interleave key, value, key, value...
-    for j in range(k):
-        out[j::step] = key[j : j + 1] * n
-    for j in range(4):
-        out[k + j :: step] = data[j::4]
-    return bytes(out)
+    st = _STRUCTS.get((k, n)) or _interleaved(k, n)
+    args: list[Any] = [*key, 0.0] * n
+    args[k :: k + 1] = values
+    return st.pack(*args)
 
 
 # Keys of the repeated fields: (unpacked, packed)
@@ -297,20 +318,68 @@ _K23 = (b"\xbd\x01", b"\xba\x01")
 _Pairs = tuple[tuple[str, str], ...]
 
 
-class _Merged:
-    """One timer after merging, times in whole microseconds."""
+class _Layout:
+    """What a request's shape decides: fields 12 to 15, fields 20 and 21, how timers merge."""
 
-    __slots__ = ("hits", "pairs", "ru_stime", "ru_utime", "value")
+    __slots__ = ("cpu_args", "cpu_struct", "dictionary", "n", "plan", "request_tags")
 
-    def __init__(self, pairs: _Pairs, hits: int, value: int, ru_utime: int, ru_stime: int):
-        self.pairs = pairs
-        self.hits = hits
-        self.value = value
-        self.ru_utime = ru_utime
-        self.ru_stime = ru_stime
+    def __init__(self, dictionary: bytes, request_tags: bytes, n: int, plan: list[int] | None):
+        self.dictionary = dictionary  # fields 12, 13, 14, 15
+        self.request_tags = request_tags  # fields 20, 21
+        self.n = n  # timers after merging
+        self.plan = plan  # merged slot of each timer; None when no two timers merge
+        self.cpu_struct: struct.Struct | None = None  # fields 22 and 23 unpacked, in one go
+        self.cpu_args: list[Any] = []
+
+
+def _make_layout(
+    request_tags: Sequence[tuple[str, str]], keys: Sequence[_Pairs], plan: list[int] | None,
+    packed: bool,
+) -> _Layout:  # fmt: skip
+    """The dictionary in order of first use: request tags (value, then name), then timer tags
+    (name, then value); and the index fields that point into it."""
+    index: dict[str, int] = {}
+    words: list[str] = []
+    for name, value in request_tags:
+        words.append(value)
+        words.append(name)
+    n_req = len(words)
+    for key in keys:
+        for name, value in key:
+            words.append(name)
+            words.append(value)
+    for w in words:
+        if w not in index:
+            index[w] = len(index)
+    ids = [index[w] for w in words]
+    p = 1 if packed else 0
+    parts = []
+    if keys:
+        parts.append(_rep_varints(_K12[p], [len(k) for k in keys], packed))
+        parts.append(_rep_varints(_K13[p], ids[n_req::2], packed))
+        parts.append(_rep_varints(_K14[p], ids[n_req + 1 :: 2], packed))
+    parts.extend(map(_entry, index))
+    tags = b""
+    if n_req:
+        tags = _rep_varints(_K20[p], ids[1:n_req:2], packed) + _rep_varints(
+            _K21[p], ids[0:n_req:2], packed
+        )
+    return _Layout(b"".join(parts), tags, len(keys), plan)
+
+
+def _entry(s: str) -> bytes:
+    raw = _utf8(s)
+    return b"\x7a" + _varint(len(raw)) + raw
+
+
+# (packed, raw request tag items, raw timer tag items of each timer) -> _Layout
+_LAYOUTS: dict[tuple[bool, tuple[Any, ...], tuple[Any, ...]], _Layout] = {}
+_TIMER_FIELDS = attrgetter("tags", "value", "hit_count", "ru_utime", "ru_stime")
+_DICT_ITEMS = dict.items
 
 
 def _tag_pairs(tags: object, where: str) -> list[tuple[str, str]]:
+    """Tags as text, sorted by name."""
     try:
         items = list(tags.items())  # type: ignore[attr-defined]
     except Exception as exc:
@@ -320,146 +389,265 @@ def _tag_pairs(tags: object, where: str) -> list[tuple[str, str]]:
     for j, (name, value) in enumerate(items):
         if type(name) is not str or type(value) is not str:
             items[j] = (_text(name, f"{where} name {name!r}"), _text(value, f"{where}[{name!r}]"))
-    items.sort()
+    # By UTF-8 bytes, as the reference client's strcmp(); code point order is the same except
+    # for surrogate-escaped bytes.
+    items.sort(key=lambda pair: (_utf8(pair[0]), _utf8(pair[1])))
     return items
 
 
-def _merge(timers: Sequence[PinbaTimer]) -> list[_Merged]:
-    """Timers with identical tag sets merged into the first of them, in creation order."""
-    merged: dict[_Pairs, _Merged] = {}
+def _all_str(items: Iterable[tuple[object, object]]) -> bool:
+    return all(type(a) is str and type(b) is str for a, b in items)
+
+
+class _Merged:
+    """A request's timers after merging, as columns; times in whole microseconds."""
+
+    __slots__ = ("cacheable", "hits", "keys", "plan", "ru_stime", "ru_utime", "values")
+
+    def __init__(self) -> None:
+        self.keys: list[_Pairs] = []
+        self.hits: list[int] = []
+        self.values: list[int] = []
+        self.ru_utime: list[int] = []
+        self.ru_stime: list[int] = []
+        self.plan: list[int] | None = None
+        self.cacheable = True
+
+
+def _merge(timers: object) -> _Merged:
+    """The careful path: every timer checked and converted, identical tag sets merged."""
+    if isinstance(timers, (str, bytes, Mapping)) or not isinstance(timers, Iterable):
+        raise PinbaEncodeError("timers", f"expected a sequence of PinbaTimer, got {timers!r}")
+    m = _Merged()
+    slots: dict[_Pairs, int] = {}
+    plan = []
     for i, t in enumerate(timers):
-        try:
-            tags, value, hits, ru_u, ru_s = t.tags, t.value, t.hit_count, t.ru_utime, t.ru_stime
-        except AttributeError as exc:
-            raise PinbaEncodeError(
-                f"timers[{i}]", f"expected a PinbaTimer, got {type(t).__name__}"
-            ) from exc
-        pairs = tuple(_tag_pairs(tags, f"timers[{i}].tags"))
-        if not pairs:
+        if not isinstance(t, PinbaTimer):
+            raise PinbaEncodeError(f"timers[{i}]", f"expected a PinbaTimer, got {t!r}")
+        key = tuple(_tag_pairs(t.tags, f"timers[{i}].tags"))
+        if not key:
             raise PinbaEncodeError(f"timers[{i}].tags", "a timer needs at least one tag")
-        us = _usec(value, f"timers[{i}].value")
-        u = _usec(ru_u, f"timers[{i}].ru_utime") if ru_u else 0
-        s = _usec(ru_s, f"timers[{i}].ru_stime") if ru_s else 0
-        hits = _u32(hits, f"timers[{i}].hit_count") or 1
-        m = merged.get(pairs)
-        if m is None:
-            merged[pairs] = _Merged(pairs, hits, us, u, s)
+        if m.cacheable and not (type(t.tags) is dict and _all_str(t.tags.items())):
+            m.cacheable = False
+        hits = _u32(t.hit_count, f"timers[{i}].hit_count") or 1
+        us = _usec(t.value, f"timers[{i}].value")
+        u = _usec(t.ru_utime, f"timers[{i}].ru_utime")
+        s = _usec(t.ru_stime, f"timers[{i}].ru_stime")
+        slot = slots.get(key)
+        if slot is None:
+            slot = slots[key] = len(m.keys)
+            m.keys.append(key)
+            m.hits.append(hits)
+            m.values.append(us)
+            m.ru_utime.append(u)
+            m.ru_stime.append(s)
         else:
-            m.hits = min(m.hits + hits, UINT32_MAX)
-            m.value += us
-            m.ru_utime += u
-            m.ru_stime += s
-    return list(merged.values())
+            m.hits[slot] = min(m.hits[slot] + hits, UINT32_MAX)
+            m.values[slot] += us
+            m.ru_utime[slot] += u
+            m.ru_stime[slot] += s
+        plan.append(slot)
+    if len(m.keys) < len(plan):
+        m.plan = plan
+    return m
+
+
+def _usecs(col: Sequence[Any]) -> list[int] | None:
+    """float_to_timeval() of the reference client (truncation to whole microseconds) over a
+    column of plain numbers; None when one needs the careful path (negative, NaN, huge...)."""
+    n = len(col)
+    if not any(col):
+        return [0] * n
+    total = sum(col)
+    if not (total < 4294967296.0 and min(col) >= 0):  # NaN and inf fail the first test
+        return None
+    if max(col) < 1.0:  # tv_sec == 0, so (v - tv_sec) * 1e6 is v * 1e6
+        return list(map(int, map(mul, col, repeat(1000000.0, n))))
+    return [int(v) * _US + int((v - int(v)) * 1000000.0) for v in col]
+
+
+def _summed(plan: list[int], n: int, col: list[int]) -> list[int]:
+    out = [0] * n
+    for slot, v in zip(plan, col):
+        out[slot] += v
+    return out
+
+
+def _f32s(usecs: list[int]) -> list[float]:
+    # timeval_to_float(): (float)tv_sec + (float)tv_usec / 1000000.0, computed in double. Below
+    # one second that is exactly us / 1e6.
+    n = len(usecs)
+    if not any(usecs):
+        return [0.0] * n
+    if max(usecs) < _US:
+        return list(map(truediv, usecs, repeat(1000000.0, n)))
+    return [us // _US + (us % _US) / 1000000.0 for us in usecs]
 
 
 def _head(r: PinbaRequest) -> bytes:
-    """Fields 1 to 9."""
-    host = _str_bytes(r.hostname, "hostname")
-    server = _str_bytes(r.server_name, "server_name")
-    script = _str_bytes(r.script_name, "script_name")
+    """Fields 4 to 9."""
+    rc, ds, mp = r.request_count, r.document_size, r.memory_peak
+    if type(rc) is not int or not 0 <= rc < 0x80:
+        rc = _u32(rc, "request_count")
+    if type(ds) is not int or not 0 <= ds <= UINT32_MAX:
+        ds = _u32(ds, "document_size")
+    if type(mp) is not int or not 0 <= mp <= UINT32_MAX:
+        mp = _u32(mp, "memory_peak")
+    rt, ru, rs = r.request_time, r.ru_utime, r.ru_stime
+    if not (type(rt) is float and FLT_MIN_NORMAL <= rt <= FLT_MAX):
+        rt = _seconds(rt, "request_time")
+    if not (type(ru) is float and FLT_MIN_NORMAL <= ru <= FLT_MAX):
+        ru = _seconds(ru, "ru_utime")
+    if not (type(rs) is float and FLT_MIN_NORMAL <= rs <= FLT_MAX):
+        rs = _seconds(rs, "ru_stime")
     return b"".join(
-        (
-            b"\x0a",
-            _varint(len(host)),
-            host,
-            b"\x12",
-            _varint(len(server)),
-            server,
-            b"\x1a",
-            _varint(len(script)),
-            script,
-            b"\x20",
-            _varint(_u32(r.request_count, "request_count")),
-            b"\x28",
-            _varint(_u32(r.document_size, "document_size")),
-            b"\x30",
-            _varint(_u32(r.memory_peak, "memory_peak")),
-            _HEAD_FLOATS.pack(
-                0x3D,
-                _seconds(r.request_time, "request_time"),
-                0x45,
-                _seconds(r.ru_utime, "ru_utime"),
-                0x4D,
-                _seconds(r.ru_stime, "ru_stime"),
-            ),
-        )
-    )
+        (b"\x20", _SMALL[rc] if rc < 0x80 else _varint(rc),
+         b"\x28", _SMALL[ds] if ds < 0x80 else _varint(ds),
+         b"\x30", _SMALL[mp] if mp < 0x80 else _varint(mp),
+         _HEAD_FLOATS.pack(0x3D, rt, 0x45, ru, 0x4D, rs))
+    )  # fmt: skip
 
 
-def _assemble(
+def _cpu_fields(layout: _Layout, ru_utime: list[float], ru_stime: list[float]) -> bytes:
+    """Fields 22 and 23 unpacked, by one struct call (they are the last fields, and the
+    reference client always writes both)."""
+    st = layout.cpu_struct
+    n = layout.n
+    if st is None:
+        st = layout.cpu_struct = struct.Struct("<" + "BBf" * (2 * n))
+        layout.cpu_args = [0xB5, 0x01, 0.0] * n + [0xBD, 0x01, 0.0] * n
+    args = layout.cpu_args.copy()
+    args[2 : 3 * n : 3] = ru_utime
+    args[3 * n + 2 :: 3] = ru_stime
+    return st.pack(*args)
+
+
+def _assemble(  # noqa: PLR0917 - internal, called from two places with every column
     r: PinbaRequest,
-    head: bytes,
-    request_tags: list[tuple[str, str]],
-    timers: list[_Merged],
+    names: bytes,
+    layout: _Layout,
+    hits: list[int],
+    values: list[float],
+    ru_utime: list[float],
+    ru_stime: list[float],
     packed: bool,
 ) -> bytes:
-    """The packet, from its parts: ``head`` is fields 1-9, the rest comes from ``r``."""
-    index: dict[str, int] = {}
-    entries: list[bytes] = []
+    """The packet, in field order: 1-3 ``names``, 4-9 from r, 10-11 the timers' numbers, 12-15
+    the layout's, 16-19 from r, 20-21 the layout's, 22-23 the timers' CPU."""
     p = 1 if packed else 0
-
-    def idx(s: str) -> int:
-        i = index.get(s)
-        if i is None:
-            i = index[s] = len(entries)
-            entries.append(_entry(s))
-        return i
-
-    parts = [head]
-    tag_names: list[int] = []
-    tag_values: list[int] = []
-    for name, value in request_tags:
-        tag_values.append(idx(value))  # the reference client adds the value first
-        tag_names.append(idx(name))
-    if timers:
-        counts: list[int] = []
-        names: list[int] = []
-        values: list[int] = []
-        for m in timers:
-            counts.append(len(m.pairs))
-            for name, value in m.pairs:
-                names.append(idx(name))
-                values.append(idx(value))
-        parts.append(_rep_varints(_K10[p], [m.hits for m in timers], packed))
-        parts.append(_rep_floats(_K11[p], [_usec_to_float(m.value) for m in timers], packed))
-        parts.append(_rep_varints(_K12[p], counts, packed))
-        parts.append(_rep_varints(_K13[p], names, packed))
-        parts.append(_rep_varints(_K14[p], values, packed))
-    parts.extend(entries)
+    parts = [names, _head(r)]
+    if layout.n:
+        parts.append(_rep_varints(_K10[p], hits, packed))
+        parts.append(_rep_floats(_K11[p], values, packed))
+    parts.append(layout.dictionary)
+    st, fp = r.status, r.memory_footprint
+    if type(st) is not int or not 0 <= st <= UINT32_MAX:
+        st = _u32(st, "status")
+    if type(fp) is not int or not 0 <= fp <= UINT32_MAX:
+        fp = _u32(fp, "memory_footprint")
     parts.append(b"\x80\x01")
-    parts.append(_varint(_u32(r.status, "status")))
+    parts.append(_SMALL[st] if st < 0x80 else _varint(st))
     parts.append(b"\x88\x01")
-    parts.append(_varint(_u32(r.memory_footprint, "memory_footprint")))
+    parts.append(_SMALL[fp] if fp < 0x80 else _varint(fp))
     if r.requests:
-        nested = r.requests
-        if isinstance(nested, (str, bytes, Mapping)) or not isinstance(nested, Iterable):
-            raise PinbaEncodeError("requests", "expected a sequence of PinbaRequest")
-        for i, sub in enumerate(nested):
-            if not isinstance(sub, PinbaRequest):
-                raise PinbaEncodeError(
-                    f"requests[{i}]", f"expected a PinbaRequest, got {type(sub).__name__}"
-                )
-            data = encode(sub, packed=packed)
-            parts.append(b"\x92\x01" + _varint(len(data)))
-            parts.append(data)
+        parts.extend(_nested(r.requests, packed))
     if r.schema:
         schema = _str_bytes(r.schema, "schema")
-        parts.append(b"\x9a\x01" + _varint(len(schema)))
-        parts.append(schema)
-    if tag_names:
-        parts.append(_rep_varints(_K20[p], tag_names, packed))
-        parts.append(_rep_varints(_K21[p], tag_values, packed))
-    if timers:
-        parts.append(_rep_floats(_K22[p], [_usec_to_float(m.ru_utime) for m in timers], packed))
-        parts.append(_rep_floats(_K23[p], [_usec_to_float(m.ru_stime) for m in timers], packed))
+        parts.append(b"\x9a\x01" + _varint(len(schema)) + schema)
+    parts.append(layout.request_tags)
+    if layout.n:
+        if packed:
+            parts.append(_rep_floats(_K22[1], ru_utime, True))
+            parts.append(_rep_floats(_K23[1], ru_stime, True))
+        else:
+            parts.append(_cpu_fields(layout, ru_utime, ru_stime))
     return b"".join(parts)
 
 
-def _timer_list(r: PinbaRequest) -> Sequence[PinbaTimer]:
-    timers = r.timers
-    if isinstance(timers, (str, bytes, Mapping)) or not isinstance(timers, Iterable):
-        raise PinbaEncodeError("timers", f"expected a sequence of PinbaTimer, got {timers!r}")
-    return timers
+def _nested(requests: object, packed: bool) -> list[bytes]:
+    if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Iterable):
+        raise PinbaEncodeError("requests", "expected a sequence of PinbaRequest")
+    parts = []
+    for i, sub in enumerate(requests):
+        if not isinstance(sub, PinbaRequest):
+            raise PinbaEncodeError(
+                f"requests[{i}]", f"expected a PinbaRequest, got {type(sub).__name__}"
+            )
+        data = encode(sub, packed=packed)
+        parts.append(b"\x92\x01" + _varint(len(data)))
+        parts.append(data)
+    return parts
+
+
+def _seconds_col(col: Sequence[Any]) -> list[float] | None:
+    """What the reference client writes for a column of durations: float_to_timeval() then
+    timeval_to_float(), i.e. whole microseconds; None when a value needs the careful path."""
+    if not any(col):
+        return [0.0] * len(col)
+    if min(col) >= 0 and max(col) < 1.0:
+        # tv_sec == 0, so the reference's (v - tv_sec) * 1e6 is v * 1e6. A NaN that slipped
+        # past min() and max() makes int() raise, and the caller takes the careful path.
+        return [int(v * 1000000.0) / 1000000.0 for v in col]
+    us_list = _usecs(col)
+    return None if us_list is None else _f32s(us_list)
+
+
+def _encode_fast(r: PinbaRequest, names: bytes, packed: bool) -> bytes | None:
+    """The packet from a cached layout, or None when there is none or a value is unusual."""
+    tags, timers = r.tags, r.timers
+    raw_tags: tuple[Any, ...] = tuple(_DICT_ITEMS(tags)) if tags else ()  # type: ignore[arg-type]  # TypeError unless a dict
+    if not timers:
+        layout = _LAYOUTS.get((packed, raw_tags, ()))
+        if layout is None:
+            return None
+        return _assemble(r, names, layout, [], [], [], [], packed)
+    # Columns by comprehension: cheaper than zip(*map(attrgetter(...))) for small requests.
+    raw_keys = tuple([tuple(t.tags.items()) for t in timers])
+    layout = _LAYOUTS.get((packed, raw_tags, raw_keys))
+    if layout is None:
+        return None
+    hits = [t.hit_count for t in timers]
+    if not (min(hits) > 0 and max(hits) <= UINT32_MAX):
+        return None
+    value_col = [t.value for t in timers]
+    ru_u_col = [t.ru_utime for t in timers]
+    ru_s_col = [t.ru_stime for t in timers]
+    plan = layout.plan
+    if plan is None:
+        values = _seconds_col(value_col)
+        ru_u = _seconds_col(ru_u_col)
+        ru_s = _seconds_col(ru_s_col)
+        if values is None or ru_u is None or ru_s is None:
+            return None
+        return _assemble(r, names, layout, hits, values, ru_u, ru_s, packed)
+    us = _usecs(value_col)
+    u = _usecs(ru_u_col)
+    s = _usecs(ru_s_col)
+    if us is None or u is None or s is None:
+        return None
+    n = layout.n
+    hits = [min(h, UINT32_MAX) for h in _summed(plan, n, hits)]
+    return _assemble(
+        r, names, layout, hits,
+        _f32s(_summed(plan, n, us)), _f32s(_summed(plan, n, u)), _f32s(_summed(plan, n, s)),
+        packed,
+    )  # fmt: skip
+
+
+def _encode_careful(r: PinbaRequest, names: bytes, packed: bool) -> bytes:
+    """Every value checked and converted; the layout computed, and cached when it may be."""
+    tags, timers = r.tags, r.timers
+    request_tags = _tag_pairs(tags, "tags") if tags else []
+    m = _merge(timers) if timers else _Merged()
+    layout = _make_layout(request_tags, m.keys, m.plan, packed)
+    if m.cacheable and (not tags or (type(tags) is dict and _all_str(tags.items()))):
+        raw_tags = tuple(tags.items()) if tags else ()
+        raw_keys = tuple(tuple(t.tags.items()) for t in timers) if timers else ()
+        if sum(map(len, raw_keys)) <= 1024:
+            _cache_put(_LAYOUTS, (packed, raw_tags, raw_keys), layout)
+    return _assemble(
+        r, names, layout, m.hits, _f32s(m.values), _f32s(m.ru_utime), _f32s(m.ru_stime), packed
+    )
 
 
 def encode(request: PinbaRequest, *, packed: bool = False) -> bytes:
@@ -468,14 +656,16 @@ def encode(request: PinbaRequest, *, packed: bool = False) -> bytes:
     Raises :class:`PinbaEncodeError` (a ``ValueError`` and a ``TypeError``) naming the field when
     the request holds something that has no text form or is not of the expected kind.
     """
-    if not isinstance(request, PinbaRequest):
+    if type(request) is not PinbaRequest and not isinstance(request, PinbaRequest):
         raise PinbaEncodeError("request", f"expected a PinbaRequest, got {type(request).__name__}")
-    head = _head(request)
-    tags = request.tags
-    request_tags = _tag_pairs(tags, "tags") if tags else []
-    timers = request.timers
-    merged = _merge(_timer_list(request)) if timers else []
-    return _assemble(request, head, request_tags, merged, packed)
+    names = _names(request)
+    try:
+        data = _encode_fast(request, names, packed)
+    except Exception:  # anything unusual in the shape or the numbers: the careful path decides
+        data = None
+    if data is None:
+        data = _encode_careful(request, names, packed)
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,7 +696,8 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def _bad_float(v: float) -> bool:
-    return v != v or v == _INF or v == -_INF or (v != 0.0 and -FLT_MIN_NORMAL < v < FLT_MIN_NORMAL)
+    """NaN, infinite or float32-subnormal: pinba2 drops a packet holding one."""
+    return not math.isfinite(v) or (v != 0.0 and -FLT_MIN_NORMAL < v < FLT_MIN_NORMAL)
 
 
 def _decode(buf: bytes, depth: int) -> PinbaRequest:
@@ -575,7 +766,9 @@ def _decode(buf: bytes, depth: int) -> PinbaRequest:
                 lst.append(val)
             elif wire == 2:
                 if len(val) % 4:
-                    raise PinbaDecodeError(f"packed field {field} length {len(val)} not a multiple of 4")
+                    raise PinbaDecodeError(
+                        f"packed field {field} length {len(val)} is not a multiple of 4"
+                    )
                 lst.extend(struct.unpack(f"<{len(val) // 4}f", val))
             else:
                 raise PinbaDecodeError(f"field {field} has wire type {wire}")
@@ -638,8 +831,12 @@ def _build(
         )
     words = [_s(w) for w in dictionary]
     n = len(words)
-    for label, lst in (("timer tag", names), ("timer tag", tvalues), ("request tag", rnames),
-                       ("request tag", rvalues)):
+    for label, lst in (
+        ("timer tag", names),
+        ("timer tag", tvalues),
+        ("request tag", rnames),
+        ("request tag", rvalues),
+    ):
         if lst and max(lst) >= n:
             raise PinbaDecodeError(
                 f"{label} dictionary index {max(lst)} out of range (dictionary has {n} entries)"
