@@ -1,0 +1,61 @@
+"""The library's own failures: logged to the ``pynba`` logger, a repeated one not again for a while.
+
+A monitoring library that logs one line per failed packet would flood the app's logs the moment a
+Pinba server goes away; one that logs nothing leaves users guessing. So each kind of failure (a
+key such as ``("send", "ECONNREFUSED", "10.0.0.1:30002")``) is logged the first time, then at
+most once per ``interval`` seconds with the number of repeats that were not logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Hashable
+
+__all__ = ["ErrorLog", "errors", "logger"]
+
+logger = logging.getLogger("pynba")
+
+
+class ErrorLog:
+    """Rate-limited logging by key; thread-safe."""
+
+    def __init__(self, interval: float = 60.0, max_keys: int = 1024) -> None:
+        self.interval = interval
+        self._max_keys = max_keys
+        self._lock = threading.Lock()
+        # key -> [monotonic time of the last line logged, repeats since]
+        self._seen: dict[Hashable, list[float]] = {}
+
+    def log(
+        self,
+        key: Hashable,
+        message: str,
+        *,
+        level: int = logging.WARNING,
+        exc_info: BaseException | None = None,
+    ) -> bool:
+        """Log ``message`` unless ``key`` was logged less than ``interval`` ago. True if logged."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.interval:
+                seen[1] += 1
+                return False
+            repeats = int(seen[1]) if seen is not None else 0
+            if seen is None and len(self._seen) >= self._max_keys:
+                self._seen.clear()  # many distinct keys: forget rather than grow
+            self._seen[key] = [now, 0]
+        if repeats:
+            message = f"{message} (and {repeats} more like it in the last {self.interval:g}s)"
+        logger.log(level, message, exc_info=exc_info)
+        return True
+
+    def reset(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
+#: The process-wide instance used by the library's components.
+errors = ErrorLog()

@@ -1,0 +1,573 @@
+"""Sending packets: one UDP sender for one or many Pinba servers, and an in-memory one for tests.
+
+Usage::
+
+    from pynba_exporter import PinbaRequest, UdpTransport
+
+    transport = UdpTransport("pinba1:30002,pinba2")        # or ("127.0.0.1", 30002), or a list
+    transport.send(PinbaRequest("web1", "example.com", "/index", request_time=0.02))
+    transport.stats()                                      # counters: sent, dropped, by reason
+
+Addresses are written as the reference client takes them: ``host``, ``host:port``,
+``[v6addr]:port``, a bare IPv6 address, several separated by commas or spaces; or a
+``(host, port)`` tuple, or a list of any of those. The port defaults to 30002.
+
+What a transport promises the app it runs in: ``send`` never raises and never blocks on the
+network. Encoding problems, unresolvable names, refused or failed sends are logged to the
+``pynba`` logger (a repeated failure at most once a minute) and counted in ``stats()``; with
+``raise_on_fail = True`` they raise instead, for debugging. Sockets open on first use, are shared
+by all threads, and are opened anew in a forked child (pre-forking servers such as gunicorn
+``--preload``). Names are resolved with getaddrinfo (IPv4 and IPv6) off the request path, in a
+background thread, and the answer is kept for ``resolve_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, TypeAlias
+
+from pynba_exporter._log import errors
+from pynba_exporter._model import PinbaRequest
+from pynba_exporter._wire import (
+    DEFAULT_MAX_PACKET_SIZE,
+    MIN_PACKET_SIZE,
+    PinbaEncodeError,
+    decode,
+    encode,
+    fit,
+)
+
+__all__ = [
+    "DEFAULT_PORT",
+    "Address",
+    "MemoryTransport",
+    "PinbaSendError",
+    "Transport",
+    "TransportStats",
+    "UdpTransport",
+    "parse_addresses",
+]
+
+DEFAULT_PORT: Final = 30002
+DEFAULT_ADDRESS: Final = f"127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_RESOLVE_INTERVAL: Final = 60.0
+
+#: What an address may be given as.
+Address: TypeAlias = "str | tuple[str, int] | Sequence[str | tuple[str, int]]"
+#: getaddrinfo's signature, for injecting a resolver in tests.
+Resolver: TypeAlias = Callable[..., list[tuple[Any, ...]]]
+
+
+class PinbaSendError(OSError):
+    """A packet could not be sent (raised only with ``raise_on_fail``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStats:
+    """Counters of a transport since it was made (a snapshot).
+
+    ``requests``: requests handed to ``send``; ``packets``: datagrams built from them;
+    ``sent``: datagrams handed to the kernel, counted once per server; ``dropped``: datagrams
+    that did not leave for a server, with ``errors`` giving the reasons (``"ECONNREFUSED"``,
+    ``"EMSGSIZE"``, ``"unresolved"``, ...); ``encode_errors``: requests that could not be
+    encoded at all; ``shrunk``: requests cut down to fit ``max_packet_size``.
+    """
+
+    requests: int = 0
+    packets: int = 0
+    sent: int = 0
+    dropped: int = 0
+    encode_errors: int = 0
+    shrunk: int = 0
+    errors: MappingProxyType[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else None
+
+
+def _env_number(name: str, kind: Callable[[str], Any]) -> Any:
+    value = _env(name)
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not a valid number") from None
+
+
+class Transport:
+    """What every transport does: encode, keep within ``max_packet_size``, count, never raise.
+
+    Subclasses provide ``_deliver(data) -> None``, which raises ``OSError`` on failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_packet_size: int | None = None,
+        packed: bool | None = None,
+        raise_on_fail: bool = False,
+    ) -> None:
+        if max_packet_size is None:
+            max_packet_size = _env_number("PINBA_MAX_PACKET_SIZE", int) or DEFAULT_MAX_PACKET_SIZE
+        if not MIN_PACKET_SIZE <= max_packet_size <= DEFAULT_MAX_PACKET_SIZE:
+            raise ValueError(
+                f"max_packet_size must be between {MIN_PACKET_SIZE} and "
+                f"{DEFAULT_MAX_PACKET_SIZE}, got {max_packet_size}"
+            )
+        if packed is None:
+            packed = (_env("PINBA_PACKED") or "0").lower() in ("1", "true", "yes", "on")
+        self.max_packet_size = max_packet_size
+        self.packed = packed
+        #: Turn the library's failures into exceptions (for debugging, never in production).
+        self.raise_on_fail = raise_on_fail
+        self._lock = threading.Lock()
+        self._requests = 0
+        self._packets = 0
+        self._sent = 0
+        self._dropped = 0
+        self._encode_errors = 0
+        self._shrunk = 0
+        self._errors: dict[str, int] = {}
+
+    # -- what users call
+
+    def send(self, request: PinbaRequest) -> bool:
+        """Encode and send one request. True if every packet left for every server."""
+        try:
+            data = encode(request, packed=self.packed)
+        except Exception as exc:
+            return self._encode_failed(request, exc)
+        if len(data) <= self.max_packet_size:
+            with self._lock:
+                self._requests += 1
+                self._packets += 1
+            return self.send_packet(data)
+        return self._send_fitted(request)
+
+    def send_packet(self, data: bytes) -> bool:
+        """Send bytes that already are a packet. True if they left for every server."""
+        raise NotImplementedError
+
+    def stats(self) -> TransportStats:
+        with self._lock:
+            return TransportStats(
+                self._requests,
+                self._packets,
+                self._sent,
+                self._dropped,
+                self._encode_errors,
+                self._shrunk,
+                MappingProxyType(dict(self._errors)),
+            )
+
+    def close(self) -> None:
+        """Release sockets; a later send opens them again."""
+
+    # -- shared machinery
+
+    def _send_fitted(self, request: PinbaRequest) -> bool:
+        try:
+            fitted = fit(request, self.max_packet_size, packed=self.packed)
+        except Exception as exc:
+            return self._encode_failed(request, exc)
+        with self._lock:
+            self._requests += 1
+            self._packets += len(fitted.packets)
+            if fitted.shrunk:
+                self._shrunk += 1
+        if fitted.shrunk:
+            errors.log(
+                ("shrunk", self.max_packet_size),
+                f"pynba: a request for {request.script_name!r} did not fit in "
+                f"{self.max_packet_size} bytes: {fitted.folded_timers} timer(s) folded, "
+                f"{fitted.cut_strings} string(s) cut, {fitted.dropped_tags} request tag(s) "
+                "left out (tag pynba_truncated marks such requests)",
+            )
+        ok = True
+        for data in fitted.packets:
+            ok = self.send_packet(data) and ok
+        return ok
+
+    def _encode_failed(self, request: object, exc: Exception) -> bool:
+        with self._lock:
+            self._requests += 1
+            self._encode_errors += 1
+        if self.raise_on_fail:
+            raise exc
+        if isinstance(exc, PinbaEncodeError):
+            errors.log(
+                ("encode", exc.field),
+                f"pynba: request not sent, it cannot be encoded: {exc}",
+            )
+        else:  # a bug of ours: say so loudly, with the traceback
+            errors.log(
+                ("encode-bug", type(exc).__name__),
+                f"pynba: internal error while encoding a request: {exc!r}",
+                level=logging.ERROR,
+                exc_info=exc,
+            )
+        return False
+
+    def _count_sent(self) -> None:
+        with self._lock:
+            self._sent += 1
+
+    def _count_dropped(self, reason: str, where: str, exc: BaseException | None = None) -> None:
+        with self._lock:
+            self._dropped += 1
+            self._errors[reason] = self._errors.get(reason, 0) + 1
+        detail = f": {exc}" if exc is not None else ""
+        errors.log(("send", reason, where), f"pynba: packet to {where} dropped ({reason}){detail}")
+        if self.raise_on_fail:
+            raise PinbaSendError(
+                getattr(exc, "errno", None) or 0, f"packet to {where} dropped ({reason}){detail}"
+            ) from exc
+
+
+class MemoryTransport(Transport):
+    """Keeps the packets it is given, for tests (yours and ours). Same rules as UdpTransport:
+    encoding, size limit, counters."""
+
+    def __init__(self, *, max_packet_size: int | None = None, packed: bool | None = None) -> None:
+        super().__init__(max_packet_size=max_packet_size, packed=packed)
+        self.packets: list[bytes] = []
+
+    def send_packet(self, data: bytes) -> bool:
+        self.packets.append(bytes(data))
+        self._count_sent()
+        return True
+
+    @property
+    def requests(self) -> list[PinbaRequest]:
+        """The packets decoded."""
+        return [decode(p) for p in self.packets]
+
+    def clear(self) -> None:
+        self.packets.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Addresses
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _port(text: str, address: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"invalid port {text!r} in Pinba address {address!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range in Pinba address {address!r}")
+    return port
+
+
+def _parse_one(item: str) -> _Endpoint:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or not host or (rest and not rest.startswith(":")):
+            raise ValueError(f"invalid Pinba address {item!r}")
+        return _Endpoint(host, _port(rest[1:], item) if rest[1:] else DEFAULT_PORT)
+    if item.count(":") > 1:  # a bare IPv6 address, as the reference client reads it
+        return _Endpoint(item, DEFAULT_PORT)
+    host, colon, port = item.partition(":")
+    if not host:
+        raise ValueError(f"invalid Pinba address {item!r}: no host")
+    return _Endpoint(host, _port(port, item) if colon else DEFAULT_PORT)
+
+
+def parse_addresses(address: Address | None) -> list[_Endpoint]:
+    """The servers an address names, in order, without duplicates.
+
+    ``None`` means the ``PINBA_SERVER`` environment variable, else ``127.0.0.1:30002``.
+    """
+    if address is None:
+        address = _env("PINBA_SERVER") or DEFAULT_ADDRESS
+    found: list[_Endpoint] = []
+
+    def add(item: object) -> None:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            host, port = item
+            if isinstance(port, bool) or not isinstance(port, int):
+                raise ValueError(f"invalid port {port!r} in Pinba address {item!r}")
+            ep = _Endpoint(host.strip("[]"), _port(str(port), str(item)))
+            if not ep.host:
+                raise ValueError(f"invalid Pinba address {item!r}: no host")
+            found.append(ep)
+        elif isinstance(item, str):
+            found.extend(_parse_one(part) for part in item.replace(",", " ").split())
+        elif isinstance(item, Iterable) and not isinstance(item, (bytes, tuple)):
+            for sub in item:
+                add(sub)
+        else:
+            raise ValueError(
+                f"invalid Pinba address {item!r}: expected 'host:port', (host, port) or a list"
+            )
+
+    add(address)
+    if not found:
+        raise ValueError(f"no Pinba server in address {address!r}")
+    return list(dict.fromkeys(found))
+
+
+# --------------------------------------------------------------------------------------------
+# UDP
+
+_TRANSPORTS: weakref.WeakSet[UdpTransport] = weakref.WeakSet()
+_FORK_HOOK_LOCK = threading.Lock()
+_fork_hook_installed = False
+
+
+def _after_fork_in_child() -> None:
+    for transport in list(_TRANSPORTS):
+        transport._after_fork()
+
+
+def _install_fork_hook() -> None:
+    global _fork_hook_installed
+    with _FORK_HOOK_LOCK:
+        if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_hook_installed = True
+
+
+_ERRNO_NAMES: Final = {
+    errno.ECONNREFUSED: "ECONNREFUSED",
+    errno.EMSGSIZE: "EMSGSIZE",
+    errno.ENOBUFS: "ENOBUFS",
+    errno.EAGAIN: "EAGAIN",
+    errno.EHOSTUNREACH: "EHOSTUNREACH",
+    errno.ENETUNREACH: "ENETUNREACH",
+}
+
+
+class _Server:
+    """One server: its address, its resolved socket address and its connected socket."""
+
+    __slots__ = (
+        "endpoint",
+        "expires",
+        "lock",
+        "numeric",
+        "resolved",
+        "resolving",
+        "sock",
+        "sockaddr",
+        "where",
+    )
+
+    def __init__(self, endpoint: _Endpoint) -> None:
+        self.endpoint = endpoint
+        self.where = str(endpoint)
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        # (family, sockaddr) once known; numeric addresses are known without any lookup.
+        self.sockaddr: tuple[int, tuple[Any, ...]] | None = None
+        self.numeric = False
+        self.expires = 0.0  # monotonic time after which the name is looked up again
+        self.resolving: threading.Event | None = None  # set when a lookup in flight finishes
+        self.resolved = False  # a lookup has finished at least once (success or not)
+
+
+class UdpTransport(Transport):
+    """Sends each packet to every server over UDP.
+
+    ``address``: see :func:`parse_addresses` (``None``: ``$PINBA_SERVER`` or 127.0.0.1:30002).
+    ``resolve_interval``: seconds a looked-up address is kept (``$PINBA_RESOLVE_INTERVAL``,
+    60); a failed lookup is tried again after ``min(resolve_interval, 5)`` seconds.
+    ``resolve_timeout``: how long the very first send waits for the first lookup of a name
+    (0.5 s); later sends never wait. ``max_packet_size``: largest datagram
+    (``$PINBA_MAX_PACKET_SIZE``, 65507; 1432 keeps a packet within one Ethernet frame).
+    ``packed``: write repeated fields packed (``$PINBA_PACKED``; smaller, same content).
+    """
+
+    def __init__(
+        self,
+        address: Address | None = None,
+        *,
+        max_packet_size: int | None = None,
+        packed: bool | None = None,
+        raise_on_fail: bool = False,
+        resolve_interval: float | None = None,
+        resolve_timeout: float = 0.5,
+        resolver: Resolver | None = None,
+    ) -> None:
+        super().__init__(
+            max_packet_size=max_packet_size, packed=packed, raise_on_fail=raise_on_fail
+        )
+        if resolve_interval is None:
+            resolve_interval = _env_number("PINBA_RESOLVE_INTERVAL", float)
+            if resolve_interval is None:
+                resolve_interval = DEFAULT_RESOLVE_INTERVAL
+        if not resolve_interval > 0:
+            raise ValueError(f"resolve_interval must be positive, got {resolve_interval}")
+        self.resolve_interval = float(resolve_interval)
+        self.resolve_timeout = resolve_timeout
+        self._resolver: Resolver = resolver or socket.getaddrinfo
+        self.servers = tuple(parse_addresses(address))
+        self._servers = [_Server(ep) for ep in self.servers]
+        for srv in self._servers:
+            self._try_numeric(srv)
+        _install_fork_hook()
+        _TRANSPORTS.add(self)
+
+    def __repr__(self) -> str:
+        return f"UdpTransport({', '.join(map(str, self.servers))!r})"
+
+    def send_packet(self, data: bytes) -> bool:
+        ok = True
+        for srv in self._servers:
+            sock = srv.sock
+            if sock is None or (not srv.numeric and srv.expires <= time.monotonic()):
+                sock = self._prepare(srv)
+                if sock is None:
+                    ok = False
+                    self._count_dropped("unresolved", srv.where)
+                    continue
+            try:
+                sock.send(data)
+            except OSError as exc:
+                ok = False
+                self._count_dropped(
+                    _ERRNO_NAMES.get(exc.errno or 0, type(exc).__name__), srv.where, exc
+                )
+            else:
+                self._count_sent()
+        return ok
+
+    def close(self) -> None:
+        for srv in self._servers:
+            with srv.lock:
+                sock, srv.sock = srv.sock, None
+            if sock is not None:
+                sock.close()
+
+    # -- sockets and names
+
+    def _try_numeric(self, srv: _Server) -> None:
+        ep = srv.endpoint
+        try:
+            infos = self._resolver(
+                ep.host, ep.port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST
+            )
+        except (OSError, UnicodeError):
+            return
+        if infos:
+            family, _type, _proto, _canon, sockaddr = infos[0]
+            srv.sockaddr = (family, sockaddr)
+            srv.numeric = True
+            srv.resolved = True
+            srv.expires = float("inf")
+
+    def _prepare(self, srv: _Server) -> socket.socket | None:
+        """The server's socket, after looking its name up again if that is due."""
+        if not srv.numeric and srv.expires <= time.monotonic():
+            self._refresh(srv)
+        if srv.sockaddr is None:
+            return None
+        with srv.lock:
+            if srv.sock is not None:
+                return srv.sock
+            family, sockaddr = srv.sockaddr
+            sock = None
+            try:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                # Never block the app: a full send buffer drops the packet (counted) instead.
+                sock.setblocking(False)
+                # Connected: the kernel routes once, and reports ECONNREFUSED from the server.
+                sock.connect(sockaddr)
+            except OSError as exc:
+                if sock is not None:
+                    sock.close()
+                self._count_dropped(
+                    _ERRNO_NAMES.get(exc.errno or 0, type(exc).__name__), srv.where, exc
+                )
+                return None
+            srv.sock = sock
+            return sock
+
+    def _refresh(self, srv: _Server) -> None:
+        """Start a lookup in the background if none is running; the first one is waited for
+        up to ``resolve_timeout``, so the first packet to "localhost" still goes out."""
+        with srv.lock:
+            if not srv.expires <= time.monotonic():
+                return
+            event = srv.resolving
+            first = not srv.resolved
+            if event is None:
+                event = srv.resolving = threading.Event()
+                thread = threading.Thread(
+                    target=self._resolve, args=(srv, event), name="pynba-resolve", daemon=True
+                )
+                thread.start()
+        if first:
+            event.wait(self.resolve_timeout)
+
+    def _resolve(self, srv: _Server, event: threading.Event) -> None:
+        ep = srv.endpoint
+        found: tuple[int, tuple[Any, ...]] | None = None
+        failure: BaseException | None = None
+        try:
+            infos = self._resolver(ep.host, ep.port, type=socket.SOCK_DGRAM)
+            if infos:
+                family, _type, _proto, _canon, sockaddr = infos[0]
+                found = (family, sockaddr)
+            else:
+                failure = OSError(f"no address for {ep.host!r}")
+        except Exception as exc:  # socket.gaierror, UnicodeError (bad IDNA), ...
+            failure = exc
+        old = None
+        with srv.lock:
+            now = time.monotonic()
+            if found is not None:
+                if found != srv.sockaddr:
+                    old, srv.sock = srv.sock, None  # reconnect to the new address
+                srv.sockaddr = found
+                srv.expires = now + self.resolve_interval
+            else:
+                # Keep a stale address if there is one: better than nothing, and retry soon.
+                srv.expires = now + min(self.resolve_interval, 5.0)
+            srv.resolved = True
+            srv.resolving = None
+        if old is not None:
+            old.close()
+        event.set()
+        if failure is not None:
+            with self._lock:
+                self._errors["resolve"] = self._errors.get("resolve", 0) + 1
+            errors.log(
+                ("resolve", srv.where),
+                f"pynba: cannot resolve Pinba server {srv.where}: {failure}",
+            )
+
+    def _after_fork(self) -> None:
+        # The parent's sockets and lookup threads do not belong to the child: start afresh.
+        self._lock = threading.Lock()
+        for srv in self._servers:
+            srv.lock = threading.Lock()
+            sock, srv.sock = srv.sock, None
+            if sock is not None:
+                sock.close()  # the child's copy of the descriptor; the parent keeps its own
+            srv.resolving = None
+            if not srv.numeric:
+                srv.expires = 0.0
