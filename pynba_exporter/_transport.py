@@ -306,9 +306,14 @@ def parse_addresses(address: Address | None) -> list[_Endpoint]:
     found: list[_Endpoint] = []
 
     def add(item: object) -> None:
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        if (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and (isinstance(item[1], int) or (isinstance(item[1], str) and item[1].isdigit()))
+        ):
             host, port = item
-            if isinstance(port, bool) or not isinstance(port, int):
+            if isinstance(port, bool):
                 raise ValueError(f"invalid port {port!r} in Pinba address {item!r}")
             ep = _Endpoint(host.strip("[]"), _port(str(port), str(item)))
             if not ep.host:
@@ -316,7 +321,7 @@ def parse_addresses(address: Address | None) -> list[_Endpoint]:
             found.append(ep)
         elif isinstance(item, str):
             found.extend(_parse_one(part) for part in item.replace(",", " ").split())
-        elif isinstance(item, Iterable) and not isinstance(item, (bytes, tuple)):
+        elif isinstance(item, Iterable) and not isinstance(item, (bytes, bytearray)):
             for sub in item:
                 add(sub)
         else:

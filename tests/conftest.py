@@ -1,0 +1,88 @@
+"""Shared fixtures: real UDP sockets on 127.0.0.1, and loud failures for swallowed errors.
+
+The library never lets its own failures reach the app: it logs them to the ``pynba`` logger.
+In tests that would hide bugs, so every test fails if the library logged a warning or an error,
+unless the test is marked ``@pytest.mark.expect_pynba_errors`` (and then asserts on them).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from pynba_exporter import PinbaRequest, decode
+from pynba_exporter._log import errors
+
+
+class UdpReceiver:
+    """A UDP socket bound to 127.0.0.1 on a free port that hands back what arrives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+
+    def packet(self, timeout: float = 5.0) -> bytes:
+        self.sock.settimeout(timeout)
+        data, _ = self.sock.recvfrom(65535)
+        return data
+
+    def packets(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        return [self.packet(timeout) for _ in range(count)]
+
+    def request(self, timeout: float = 5.0) -> PinbaRequest:
+        return decode(self.packet(timeout))
+
+    def nothing(self, wait: float = 0.2) -> bool:
+        """True if no packet arrives within ``wait`` seconds."""
+        self.sock.settimeout(wait)
+        try:
+            self.sock.recvfrom(65535)
+        except TimeoutError:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[UdpReceiver]:
+    r = UdpReceiver()
+    yield r
+    r.close()
+
+
+class PynbaLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def problems(self) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]
+
+
+@pytest.fixture(autouse=True)
+def pynba_log(request: pytest.FixtureRequest) -> Iterator[PynbaLog]:
+    handler = PynbaLog()
+    logger = logging.getLogger("pynba")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    errors.reset()  # every test sees first occurrences logged
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    if request.node.get_closest_marker("expect_pynba_errors") is None and handler.problems:
+        pytest.fail(f"the library logged unexpected problems: {handler.problems}")
