@@ -439,31 +439,63 @@ def _packet(**fields: Any) -> bytes:
 REJECTED: list[tuple[str, bytes, str]] = [
     *[
         (f"missing {name}", _packet(**{name: None}), "missing required field")
-        for name in ("hostname", "server_name", "script_name", "request_count", "document_size",
-                     "memory_peak", "request_time", "ru_utime", "ru_stime")
+        for name in (
+            "hostname",
+            "server_name",
+            "script_name",
+            "request_count",
+            "document_size",
+            "memory_peak",
+            "request_time",
+            "ru_utime",
+            "ru_stime",
+        )
     ],  # fmt: skip
     (
         "timer arrays of different lengths",
-        _packet(timer_hit_count=[1, 1], timer_value=[0.1], timer_tag_count=[1],
-                timer_tag_name=[0], timer_tag_value=[1], dictionary=[b"a", b"b"]),
+        _packet(
+            timer_hit_count=[1, 1],
+            timer_value=[0.1],
+            timer_tag_count=[1],
+            timer_tag_name=[0],
+            timer_tag_value=[1],
+            dictionary=[b"a", b"b"],
+        ),
         "timer arrays differ",
     ),  # fmt: skip
     (
         "tag counts that do not add up",
-        _packet(timer_hit_count=[1], timer_value=[0.1], timer_tag_count=[2],
-                timer_tag_name=[0], timer_tag_value=[1], dictionary=[b"a", b"b"]),
+        _packet(
+            timer_hit_count=[1],
+            timer_value=[0.1],
+            timer_tag_count=[2],
+            timer_tag_name=[0],
+            timer_tag_value=[1],
+            dictionary=[b"a", b"b"],
+        ),
         "add up",
     ),  # fmt: skip
     (
         "timer dictionary index out of range",
-        _packet(timer_hit_count=[1], timer_value=[0.1], timer_tag_count=[1],
-                timer_tag_name=[0], timer_tag_value=[2], dictionary=[b"a", b"b"]),
+        _packet(
+            timer_hit_count=[1],
+            timer_value=[0.1],
+            timer_tag_count=[1],
+            timer_tag_name=[0],
+            timer_tag_value=[2],
+            dictionary=[b"a", b"b"],
+        ),
         "out of range",
     ),  # fmt: skip
     (
         "timers with an empty dictionary",
-        _packet(timer_hit_count=[1], timer_value=[0.1], timer_tag_count=[1],
-                timer_tag_name=[0], timer_tag_value=[0]),
+        _packet(
+            timer_hit_count=[1],
+            timer_value=[0.1],
+            timer_tag_count=[1],
+            timer_tag_name=[0],
+            timer_tag_value=[0],
+        ),
         "out of range",
     ),  # fmt: skip
     (
@@ -471,24 +503,45 @@ REJECTED: list[tuple[str, bytes, str]] = [
         _packet(tag_name=[0], tag_value=[5], dictionary=[b"a"]),
         "out of range",
     ),
-    ("request tag counts differ", _packet(tag_name=[0, 0], tag_value=[0], dictionary=[b"a"]),
-     "request tag"),  # fmt: skip
+    (
+        "request tag counts differ",
+        _packet(tag_name=[0, 0], tag_value=[0], dictionary=[b"a"]),
+        "request tag",
+    ),  # fmt: skip
     (
         "zero hit count",
-        _packet(timer_hit_count=[0], timer_value=[0.1], timer_tag_count=[1],
-                timer_tag_name=[0], timer_tag_value=[1], dictionary=[b"a", b"b"]),
+        _packet(
+            timer_hit_count=[0],
+            timer_value=[0.1],
+            timer_tag_count=[1],
+            timer_tag_name=[0],
+            timer_tag_value=[1],
+            dictionary=[b"a", b"b"],
+        ),
         "hit_count 0",
     ),  # fmt: skip
     (
         "NaN timer value",
-        _packet(timer_hit_count=[1], timer_value=[math.nan], timer_tag_count=[1],
-                timer_tag_name=[0], timer_tag_value=[1], dictionary=[b"a", b"b"]),
+        _packet(
+            timer_hit_count=[1],
+            timer_value=[math.nan],
+            timer_tag_count=[1],
+            timer_tag_name=[0],
+            timer_tag_value=[1],
+            dictionary=[b"a", b"b"],
+        ),
         "timer 0 value",
     ),  # fmt: skip
     (
         "negative timer value",
-        _packet(timer_hit_count=[1], timer_value=[-1.0], timer_tag_count=[1],
-                timer_tag_name=[0], timer_tag_value=[1], dictionary=[b"a", b"b"]),
+        _packet(
+            timer_hit_count=[1],
+            timer_value=[-1.0],
+            timer_tag_count=[1],
+            timer_tag_name=[0],
+            timer_tag_value=[1],
+            dictionary=[b"a", b"b"],
+        ),
         "timer 0 value",
     ),  # fmt: skip
     ("infinite request time", _packet(request_time=math.inf), "field 7"),
@@ -542,7 +595,9 @@ def test_decode_refuses_endless_nesting() -> None:
 
 names = st.text(min_size=1, max_size=12)
 tag_text = st.one_of(st.text(max_size=10), st.sampled_from(["db", "select", "a", "1", ""]))
-tags = st.dictionaries(st.sampled_from(["group", "server", "op", "a", "ü"]) | names, tag_text, max_size=4)
+tags = st.dictionaries(
+    st.sampled_from(["group", "server", "op", "a", "ü"]) | names, tag_text, max_size=4
+)
 seconds = st.floats(min_value=0.0, max_value=5000.0, allow_nan=False) | st.sampled_from(
     [0.0, 1e-7, 0.5, 3.57, 1.0, 0.001]
 )
