@@ -228,12 +228,10 @@ class Transport:
         with self._lock:
             self._dropped += 1
             self._errors[reason] = self._errors.get(reason, 0) + 1
-        detail = f": {exc}" if exc is not None else ""
-        errors.log(("send", reason, where), f"pynba: packet to {where} dropped ({reason}){detail}")
+        message = f"packet to {where} dropped ({reason})" + (f": {exc}" if exc else "")
         if self.raise_on_fail:
-            raise PinbaSendError(
-                getattr(exc, "errno", None) or 0, f"packet to {where} dropped ({reason}){detail}"
-            ) from exc
+            raise PinbaSendError(getattr(exc, "errno", None) or 0, message) from exc
+        errors.log(("send", reason, where), f"pynba: {message}")
 
 
 class MemoryTransport(Transport):
@@ -464,6 +462,14 @@ class UdpTransport(Transport):
         for srv in self._servers:
             with srv.lock:
                 sock, srv.sock = srv.sock, None
+            if sock is not None:
+                sock.close()
+
+    def __del__(self) -> None:
+        # A transport dropped without close() must not leak its sockets. No locks here: nobody
+        # else can hold a reference, so nobody else is using them.
+        for srv in getattr(self, "_servers", ()):
+            sock, srv.sock = srv.sock, None
             if sock is not None:
                 sock.close()
 
