@@ -335,7 +335,16 @@ _Pairs = tuple[tuple[str, str], ...]
 class _Layout:
     """What a request's shape decides: fields 12 to 15, fields 20 and 21, how timers merge."""
 
-    __slots__ = ("cpu_args", "cpu_struct", "dictionary", "n", "plan", "request_tags")
+    __slots__ = (
+        "cpu_args",
+        "cpu_struct",
+        "dictionary",
+        "n",
+        "plan",
+        "request_tags",
+        "timer_args",
+        "timer_struct",
+    )
 
     def __init__(self, dictionary: bytes, request_tags: bytes, n: int, plan: list[int] | None):
         self.dictionary = dictionary  # fields 12, 13, 14, 15
@@ -344,6 +353,8 @@ class _Layout:
         self.plan = plan  # merged slot of each timer; None when no two timers merge
         self.cpu_struct: struct.Struct | None = None  # fields 22 and 23 unpacked, in one go
         self.cpu_args: list[Any] = []
+        self.timer_struct: struct.Struct | None = None  # fields 10 and 11 unpacked, in one go
+        self.timer_args: list[Any] = []
 
 
 def _make_layout(
@@ -522,6 +533,19 @@ def _head(r: PinbaRequest) -> bytes:
     )  # fmt: skip
 
 
+def _timer_fields(layout: _Layout, hits: list[int], values: list[float]) -> bytes:
+    """Fields 10 and 11 unpacked, by one struct call, for hit counts below 128 (one byte)."""
+    st = layout.timer_struct
+    n = layout.n
+    if st is None:
+        st = layout.timer_struct = struct.Struct("<" + "BB" * n + "Bf" * n)
+        layout.timer_args = [0x50, 1] * n + [0x5D, 0.0] * n
+    args = layout.timer_args.copy()
+    args[1 : 2 * n : 2] = hits
+    args[2 * n + 1 :: 2] = values
+    return st.pack(*args)
+
+
 def _cpu_fields(layout: _Layout, ru_utime: list[float], ru_stime: list[float]) -> bytes:
     """Fields 22 and 23 unpacked, by one struct call (they are the last fields, and the
     reference client always writes both)."""
@@ -551,8 +575,11 @@ def _assemble(  # noqa: PLR0917 - internal, called from two places with every co
     p = 1 if packed else 0
     parts = [names, _head(r)]
     if layout.n:
-        parts.append(_rep_varints(_K10[p], hits, packed))
-        parts.append(_rep_floats(_K11[p], values, packed))
+        if packed or max(hits) >= 0x80:
+            parts.append(_rep_varints(_K10[p], hits, packed))
+            parts.append(_rep_floats(_K11[p], values, packed))
+        else:
+            parts.append(_timer_fields(layout, hits, values))
     parts.append(layout.dictionary)
     st, fp = r.status, r.memory_footprint
     if type(st) is not int or not 0 <= st <= UINT32_MAX:
@@ -628,12 +655,12 @@ def _encode_fast(r: PinbaRequest, names: bytes, packed: bool) -> bytes | None:
     ru_s_col = [t.ru_stime for t in timers]
     plan = layout.plan
     if plan is None:
-        values = _seconds_col(value_col)
-        ru_u = _seconds_col(ru_u_col)
-        ru_s = _seconds_col(ru_s_col)
-        if values is None or ru_u is None or ru_s is None:
+        # One conversion over the three columns at once: fewer passes than one per column.
+        n = len(hits)
+        both = _seconds_col(value_col + ru_u_col + ru_s_col)
+        if both is None:
             return None
-        return _assemble(r, names, layout, hits, values, ru_u, ru_s, packed)
+        return _assemble(r, names, layout, hits, both[:n], both[n : 2 * n], both[2 * n :], packed)
     us = _usecs(value_col)
     u = _usecs(ru_u_col)
     s = _usecs(ru_s_col)
