@@ -39,11 +39,12 @@ float32.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import repeat
-from operator import attrgetter, mul, truediv
+from operator import attrgetter, methodcaller, mul, truediv
 from typing import Any, Final
 
 from pynba_exporter._model import PinbaRequest, PinbaTimer
@@ -856,7 +857,6 @@ _F32 = struct.Struct("<f")
 _INF = math.inf
 
 # field number -> expected wire type, for the fields of the schema
-_SCALAR_WIRE: Final = {1: 2, 2: 2, 3: 2, 4: 0, 5: 0, 6: 0, 7: 5, 8: 5, 9: 5, 16: 0, 17: 0, 19: 2}
 _REPEATED_VARINT: Final = frozenset((10, 12, 13, 14, 20, 21))
 _REPEATED_FLOAT: Final = frozenset((11, 22, 23))
 _REQUIRED: Final = (1, 2, 3, 4, 5, 6, 7, 8, 9)
@@ -881,6 +881,65 @@ def _bad_float(v: float) -> bool:
     return not math.isfinite(v) or (v != 0.0 and -FLT_MIN_NORMAL < v < FLT_MIN_NORMAL)
 
 
+# Unpacked repeated fields come as runs of equal keys: [key, value, key, value, ...]. A run of
+# floats, or of varints below 128, has a fixed stride, so it is read with a few C-level slice
+# operations instead of a Python iteration per element (a packet of the reference client is
+# mostly such runs). First key byte -> (field, key length, is float).
+_RUNS: Final = {
+    0x50: (10, 1, False), 0x5D: (11, 1, True), 0x60: (12, 1, False), 0x68: (13, 1, False),
+    0x70: (14, 1, False), 0xA0: (20, 2, False), 0xA8: (21, 2, False), 0xB5: (22, 2, True),
+    0xBD: (23, 2, True),
+}  # fmt: skip
+_BYTES: Final = [bytes((i,)) for i in range(256)]
+_HIGH_BYTE: Final = re.compile(rb"[\x80-\xff]")
+_RUN_STRUCTS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _run(buf: bytes, pos: int, key: int, klen: int, is_float: bool) -> tuple[Any, int]:
+    """The values of the run of ``key`` starting at ``pos``, and the run's length in bytes;
+    ((), 0) when the element at ``pos`` is not of the simple fixed-stride kind."""
+    stride = klen + (4 if is_float else 1)
+    count = (len(buf) - pos) // stride
+    firsts = buf[pos : pos + stride * count : stride]
+    n = count - len(firsts.lstrip(_BYTES[key]))
+    if klen == 2:
+        seconds = buf[pos + 1 : pos + stride * n : stride]
+        n = min(n, len(seconds) - len(seconds.lstrip(b"\x01")))
+    if n == 0:
+        return (), 0
+    if is_float:
+        st = _RUN_STRUCTS.get((klen, n))
+        if st is None:
+            st = struct.Struct("<" + ("x" * klen + "f") * n)
+            if n <= 256:
+                _RUN_STRUCTS[(klen, n)] = st
+        return st.unpack_from(buf, pos), stride * n
+    values = buf[pos + klen : pos + stride * n : stride]
+    big = _HIGH_BYTE.search(values)
+    if big is not None:  # a value of two or more bytes: the run ends before it
+        n = big.start()
+        values = values[:n]
+    return values, stride * n
+
+
+# What to do with each key (field number and wire type) of the schema. Anything not here is an
+# unknown field (skipped) or a known field with the wrong wire type (rejected, as protobuf-c does).
+_SCALAR_VARINT, _SCALAR_FLOAT, _SCALAR_BYTES, _WORD, _REP_VARINT, _REP_VARINTS = range(6)
+_REP_FLOAT, _REP_FLOATS, _NESTED = range(6, 9)
+_ACTIONS: Final[dict[int, tuple[int, int]]] = {
+    **{(f << 3) | 0: (_SCALAR_VARINT, f) for f in (4, 5, 6, 16, 17)},
+    **{(f << 3) | 5: (_SCALAR_FLOAT, f) for f in (7, 8, 9)},
+    **{(f << 3) | 2: (_SCALAR_BYTES, f) for f in (1, 2, 3, 19)},
+    (15 << 3) | 2: (_WORD, 15),
+    **{(f << 3) | 0: (_REP_VARINT, f) for f in _REPEATED_VARINT},
+    **{(f << 3) | 2: (_REP_VARINTS, f) for f in _REPEATED_VARINT},
+    **{(f << 3) | 5: (_REP_FLOAT, f) for f in _REPEATED_FLOAT},
+    **{(f << 3) | 2: (_REP_FLOATS, f) for f in _REPEATED_FLOAT},
+    (18 << 3) | 2: (_NESTED, 18),
+}
+_KNOWN_FIELDS: Final = frozenset(f for _, f in _ACTIONS.values())
+
+
 def _decode(buf: bytes, depth: int) -> PinbaRequest:
     end = len(buf)
     pos = 0
@@ -888,88 +947,120 @@ def _decode(buf: bytes, depth: int) -> PinbaRequest:
     reps: dict[int, list[Any]] = {}
     dictionary: list[bytes] = []
     nested: list[PinbaRequest] = []
+    runs = _RUNS
+    actions = _ACTIONS
     while pos < end:
         b = buf[pos]
+        run = runs.get(b)
+        if run is not None:
+            values, size = _run(buf, pos, b, run[1], run[2])
+            if size:
+                lst = reps.get(run[0])
+                if lst is None:
+                    reps[run[0]] = list(values)
+                else:
+                    lst.extend(values)
+                pos += size
+                continue
         if b < 0x80:
             key = b
             pos += 1
         else:
             key, pos = _read_varint(buf, pos)
-        field = key >> 3
-        wire = key & 7
-        if wire == 0:
-            b = buf[pos]
-            if b < 0x80:
-                val: Any = b
+        action = actions.get(key)
+        if action is None:
+            pos = _skip(buf, pos, key)
+            continue
+        code, field = action
+        if code == _WORD or code == _SCALAR_BYTES or code >= _REP_VARINTS:
+            n = buf[pos]
+            if n < 0x80:
                 pos += 1
             else:
-                val, pos = _read_varint(buf, pos)
-        elif wire == 5:
-            if pos + 4 > end:
-                raise PinbaDecodeError(f"truncated: field {field} needs 4 bytes at offset {pos}")
-            val = _F32.unpack_from(buf, pos)[0]
-            pos += 4
-        elif wire == 2:
-            n, pos = _read_varint(buf, pos)
+                n, pos = _read_varint(buf, pos)
             if pos + n > end:
                 raise PinbaDecodeError(
                     f"truncated: field {field} declares {n} bytes, {end - pos} left"
                 )
             val = buf[pos : pos + n]
             pos += n
-        elif wire == 1:
-            if pos + 8 > end:
-                raise PinbaDecodeError(f"truncated: field {field} needs 8 bytes at offset {pos}")
-            val = None
-            pos += 8
-        else:
-            raise PinbaDecodeError(f"unsupported wire type {wire} for field {field}")
-        if field == 0:
-            raise PinbaDecodeError("field number 0 is invalid")
-        if field == 15:
-            if wire != 2:
-                raise PinbaDecodeError(f"field 15 (dictionary) has wire type {wire}")
-            dictionary.append(val)
-        elif field in _REPEATED_VARINT:
-            lst = reps.setdefault(field, [])
-            if wire == 0:
-                lst.append(val & UINT32_MAX)
-            elif wire == 2:
-                p, e = 0, len(val)
-                while p < e:
+            if code == _WORD:
+                dictionary.append(val)
+            elif code == _SCALAR_BYTES:
+                scalars[field] = val
+            elif code == _REP_VARINTS:
+                lst = reps.setdefault(field, [])
+                p = 0
+                while p < n:
                     x, p = _read_varint(val, p)
                     lst.append(x & UINT32_MAX)
-            else:
-                raise PinbaDecodeError(f"field {field} has wire type {wire}")
-        elif field in _REPEATED_FLOAT:
-            lst = reps.setdefault(field, [])
-            if wire == 5:
-                lst.append(val)
-            elif wire == 2:
-                if len(val) % 4:
+            elif code == _REP_FLOATS:
+                if n % 4:
                     raise PinbaDecodeError(
-                        f"packed field {field} length {len(val)} is not a multiple of 4"
+                        f"packed field {field} length {n} is not a multiple of 4"
                     )
-                lst.extend(struct.unpack(f"<{len(val) // 4}f", val))
+                reps.setdefault(field, []).extend(struct.unpack(f"<{n // 4}f", val))
+            else:  # nested request
+                if depth >= MAX_NESTING:
+                    raise PinbaDecodeError(f"nested requests deeper than {MAX_NESTING} levels")
+                try:
+                    nested.append(_decode(val, depth + 1))
+                except PinbaDecodeError as exc:
+                    raise PinbaDecodeError(f"nested request {len(nested)}: {exc.reason}") from None
+        elif code == _SCALAR_FLOAT or code == _REP_FLOAT:
+            if pos + 4 > end:
+                raise PinbaDecodeError(f"truncated: field {field} needs 4 bytes at offset {pos}")
+            val = _F32.unpack_from(buf, pos)[0]
+            pos += 4
+            if code == _SCALAR_FLOAT:
+                scalars[field] = val
             else:
-                raise PinbaDecodeError(f"field {field} has wire type {wire}")
-        elif field == 18:
-            if wire != 2:
-                raise PinbaDecodeError(f"field 18 (requests) has wire type {wire}")
-            if depth >= MAX_NESTING:
-                raise PinbaDecodeError(f"nested requests deeper than {MAX_NESTING} levels")
-            try:
-                nested.append(_decode(bytes(val), depth + 1))
-            except PinbaDecodeError as exc:
-                raise PinbaDecodeError(f"nested request {len(nested)}: {exc.reason}") from None
-        else:
-            expected = _SCALAR_WIRE.get(field)
-            if expected is None:
-                continue  # unknown field: skipped, as protobuf parsers do
-            if wire != expected:
-                raise PinbaDecodeError(f"field {field} has wire type {wire}, expected {expected}")
-            scalars[field] = val
+                reps.setdefault(field, []).append(val)
+        else:  # a varint, scalar or one element of a repeated field
+            b = buf[pos]
+            if b < 0x80:
+                val = b
+                pos += 1
+            else:
+                val, pos = _read_varint(buf, pos)
+            if code == _SCALAR_VARINT:
+                scalars[field] = val
+            else:
+                reps.setdefault(field, []).append(val & UINT32_MAX)
     return _build(scalars, reps, dictionary, nested)
+
+
+def _skip(buf: bytes, pos: int, key: int) -> int:
+    """Past an unknown field; a known field with an unexpected wire type is refused."""
+    field, wire = key >> 3, key & 7
+    if field == 0:
+        raise PinbaDecodeError("field number 0 is invalid")
+    if field in _KNOWN_FIELDS:
+        raise PinbaDecodeError(f"field {field} has unexpected wire type {wire}")
+    if wire == 0:
+        return _read_varint(buf, pos)[1]
+    if wire == 1:
+        size = 8
+    elif wire == 5:
+        size = 4
+    elif wire == 2:
+        size, pos = _read_varint(buf, pos)
+    else:
+        raise PinbaDecodeError(f"unsupported wire type {wire} for field {field}")
+    if pos + size > len(buf):
+        raise PinbaDecodeError(f"truncated: field {field} needs {size} bytes at offset {pos}")
+    return pos + size
+
+
+_SURROGATE_DECODE: Final = methodcaller("decode", "utf-8", "surrogateescape")
+
+
+def _bad_column(column: list[float]) -> bool:
+    """Some value is NaN, infinite or a float32 subnormal (C-level passes over the column)."""
+    if not math.isfinite(sum(column)):
+        return True
+    smallest = min(map(abs, filter(None, column)), default=1.0)
+    return smallest < FLT_MIN_NORMAL
 
 
 def _s(raw: bytes) -> str:
@@ -1010,7 +1101,7 @@ def _build(
         raise PinbaDecodeError(
             f"{len(rnames)} request tag names but {len(rvalues)} request tag values"
         )
-    words = [_s(w) for w in dictionary]
+    words = list(map(_SURROGATE_DECODE, dictionary))
     n = len(words)
     for label, lst in (
         ("timer tag", names),
@@ -1024,31 +1115,32 @@ def _build(
             )
     if hits and min(hits) == 0:
         raise PinbaDecodeError(f"timer {hits.index(0)} has hit_count 0")
-    for i, v in enumerate(values):
-        if _bad_float(v) or v < 0:
-            raise PinbaDecodeError(f"timer {i} value is not a finite non-negative float: {v!r}")
     ru_u = reps.get(22, [])
     ru_s = reps.get(23, [])
+    # Whole columns at once; the slow loop below only runs to name the culprit.
+    if values and (_bad_column(values) or min(values) < 0):
+        for i, v in enumerate(values):
+            if _bad_float(v) or v < 0:
+                raise PinbaDecodeError(f"timer {i} value is not a finite non-negative float: {v!r}")
     for f, lst in ((22, ru_u), (23, ru_s)):
-        for v in lst:
-            if _bad_float(v):
-                raise PinbaDecodeError(f"field {f} holds a non-finite or subnormal float: {v!r}")
+        if lst and _bad_column(lst):
+            bad = next(v for v in lst if _bad_float(v))
+            raise PinbaDecodeError(f"field {f} holds a non-finite or subnormal float: {bad!r}")
     timers = []
-    off = 0
-    nu, ns = len(ru_u), len(ru_s)
-    for i in range(len(hits)):
-        c = counts[i]
-        tags = {words[names[off + j]]: words[tvalues[off + j]] for j in range(c)}
-        off += c
-        timers.append(
-            PinbaTimer(
-                tags,
-                values[i],
-                hits[i],
-                ru_u[i] if i < nu else 0.0,
-                ru_s[i] if i < ns else 0.0,
+    n_timers = len(hits)
+    if n_timers:
+        if len(ru_u) < n_timers:
+            ru_u = ru_u + [0.0] * (n_timers - len(ru_u))
+        if len(ru_s) < n_timers:
+            ru_s = ru_s + [0.0] * (n_timers - len(ru_s))
+        pairs = list(zip(map(words.__getitem__, names), map(words.__getitem__, tvalues)))
+        off = 0
+        for i in range(n_timers):
+            c = counts[i]
+            timers.append(
+                PinbaTimer(dict(pairs[off : off + c]), values[i], hits[i], ru_u[i], ru_s[i])
             )
-        )
+            off += c
     return PinbaRequest(
         _s(scalars[1]),
         _s(scalars[2]),
