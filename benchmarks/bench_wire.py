@@ -96,11 +96,11 @@ def main() -> None:
         targets["encode, 10 timers, packed"] = 1.5
         transport = UdpTransport(f"{address[0]}:{address[1]}")
         r10 = sample(10)
+        sample0 = sample(0)
         cases["UdpTransport.send, 0 timers"] = lambda: transport.send(sample0)
         cases["UdpTransport.send, 10 timers"] = lambda: transport.send(r10)
         data10 = encode(r10)
         cases["decode, 10 timers"] = lambda: decode(data10)
-        sample0 = sample(0)
         base, times = measure(cases, raw_send(address))
         transport.close()
     print(f"Python {sys.version.split()[0]}, {len(times)} cases, ratios to one raw send\n")

@@ -44,9 +44,9 @@ def describe(r: PinbaRequest) -> str:
         f"doc {r.document_size} B  mem peak {r.memory_peak} B  schema {r.schema or '-'}",
     ]
     if r.tags:
-        lines.append("  tags   " + ", ".join(f"{k}={v}" for k, v in r.tags.items()))
+        lines.append("  tags   " + ", ".join(f"{k}={v!s}" for k, v in r.tags.items()))
     for t in r.timers:
-        tags = ",".join(f"{k}={v}" for k, v in t.tags.items())
+        tags = ",".join(f"{k}={v!s}" for k, v in t.tags.items())
         lines.append(f"  timer  {tags:<40} {t.value * 1000:8.3f} ms  hits {t.hit_count}")
     return "\n".join(lines)
 

@@ -972,7 +972,7 @@ def _decode(buf: bytes, depth: int) -> PinbaRequest:
             pos = _skip(buf, pos, key)
             continue
         code, field = action
-        if code == _WORD or code == _SCALAR_BYTES or code >= _REP_VARINTS:
+        if code >= _REP_VARINTS or code in (_WORD, _SCALAR_BYTES):
             n = buf[pos]
             if n < 0x80:
                 pos += 1
@@ -1007,7 +1007,7 @@ def _decode(buf: bytes, depth: int) -> PinbaRequest:
                     nested.append(_decode(val, depth + 1))
                 except PinbaDecodeError as exc:
                     raise PinbaDecodeError(f"nested request {len(nested)}: {exc.reason}") from None
-        elif code == _SCALAR_FLOAT or code == _REP_FLOAT:
+        elif code in (_SCALAR_FLOAT, _REP_FLOAT):
             if pos + 4 > end:
                 raise PinbaDecodeError(f"truncated: field {field} needs 4 bytes at offset {pos}")
             val = _F32.unpack_from(buf, pos)[0]
@@ -1017,16 +1017,15 @@ def _decode(buf: bytes, depth: int) -> PinbaRequest:
             else:
                 reps.setdefault(field, []).append(val)
         else:  # a varint, scalar or one element of a repeated field
-            b = buf[pos]
-            if b < 0x80:
-                val = b
+            number = buf[pos]
+            if number < 0x80:
                 pos += 1
             else:
-                val, pos = _read_varint(buf, pos)
+                number, pos = _read_varint(buf, pos)
             if code == _SCALAR_VARINT:
-                scalars[field] = val
+                scalars[field] = number
             else:
-                reps.setdefault(field, []).append(val & UINT32_MAX)
+                reps.setdefault(field, []).append(number & UINT32_MAX)
     return _build(scalars, reps, dictionary, nested)
 
 

@@ -61,9 +61,11 @@ def test_biggest_timers_are_kept() -> None:
     fitted = fit(PinbaRequest("h", "s", "/p", timers=timers), 1432)
     kept = [t for t in decode(fitted.packets[0]).timers if t.tags != FOLDED_TIMER_TAGS]
     assert kept
-    assert min(t.value for t in kept) >= max(
-        t.value for t in timers if {"group": t.tags["group"]} not in [k.tags for k in kept]
-    ) - 1e-6
+    assert (
+        min(t.value for t in kept)
+        >= max(t.value for t in timers if {"group": t.tags["group"]} not in [k.tags for k in kept])
+        - 1e-6
+    )
 
 
 def test_nested_requests_that_do_not_fit_travel_apart() -> None:

@@ -55,7 +55,8 @@ def test_addresses_as_the_reference_client_reads_them(address: Any, expected: li
 
 
 @pytest.mark.parametrize(
-    "address", ["", "host:port", "host:0", "host:70000", "[::1", "[::1]x", ":30002", 5, [("a", True)]]
+    "address",
+    ["", "host:port", "host:0", "host:70000", "[::1", "[::1]x", ":30002", 5, [("a", True)]],
 )
 def test_bad_addresses_are_a_clear_configuration_error(address: Any) -> None:
     with pytest.raises(ValueError, match="Pinba"):

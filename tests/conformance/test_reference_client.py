@@ -115,7 +115,7 @@ SCENARIOS = [
     Scenario(
         "no timers",
         NATIVE_NAMES + " pinba_flush();",
-        lambda php: measured(php),
+        measured,
     ),
     Scenario(
         "two timers with two tags each",
@@ -186,7 +186,7 @@ SCENARIOS = [
                 PinbaTimer({"op": "x", "group": "db"}, 0.25, 5, 0.3, 0.7),
                 PinbaTimer({"group": "db", "op": "x"}, 0.125, 1, 0.001, 0.002),
             ],
-        ),  # fmt: skip
+        ),
     ),
     Scenario(
         "request tags unsorted, a value equal to a timer tag",
@@ -212,7 +212,7 @@ SCENARIOS = [
         + """
         http_response_code(404); pinba_schema_set("https"); pinba_request_time_set(0.75);
         pinba_flush();""",
-        lambda php: measured(php),
+        measured,
     ),
     Scenario(
         "numeric and empty tag values",
@@ -239,7 +239,7 @@ SCENARIOS = [
                         "neg": -7,
                     },
                     0.5,
-                ),  # fmt: skip
+                ),
                 PinbaTimer({"no": False, "zero": 0, "one": 1.0}, 0.25),
             ],
         ),
@@ -276,7 +276,7 @@ SCENARIOS = [
                 PinbaTimer({"t": "d"}, 1.23456789),
                 PinbaTimer({"t": "e"}, 86400.999999),
             ],
-        ),  # fmt: skip
+        ),
     ),
     Scenario(
         "many timers: a dictionary past 128 entries",
@@ -321,7 +321,7 @@ SCENARIOS = [
                 PinbaTimer({"group": "db::select", "server": "db1"}, 0.0125, 4, 0.001, 0.0005),
                 PinbaTimer({"group": "http::GET", "server": "api"}, 0.05),
             ],
-        ),  # fmt: skip
+        ),
     ),
 ]
 

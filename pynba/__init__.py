@@ -1,0 +1,3 @@
+"""pynba: Pinba for Python apps (the classic pynba API)."""
+
+__all__: list[str] = []
