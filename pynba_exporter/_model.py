@@ -15,8 +15,9 @@ from dataclasses import KW_ONLY, dataclass, field
 __all__ = ["PinbaRequest", "PinbaTimer", "TagValue"]
 
 #: What a tag value may be. Anything else with a working ``str()`` is accepted at run time too;
-#: numbers become text the way the reference client writes them (see ``encode``).
-TagValue = str | bytes | int | float
+#: numbers become text the way the reference client writes them (see ``encode``). A tuple (or
+#: list) of values gives the tag once per value, as the original pynba sent multi-valued tags.
+TagValue = str | bytes | int | float | tuple[str | bytes | int | float, ...]
 
 
 def _as_tuple(owner: object, name: str) -> None:

@@ -412,9 +412,19 @@ def _tag_pairs(tags: object, where: str) -> list[tuple[str, str]]:
         raise PinbaEncodeError(
             where, f"expected a mapping of tag names to values, got {type(tags).__name__}"
         ) from exc
-    for j, (name, value) in enumerate(items):
-        if type(name) is not str or type(value) is not str:
-            items[j] = (_text(name, f"{where} name {name!r}"), _text(value, f"{where}[{name!r}]"))
+    pairs: list[tuple[str, str]] = []
+    for name, value in items:
+        if type(name) is str and type(value) is str:
+            pairs.append((name, value))
+        elif isinstance(value, (tuple, list)):
+            # A tag with several values: the name once per value, as the original pynba sent it.
+            text = _text(name, f"{where} name {name!r}")
+            pairs.extend((text, _text(v, f"{where}[{name!r}]")) for v in value)
+        else:
+            pairs.append(
+                (_text(name, f"{where} name {name!r}"), _text(value, f"{where}[{name!r}]"))
+            )
+    items = pairs
     # By UTF-8 bytes, as the reference client's strcmp(); code point order is the same except
     # for surrogate-escaped bytes.
     items.sort(key=lambda pair: (_utf8(pair[0]), _utf8(pair[1])))
@@ -1062,6 +1072,19 @@ def _bad_column(column: list[float]) -> bool:
     return smallest < FLT_MIN_NORMAL
 
 
+def _multi(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Tags where a name comes several times: that name maps to the tuple of its values."""
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name not in out:
+            out[name] = value
+        elif isinstance(out[name], tuple):
+            out[name] = (*out[name], value)
+        else:
+            out[name] = (out[name], value)
+    return out
+
+
 def _s(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -1136,9 +1159,10 @@ def _build(
         off = 0
         for i in range(n_timers):
             c = counts[i]
-            timers.append(
-                PinbaTimer(dict(pairs[off : off + c]), values[i], hits[i], ru_u[i], ru_s[i])
-            )
+            tags = dict(pairs[off : off + c])
+            if len(tags) < c:  # a name given several values
+                tags = _multi(pairs[off : off + c])
+            timers.append(PinbaTimer(tags, values[i], hits[i], ru_u[i], ru_s[i]))
             off += c
     return PinbaRequest(
         _s(scalars[1]),

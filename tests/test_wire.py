@@ -788,3 +788,29 @@ def test_mapping_types_other_than_dict_are_accepted() -> None:
     d = decode(encode(r))
     assert d.tags == {"a": "1", "b": "2"}
     assert d.timers[0].tags == {"g": "x"}
+
+
+def test_a_tag_with_several_values_repeats_its_name() -> None:
+    # The original pynba sent pynba.timer(baz=["seq1", "seq2"]) as two pairs named "baz".
+    r = PinbaRequest(
+        "h", "s", "/p", timers=[PinbaTimer({"foo": "bar", "baz": ("seq2", "seq1"), "n": [1]})]
+    )
+    f = pb_fields(encode(r))
+    words = [w.decode() for w in f["dictionary"]]
+    assert [(words[a], words[b]) for a, b in zip(f["timer_tag_name"], f["timer_tag_value"])] == [
+        ("baz", "seq1"),
+        ("baz", "seq2"),
+        ("foo", "bar"),
+        ("n", "1"),
+    ]
+    assert f["timer_tag_count"] == [4]
+    (t,) = decode(encode(r)).timers
+    assert t.tags == {"baz": ("seq1", "seq2"), "foo": "bar", "n": "1"}
+    assert decode(encode(decode(encode(r)))) == decode(encode(r))
+
+
+def test_a_tag_with_no_values_is_left_out() -> None:
+    r = PinbaRequest("h", "s", "/p", timers=[PinbaTimer({"a": "b", "none": ()})])
+    assert decode(encode(r)).timers[0].tags == {"a": "b"}
+    with pytest.raises(PinbaEncodeError, match="at least one tag"):
+        encode(PinbaRequest("h", "s", "/p", timers=[PinbaTimer({"none": ()})]))
