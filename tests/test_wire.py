@@ -793,7 +793,7 @@ def test_mapping_types_other_than_dict_are_accepted() -> None:
 def test_a_tag_with_several_values_repeats_its_name() -> None:
     # The original pynba sent pynba.timer(baz=["seq1", "seq2"]) as two pairs named "baz".
     r = PinbaRequest(
-        "h", "s", "/p", timers=[PinbaTimer({"foo": "bar", "baz": ("seq2", "seq1"), "n": [1]})]
+        "h", "s", "/p", timers=[PinbaTimer({"foo": "bar", "baz": ("seq2", "seq1"), "n": (1,)})]
     )
     f = pb_fields(encode(r))
     words = [w.decode() for w in f["dictionary"]]
