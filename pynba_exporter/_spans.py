@@ -1,0 +1,538 @@
+"""The internal span model: one Pinba request in the making, and the timers under it.
+
+Every source of data writes here: the classic WSGI middleware and ``ScriptMonitor`` open a
+:class:`RequestSpan` (the local root) and make it current in a context variable; ``pynba.timer()``
+and the OpenTelemetry bridge add timers to the current one. When the root ends,
+:meth:`RequestSpan.to_request` turns it into one :class:`PinbaRequest`, whichever API produced its
+pieces, and a transport sends it: one request, one packet.
+
+Timers are aggregated as they stop, keyed by what they were made from: the calls of a decorated
+function, or the uses of one ``Timer``, add up in one line (value, hits, CPU) instead of piling up
+objects, and the encoder merges lines whose tags turn out identical, as the reference client does.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
+from typing import Any, Final
+
+from pynba_exporter._log import errors, logger
+from pynba_exporter._model import PinbaRequest, PinbaTimer
+from pynba_exporter._wire import PinbaEncodeError, _text
+
+__all__ = [
+    "RequestSpan",
+    "Timer",
+    "TimerSpec",
+    "current_request",
+    "expand_tags",
+    "hostname",
+    "process_memory",
+    "thread_cpu",
+]
+
+#: The request being served in this context (thread, task, greenlet), if any.
+current_request: ContextVar[RequestSpan | None] = ContextVar("pynba_request", default=None)
+
+_perf_counter = time.perf_counter
+_getrusage = resource.getrusage
+# CPU of the calling thread where the OS can tell (Linux); of the process elsewhere.
+_RUSAGE_THREAD: Final = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
+def thread_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by the calling thread."""
+    ru = _getrusage(_RUSAGE_THREAD)
+    return ru.ru_utime, ru.ru_stime
+
+
+def process_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by the whole process."""
+    ru = _getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime, ru.ru_stime
+
+
+# -- memory: peak RSS from getrusage, current RSS from /proc/self/statm (Linux)
+
+_PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+# ru_maxrss is in kilobytes on Linux, bytes on macOS.
+_MAXRSS_UNIT: Final = 1 if sys.platform == "darwin" else 1024
+_statm_fd: int | None = None
+_statm_pid = -1
+
+
+def _current_rss() -> int:
+    global _statm_fd, _statm_pid
+    pid = os.getpid()
+    if _statm_pid != pid:  # /proc/self is resolved at open(): a forked child must reopen it
+        _statm_pid = pid
+        try:
+            _statm_fd = os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            _statm_fd = None
+    if _statm_fd is None:
+        return 0
+    try:
+        return int(os.pread(_statm_fd, 64, 0).split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def process_memory() -> tuple[int, int]:
+    """(peak RSS, current RSS) of the process, in bytes; 0 where the OS does not say."""
+    peak = _getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+    return peak, _current_rss()
+
+
+_HOSTNAME: str | None = None
+
+
+def hostname() -> str:
+    """This machine's host name (looked up once)."""
+    global _HOSTNAME
+    if _HOSTNAME is None:
+        _HOSTNAME = socket.gethostname() or "unknown"
+    return _HOSTNAME
+
+
+def env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value not in ("0", "false", "no", "off")
+
+
+# --------------------------------------------------------------------------------------------
+# Tags as the classic API takes them
+
+
+def _safe_text(value: object, where: str) -> str:
+    if value is None:
+        return ""  # as PHP turns null into a string
+    try:
+        return _text(value, where)
+    except PinbaEncodeError as exc:
+        errors.log(("tag", where), f"pynba: tag value replaced by '?': {exc}")
+        return "?"
+
+
+def expand_tags(tags: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+    """Tags of the classic API as the encoder takes them.
+
+    A mapping gives dotted names (``{"qux": {"map1": "v"}}`` -> ``qux.map1``, at any depth); a
+    sequence or other iterable gives the tag once per element; a callable is called (now, so
+    call this when the request is sent); ``None`` is the empty string; anything else becomes text
+    as the reference client writes it. Never raises: what cannot be read is logged and left out.
+    """
+    out: dict[str, Any] = {}
+    try:
+        items = list(tags.items())
+    except Exception as exc:
+        errors.log(("tags", type(tags).__name__), f"pynba: tags ignored, not a mapping: {exc!r}")
+        return out
+    for key, given in items:
+        name = prefix + _safe_text(key, "tag name")
+        value = given
+        if callable(value):
+            try:
+                value = value()
+            except Exception as exc:
+                errors.log(("tag-callable", name), f"pynba: tag {name!r}: callable raised {exc!r}")
+                continue
+        if type(value) is str:
+            out[name] = value
+        elif isinstance(value, Mapping):
+            out.update(expand_tags(value, name + "."))
+        elif isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Iterable):
+            out[name] = _safe_text(value, name)
+        else:
+            try:
+                values = tuple(_safe_text(v, name) for v in value)
+            except Exception as exc:
+                errors.log(("tag-iter", name), f"pynba: tag {name!r}: iteration raised {exc!r}")
+                continue
+            if len(values) == 1:
+                out[name] = values[0]
+            elif values:
+                out[name] = values
+    return out
+
+
+class TimerSpec:
+    """What timers made from the same call site share: their tags, expanded once unless a
+    value is callable (then at each send, as the tags of the original pynba)."""
+
+    __slots__ = ("_static", "tags")
+
+    def __init__(self, tags: Mapping[Any, Any]) -> None:
+        self.tags = tags
+        self._static: dict[str, Any] | None = None
+
+    def expanded(self) -> dict[str, Any]:
+        static = self._static
+        if static is not None:
+            return static
+        tags = expand_tags(self.tags)
+        if not any(callable(v) for v in self.tags.values()):
+            self._static = tags
+        return tags
+
+
+class _Line:
+    """One timer line of a request: what the uses of one spec added up to."""
+
+    __slots__ = ("hits", "ru_stime", "ru_utime", "spec", "value")
+
+    def __init__(self, spec: TimerSpec) -> None:
+        self.spec = spec
+        self.value = 0.0
+        self.hits = 0
+        self.ru_utime = 0.0
+        self.ru_stime = 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# The request
+
+
+class RequestSpan:
+    """One Pinba request in the making (the local root span).
+
+    Fields left ``None`` are measured when the request finishes: ``document_size`` by whoever
+    serves the body, ``memory_peak``/``memory_footprint`` from the process. ``timer_rusage``
+    says whether timers measure their own CPU (two getrusage calls per timer).
+    """
+
+    __slots__ = (
+        "_cpu0",
+        "_lines",
+        "_running",
+        "_start",
+        "_thread",
+        "document_size",
+        "enabled",
+        "finished",
+        "hostname",
+        "memory_footprint",
+        "memory_peak",
+        "request_time",
+        "ru_stime",
+        "ru_utime",
+        "schema",
+        "script_name",
+        "server_name",
+        "serving",
+        "status",
+        "tags",
+        "timer_rusage",
+    )
+
+    def __init__(
+        self,
+        hostname: str,
+        server_name: str,
+        script_name: str,
+        *,
+        schema: str = "",
+        tags: dict[str, Any] | None = None,
+        timer_rusage: bool = True,
+        process_cpu_time: bool = False,
+    ) -> None:
+        self.hostname = hostname
+        self.server_name = server_name
+        self.script_name = script_name
+        self.schema = schema
+        self.status = 0
+        self.tags: dict[str, Any] = {} if tags is None else tags
+        self.document_size: int | None = None
+        self.memory_peak: int | None = None
+        self.memory_footprint: int | None = None
+        self.enabled = True
+        self.finished = False
+        #: True while the middleware that opened it is inside the app call (for nesting).
+        self.serving = False
+        self.timer_rusage = timer_rusage
+        self.request_time = 0.0
+        self.ru_utime = 0.0
+        self.ru_stime = 0.0
+        self._lines: dict[TimerSpec, _Line] = {}
+        self._running: dict[int, Timer] = {}
+        # The thread whose CPU is counted; None: the process's (ScriptMonitor).
+        self._thread = None if process_cpu_time else threading.get_ident()
+        self._cpu0 = process_cpu() if process_cpu_time else thread_cpu()
+        self._start = _perf_counter()
+
+    # -- timers
+
+    def add(
+        self, spec: TimerSpec, value: float, hits: int = 1, ru_utime: float = 0.0,
+        ru_stime: float = 0.0,
+    ) -> None:  # fmt: skip
+        """Add to the timer line of ``spec``: a measured time, its hits, its CPU."""
+        line = self._lines.get(spec)
+        if line is None:
+            line = self._lines[spec] = _Line(spec)
+        line.value += value
+        line.hits += hits
+        line.ru_utime += ru_utime
+        line.ru_stime += ru_stime
+
+    def add_timer(
+        self, tags: Mapping[str, Any], value: float, hits: int = 1, ru_utime: float = 0.0,
+        ru_stime: float = 0.0,
+    ) -> None:  # fmt: skip
+        """A finished timer given by its tags (an OpenTelemetry child span, for instance)."""
+        self.add(TimerSpec(tags), value, hits, ru_utime, ru_stime)
+
+    # -- the end
+
+    def finish(self, now: float | None = None) -> None:
+        """Stop running timers, take the time and the CPU. Idempotent."""
+        if self.finished:
+            return
+        end = _perf_counter() if now is None else now
+        for timer in list(self._running.values()):
+            timer._stop_at(end)
+        self.request_time = end - self._start
+        if self._thread is None:
+            u, s = process_cpu()
+        elif self._thread == threading.get_ident():
+            u, s = thread_cpu()
+        else:  # finished on another thread: that thread's CPU would be meaningless
+            u, s = self._cpu0
+        self.ru_utime = max(0.0, u - self._cpu0[0])
+        self.ru_stime = max(0.0, s - self._cpu0[1])
+        if self.memory_peak is None or self.memory_footprint is None:
+            peak, rss = process_memory()
+            if self.memory_peak is None:
+                self.memory_peak = peak
+            if self.memory_footprint is None:
+                self.memory_footprint = rss
+        self.finished = True
+
+    def to_request(self) -> PinbaRequest:
+        """The Pinba request, once finished."""
+        timers = []
+        for line in self._lines.values():
+            if line.hits <= 0:
+                continue
+            tags = line.spec.expanded()
+            if tags:
+                timers.append(PinbaTimer(tags, line.value, line.hits, line.ru_utime, line.ru_stime))
+        return PinbaRequest(
+            self.hostname,
+            self.server_name,
+            self.script_name,
+            document_size=self.document_size or 0,
+            memory_peak=self.memory_peak or 0,
+            memory_footprint=self.memory_footprint or 0,
+            request_time=self.request_time,
+            ru_utime=self.ru_utime,
+            ru_stime=self.ru_stime,
+            status=self.status,
+            schema=self.schema,
+            tags=expand_tags(self.tags) if self.tags else {},
+            timers=timers,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The classic timer
+
+
+class Timer:
+    """A timer with tags: ``start()``/``stop()``, a ``with`` block, or a decorator.
+
+    A timer belongs to the request that is current when it is created or, if it was made
+    outside any request (a module-level decorator, a background thread), to the request current
+    when it starts; outside any request it measures but records nothing. Each start/stop adds
+    to the timer (value and one hit); timers with identical tags are merged in the packet.
+    As a decorator it times every call (sync or ``async def``) into the request of that call.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_cpu",
+        "_home",
+        "_request",
+        "_start",
+        "data",
+        "elapsed_total",
+        "runs",
+        "spec",
+    )
+
+    def __init__(
+        self,
+        tags: Mapping[Any, Any],
+        *,
+        spec: TimerSpec | None = None,
+        home: Callable[[], RequestSpan | None] | None = None,
+    ) -> None:
+        self.spec = spec if spec is not None else TimerSpec(dict(tags))
+        # Where the timer records: the request current in its context, or its owner's (a
+        # ScriptMonitor's timers record into the monitor's unit of work, from any thread).
+        self._home = home
+        self._request = current_request.get() if home is None else home()
+        self._start: float | None = None
+        self._cpu: tuple[float, float] | None = None
+        self.elapsed_total = 0.0
+        self.runs = 0
+        #: Free slot for the app's own data, as the reference client's timer data.
+        self.data: Any = None
+
+    @property
+    def tags(self) -> Mapping[Any, Any]:
+        return self.spec.tags
+
+    @property
+    def started(self) -> bool:
+        return self._start is not None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds measured so far (including the current run if running)."""
+        start = self._start
+        if start is None:
+            return self.elapsed_total
+        return self.elapsed_total + (_perf_counter() - start)
+
+    def start(self) -> Timer:
+        if self._start is not None:
+            errors.log(("timer", "started twice"), "pynba: timer started twice; ignored")
+            return self
+        request = self._request
+        if request is None or request.finished:
+            home = self._home
+            request = self._request = current_request.get() if home is None else home()
+        if request is not None:
+            if request.timer_rusage:
+                self._cpu = thread_cpu()
+            request._running[id(self)] = self
+        self._start = _perf_counter()
+        return self
+
+    def stop(self) -> Timer:
+        if self._start is None:
+            errors.log(("timer", "not started"), "pynba: timer stopped but not started; ignored")
+            return self
+        self._stop_at(_perf_counter())
+        return self
+
+    def _stop_at(self, end: float) -> None:
+        start = self._start
+        if start is None:
+            return
+        self._start = None
+        value = end - start
+        self.elapsed_total += value
+        self.runs += 1
+        request = self._request
+        if request is None:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("pynba: timer %r ran outside any request: not recorded", self.tags)
+            return
+        request._running.pop(id(self), None)
+        if request.finished:
+            return
+        cpu0 = self._cpu
+        if cpu0 is not None:
+            self._cpu = None
+            u, s = thread_cpu()
+            request.add(self.spec, value, 1, max(0.0, u - cpu0[0]), max(0.0, s - cpu0[1]))
+        else:
+            request.add(self.spec, value)
+
+    def clone(self) -> Timer:
+        """A new, stopped timer with the same tags, in the current request."""
+        return Timer(self.spec.tags, spec=self.spec, home=self._home)
+
+    def delete(self) -> None:
+        """Take this timer's measurements out of its request: they will not be sent."""
+        request = self._request
+        if request is None:
+            return
+        request._running.pop(id(self), None)
+        self._start = None
+        line = request._lines.get(self.spec)
+        if line is not None and not request.finished:
+            # The line may hold other uses of the same spec (clones): remove only ours.
+            line.value = max(0.0, line.value - self.elapsed_total)
+            line.hits = max(0, line.hits - self.runs)
+        self.elapsed_total = 0.0
+        self.runs = 0
+
+    def __enter__(self) -> Timer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._start is not None:
+            self.stop()
+
+    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Time every call of ``func`` into the request current at that call."""
+        spec = self.spec
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                token = _begin()
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    _end(spec, token)
+
+            return awrapper
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            token = _begin()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _end(spec, token)
+
+        return wrapper
+
+    def __repr__(self) -> str:
+        state = "running" if self._start is not None else f"{self.elapsed_total:.6f}s"
+        return f"<Timer {dict(self.spec.tags)!r} {state}>"
+
+
+_NO_REQUEST: Final = (None, 0.0, None)
+
+
+def _begin() -> tuple[RequestSpan | None, float, tuple[float, float] | None]:
+    request = current_request.get()
+    if request is None:
+        return _NO_REQUEST
+    cpu = thread_cpu() if request.timer_rusage else None
+    return request, _perf_counter(), cpu
+
+
+def _end(
+    spec: TimerSpec, token: tuple[RequestSpan | None, float, tuple[float, float] | None]
+) -> None:
+    request, start, cpu0 = token
+    if request is None:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("pynba: timed call outside any request: not recorded (%r)", spec.tags)
+        return
+    value = _perf_counter() - start
+    if request.finished:
+        return
+    if cpu0 is not None:
+        u, s = thread_cpu()
+        request.add(spec, value, 1, max(0.0, u - cpu0[0]), max(0.0, s - cpu0[1]))
+    else:
+        request.add(spec, value)
