@@ -34,8 +34,9 @@ def environ(path: str = "/", **extra: Any) -> Environ:
     return env
 
 
-def serve(app: Callable[[Environ, StartResponse], Iterable[bytes]], env: Environ | None = None
-          ) -> tuple[str, bytes]:  # fmt: skip
+def serve(
+    app: Callable[[Environ, StartResponse], Iterable[bytes]], env: Environ | None = None
+) -> tuple[str, bytes]:
     """Call the app as a WSGI server does: start_response, iterate, close."""
     seen: list[str] = []
 
@@ -276,8 +277,9 @@ def test_thread_cpu_is_the_serving_threads(receiver: UdpReceiver) -> None:
     assert 0.04 <= t.ru_utime + t.ru_stime < 0.12
 
 
-def test_per_timer_cpu_can_be_turned_off(receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch
-                                         ) -> None:  # fmt: skip
+def test_per_timer_cpu_can_be_turned_off(
+    receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def app(env: Environ, start_response: StartResponse) -> list[bytes]:
         with pynba.timer(group="work"):
             sum(range(100000))
@@ -504,8 +506,9 @@ def test_nothing_leaks_after_an_exception(receiver: UdpReceiver) -> None:
     assert (r.tags, r.timers) == ({}, ())
 
 
-def test_disabled_requests_and_the_global_switch(receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch
-                                                 ) -> None:  # fmt: skip
+def test_disabled_requests_and_the_global_switch(
+    receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     @monitor(receiver.address)
     def app(env: Environ, start_response: StartResponse) -> list[bytes]:
         if env["PATH_INFO"] == "/health":
