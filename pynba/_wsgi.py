@@ -160,11 +160,11 @@ class PynbaMiddleware:
         with contextlib.suppress(ValueError):  # closed in another context than opened in
             current_request.reset(token)
         try:
-            request.finish()
             if request.document_size is None:
                 request.document_size = size
+            request.seal()
             if request.enabled:
-                self.reporter.send(request.to_request())
+                self.reporter.send(request)  # type: ignore[arg-type]  # a span encodes as is
         except Exception as exc:
             if self.reporter.raise_on_fail:
                 raise
@@ -229,11 +229,11 @@ class _Response:
         if not self._closed:
             self._closed = True
             try:
-                self._request.finish()
                 if self._request.document_size is None:
                     self._request.document_size = self._size
+                self._request.seal()
                 if self._request.enabled:
-                    self._middleware.reporter.send(self._request.to_request())
+                    self._middleware.reporter.send(self._request)  # type: ignore[arg-type]
             except Exception as exc:
                 self._middleware._failed("send", exc)
 

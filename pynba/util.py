@@ -110,10 +110,10 @@ class ScriptMonitor:
         if status is not None:
             request.status = status
         try:
-            request.finish()
+            request.seal()
             if not (self.enabled and request.enabled):
                 return False
-            return self.reporter.send(request.to_request())
+            return self.reporter.send(request)  # type: ignore[arg-type]  # a span encodes as is
         except Exception as exc:
             if self.reporter.raise_on_fail:
                 raise

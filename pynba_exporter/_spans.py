@@ -217,14 +217,16 @@ class TimerSpec:
 
 
 class _Line:
-    """One timer line of a request: what the uses of one spec added up to."""
+    """One timer line of a request: what the uses of one spec added up to. It has the
+    attributes of a PinbaTimer, so the encoder takes it as it is."""
 
-    __slots__ = ("hits", "ru_stime", "ru_utime", "spec", "value")
+    __slots__ = ("hit_count", "ru_stime", "ru_utime", "spec", "tags", "value")
 
     def __init__(self, spec: TimerSpec) -> None:
         self.spec = spec
+        self.tags: dict[str, Any] = {}
         self.value = 0.0
-        self.hits = 0
+        self.hit_count = 0
         self.ru_utime = 0.0
         self.ru_stime = 0.0
 
@@ -263,7 +265,12 @@ class RequestSpan:
         "status",
         "tags",
         "timer_rusage",
+        "timers",
     )
+
+    # What a PinbaRequest has and a span never sets.
+    request_count = 0
+    requests: tuple[PinbaRequest, ...] = ()
 
     def __init__(
         self,
@@ -294,6 +301,7 @@ class RequestSpan:
         self.ru_utime = 0.0
         self.ru_stime = 0.0
         self._lines: dict[TimerSpec, _Line] = {}
+        self.timers: list[_Line] = []
         self._running: dict[int, Timer] = {}
         # The thread whose CPU is counted; None: the process's (ScriptMonitor).
         self._thread = None if process_cpu_time else threading.get_ident()
@@ -311,7 +319,7 @@ class RequestSpan:
         if line is None:
             line = self._lines[spec] = _Line(spec)
         line.value += value
-        line.hits += hits
+        line.hit_count += hits
         line.ru_utime += ru_utime
         line.ru_stime += ru_stime
 
@@ -345,15 +353,26 @@ class RequestSpan:
                 self.memory_footprint = rss
         self.finished = True
 
-    def to_request(self) -> PinbaRequest:
-        """The Pinba request, once finished."""
+    def seal(self) -> RequestSpan:
+        """Finish, and make the request ready to encode as it is: the span has the attributes
+        of a PinbaRequest (``timers`` are its lines, tags expanded), so no copy is made."""
+        self.finish()
         timers = []
         for line in self._lines.values():
-            if line.hits <= 0:
-                continue
-            tags = line.spec.expanded()
-            if tags:
-                timers.append(PinbaTimer(tags, line.value, line.hits, line.ru_utime, line.ru_stime))
+            if line.hit_count > 0:
+                line.tags = line.spec.expanded()
+                if line.tags:
+                    timers.append(line)
+        self.timers = timers
+        if self.document_size is None:
+            self.document_size = 0
+        if self.tags:
+            self.tags = expand_tags(self.tags)
+        return self
+
+    def to_request(self) -> PinbaRequest:
+        """The Pinba request as a record (for tests and inspection; sending uses the span)."""
+        self.seal()
         return PinbaRequest(
             self.hostname,
             self.server_name,
@@ -366,8 +385,11 @@ class RequestSpan:
             ru_stime=self.ru_stime,
             status=self.status,
             schema=self.schema,
-            tags=expand_tags(self.tags) if self.tags else {},
-            timers=timers,
+            tags=dict(self.tags),
+            timers=[
+                PinbaTimer(t.tags, t.value, t.hit_count, t.ru_utime, t.ru_stime)
+                for t in self.timers
+            ],
         )
 
 
@@ -492,7 +514,7 @@ class Timer:
         if line is not None and not request.finished:
             # The line may hold other uses of the same spec (clones): remove only ours.
             line.value = max(0.0, line.value - self.elapsed_total)
-            line.hits = max(0, line.hits - self.runs)
+            line.hit_count = max(0, line.hit_count - self.runs)
         self.elapsed_total = 0.0
         self.runs = 0
 

@@ -168,6 +168,8 @@ def _varint(v: int) -> bytes:
         return bytes((v & 0x7F | 0x80, v >> 7))
     if v < 0x200000:
         return bytes((v & 0x7F | 0x80, (v >> 7) & 0x7F | 0x80, v >> 14))
+    if v < 0x10000000:
+        return bytes((v & 0x7F | 0x80, (v >> 7) & 0x7F | 0x80, (v >> 14) & 0x7F | 0x80, v >> 21))
     out = bytearray()
     while v >= 0x80:
         out.append((v & 0x7F) | 0x80)
@@ -450,6 +452,11 @@ class _Merged:
         self.cacheable = True
 
 
+# A timer is anything with these attributes: PinbaTimer, or the span model's timer lines, which
+# the classic API hands over as they are rather than copying them into records first.
+_TIMER_ATTRIBUTES: Final = ("tags", "value", "hit_count", "ru_utime", "ru_stime")
+
+
 def _merge(timers: object) -> _Merged:
     """The careful path: every timer checked and converted, identical tag sets merged."""
     if isinstance(timers, (str, bytes, Mapping)) or not isinstance(timers, Iterable):
@@ -458,7 +465,7 @@ def _merge(timers: object) -> _Merged:
     slots: dict[_Pairs, int] = {}
     plan = []
     for i, t in enumerate(timers):
-        if not isinstance(t, PinbaTimer):
+        if not all(hasattr(t, a) for a in _TIMER_ATTRIBUTES):
             raise PinbaEncodeError(f"timers[{i}]", f"expected a PinbaTimer, got {t!r}")
         key = tuple(_tag_pairs(t.tags, f"timers[{i}].tags"))
         if not key:
@@ -708,9 +715,14 @@ def encode(request: PinbaRequest, *, packed: bool = False) -> bytes:
     Raises :class:`PinbaEncodeError` (a ``ValueError`` and a ``TypeError``) naming the field when
     the request holds something that has no text form or is not of the expected kind.
     """
-    if type(request) is not PinbaRequest and not isinstance(request, PinbaRequest):
-        raise PinbaEncodeError("request", f"expected a PinbaRequest, got {type(request).__name__}")
-    names = _names(request)
+    # Duck-typed on purpose: the span model's requests are encoded as they are, without being
+    # copied into a PinbaRequest first (a frozen dataclass costs microseconds to build).
+    try:
+        names = _names(request)
+    except AttributeError:
+        raise PinbaEncodeError(
+            "request", f"expected a PinbaRequest, got {type(request).__name__}"
+        ) from None
     try:
         data = _encode_fast(request, names, packed)
     except Exception:  # anything unusual in the shape or the numbers: the careful path decides
@@ -745,6 +757,18 @@ class Fitted:
         return bool(self.folded_timers or self.cut_strings or self.dropped_tags)
 
 
+def _record(r: Any) -> PinbaRequest:
+    """A PinbaRequest with the fields of a request-like object."""
+    return PinbaRequest(
+        r.hostname, r.server_name, r.script_name,
+        request_count=r.request_count, document_size=r.document_size,
+        memory_peak=r.memory_peak, request_time=r.request_time, ru_utime=r.ru_utime,
+        ru_stime=r.ru_stime, status=r.status, memory_footprint=r.memory_footprint,
+        schema=r.schema, tags=r.tags, requests=r.requests,
+        timers=[PinbaTimer(t.tags, t.value, t.hit_count, t.ru_utime, t.ru_stime) for t in r.timers],
+    )  # fmt: skip
+
+
 def _cut(raw: str, limit: int) -> str:
     b = _utf8(raw)
     if len(b) <= limit:
@@ -767,6 +791,8 @@ def fit(request: PinbaRequest, max_size: int, *, packed: bool = False) -> Fitted
     data = encode(request, packed=packed)
     if len(data) <= max_size:
         return Fitted([data])
+    if not isinstance(request, PinbaRequest):  # a request-like object (a span): copy it
+        request = _record(request)
     if request.requests:
         parts = [fit(replace(request, requests=()), max_size, packed=packed)]
         parts.extend(fit(sub, max_size, packed=packed) for sub in request.requests)
