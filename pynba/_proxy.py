@@ -22,7 +22,7 @@ import math
 from typing import Any
 
 from pynba_exporter._log import errors, logger
-from pynba_exporter._spans import RequestSpan, Timer, _safe_text, current_request
+from pynba_exporter._spans import RequestSpan, Timer, TimerSpec, _safe_text, current_request
 
 __all__ = ["pynba"]
 
@@ -56,7 +56,7 @@ class _Pynba:
 
     def timer(self, **tags: Any) -> Timer:
         """A timer with these tags, in the current request (see :class:`pynba.Timer`)."""
-        return Timer(tags)
+        return Timer(tags, spec=TimerSpec(tags))  # kwargs are a fresh dict: no copy needed
 
     @property
     def request(self) -> RequestSpan | None:

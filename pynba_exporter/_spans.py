@@ -96,14 +96,30 @@ _PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # ru_maxrss is in kilobytes on Linux, bytes on macOS.
 _MAXRSS_UNIT: Final = 1 if sys.platform == "darwin" else 1024
 _statm_fd: int | None = None
-_statm_pid = -1
+_statm_open = False
+# Memory is a property of the process, not of a request, and changes slowly: under load it is
+# read at most every _MEMORY_TTL seconds (two system calls and a parse saved per request).
+_MEMORY_TTL: Final = 0.01
+_memory_at = -1.0
+_memory: tuple[int, int] = (0, 0)
+
+
+def _forget_memory() -> None:
+    # /proc/self is resolved when opened: a forked child must open its own, and measure anew.
+    global _statm_fd, _statm_open, _memory_at
+    if _statm_fd is not None:
+        os.close(_statm_fd)
+    _statm_fd, _statm_open, _memory_at = None, False, -1.0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_memory)
 
 
 def _current_rss() -> int:
-    global _statm_fd, _statm_pid
-    pid = os.getpid()
-    if _statm_pid != pid:  # /proc/self is resolved at open(): a forked child must reopen it
-        _statm_pid = pid
+    global _statm_fd, _statm_open
+    if not _statm_open:
+        _statm_open = True
         try:
             _statm_fd = os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError:
@@ -118,8 +134,13 @@ def _current_rss() -> int:
 
 def process_memory() -> tuple[int, int]:
     """(peak RSS, current RSS) of the process, in bytes; 0 where the OS does not say."""
-    peak = _getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
-    return peak, _current_rss()
+    global _memory_at, _memory
+    now = _perf_counter()
+    if now - _memory_at > _MEMORY_TTL:
+        peak = _getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+        _memory = (peak, _current_rss())
+        _memory_at = now
+    return _memory
 
 
 _HOSTNAME: str | None = None
@@ -210,7 +231,15 @@ class TimerSpec:
         static = self._static
         if static is not None:
             return static
-        tags = expand_tags(self.tags)
+        given = self.tags
+        if type(given) is dict:
+            for name, value in given.items():
+                if type(name) is not str or type(value) is not str:
+                    break
+            else:  # plain text already (the common case): nothing to expand
+                self._static = given
+                return given
+        tags = expand_tags(given)
         if not any(callable(v) for v in self.tags.values()):
             self._static = tags
         return tags
@@ -496,8 +525,14 @@ class Timer:
         if cpu0 is not None:
             self._cpu = None
             request.add(self.spec, value, 1, *cpu_delta(cpu0, thread_cpu()))
-        else:
-            request.add(self.spec, value)
+            return
+        # RequestSpan.add, inlined: this runs for every timer of every request.
+        spec = self.spec
+        line = request._lines.get(spec)
+        if line is None:
+            line = request._lines[spec] = _Line(spec)
+        line.value += value
+        line.hit_count += 1
 
     def clone(self) -> Timer:
         """A new, stopped timer with the same tags, in the current request."""
@@ -518,12 +553,11 @@ class Timer:
         self.elapsed_total = 0.0
         self.runs = 0
 
-    def __enter__(self) -> Timer:
-        return self.start()
+    __enter__ = start
 
     def __exit__(self, *exc: object) -> None:
         if self._start is not None:
-            self.stop()
+            self._stop_at(_perf_counter())
 
     def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Time every call of ``func`` into the request current at that call."""

@@ -438,7 +438,21 @@ class UdpTransport(Transport):
         return f"UdpTransport({', '.join(map(str, self.servers))!r})"
 
     def send_packet(self, data: bytes) -> bool:
+        return self._deliver(data, 0)
+
+    def send(self, request: PinbaRequest) -> bool:
+        # Transport.send with the common case folded in: one lock for all the counting.
+        try:
+            data = encode(request, packed=self.packed)
+        except Exception as exc:
+            return self._encode_failed(request, exc)
+        if len(data) <= self.max_packet_size:
+            return self._deliver(data, 1)
+        return self._send_fitted(request)
+
+    def _deliver(self, data: bytes, requests: int) -> bool:
         ok = True
+        sent = 0
         for srv in self._servers:
             sock = srv.sock
             if sock is None or (not srv.numeric and srv.expires <= time.monotonic()):
@@ -455,7 +469,11 @@ class UdpTransport(Transport):
                     _ERRNO_NAMES.get(exc.errno or 0, type(exc).__name__), srv.where, exc
                 )
             else:
-                self._count_sent()
+                sent += 1
+        with self._lock:
+            self._requests += requests
+            self._packets += requests
+            self._sent += sent
         return ok
 
     def close(self) -> None:
