@@ -7,6 +7,7 @@
   raising into the app, with counters in ``stats()``.
 """
 
+from pynba_exporter._log import internal_errors
 from pynba_exporter._model import PinbaRequest, PinbaTimer, TagValue
 from pynba_exporter._transport import (
     MemoryTransport,
@@ -31,5 +32,6 @@ __all__ = [
     "UdpTransport",
     "decode",
     "encode",
+    "internal_errors",
     "parse_addresses",
 ]

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Hashable
 
-__all__ = ["ErrorLog", "errors", "logger"]
+__all__ = ["ErrorLog", "errors", "internal_errors", "logger"]
 
 logger = logging.getLogger("pynba")
 
@@ -27,6 +27,8 @@ class ErrorLog:
         self._lock = threading.Lock()
         # key -> [monotonic time of the last line logged, repeats since]
         self._seen: dict[Hashable, list[float]] = {}
+        #: How many failures of each kind (the key's first element) happened, logged or not.
+        self.counts: dict[str, int] = {}
 
     def log(
         self,
@@ -38,7 +40,9 @@ class ErrorLog:
     ) -> bool:
         """Log ``message`` unless ``key`` was logged less than ``interval`` ago. True if logged."""
         now = time.monotonic()
+        kind = str(key[0]) if isinstance(key, tuple) and key else str(key)
         with self._lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
             seen = self._seen.get(key)
             if seen is not None and now - seen[0] < self.interval:
                 seen[1] += 1
@@ -55,6 +59,15 @@ class ErrorLog:
     def reset(self) -> None:
         with self._lock:
             self._seen.clear()
+            self.counts.clear()
+
+
+def internal_errors() -> dict[str, int]:
+    """How many of the library's own failures happened in this process, by kind ("send",
+    "encode", "tag", "timer", "middleware", ...): each is logged to ``pynba`` the first time,
+    then at most once a minute, and counted here every time."""
+    with errors._lock:
+        return dict(errors.counts)
 
 
 #: The process-wide instance used by the library's components.

@@ -19,7 +19,7 @@ import pytest
 from conftest import UdpReceiver
 
 from pynba import PynbaMiddleware, monitor, pynba
-from pynba_exporter import MemoryTransport, PinbaRequest, PinbaSendError
+from pynba_exporter import MemoryTransport, PinbaRequest, PinbaSendError, internal_errors
 from pynba_exporter._spans import hostname
 
 Environ = dict[str, Any]
@@ -584,3 +584,53 @@ def test_works_in_a_forked_child(receiver: UdpReceiver) -> None:
             os._exit(0)
     os.waitpid(pid, 0)
     assert receiver.request().script_name == "/child"
+
+
+def test_greenlets_keep_their_own_requests(receiver: UdpReceiver) -> None:
+    greenlet = pytest.importorskip("greenlet")
+    hub = greenlet.getcurrent()
+
+    @monitor(receiver.address)
+    def app(env: Environ, start_response: StartResponse) -> list[bytes]:
+        name = env["PATH_INFO"].strip("/")
+        pynba.tags["who"] = name
+        with pynba.timer(who=name):
+            hub.switch()  # the other greenlet runs its request meanwhile
+        start_response("200 OK", [])
+        return []
+
+    g1 = greenlet.greenlet(lambda: serve(app, environ("/g1")))
+    g2 = greenlet.greenlet(lambda: serve(app, environ("/g2")))
+    g1.switch()
+    g2.switch()
+    g1.switch()
+    g2.switch()
+    got = {r.script_name: r for r in (receiver.request(), receiver.request())}
+    for name in ("g1", "g2"):
+        r = got[f"/{name}"]
+        assert r.tags == {"who": name}
+        assert [t.tags for t in r.timers] == [{"who": name}]
+
+
+def test_outside_any_request_timers_say_so_at_debug_level(pynba_log: Any) -> None:
+    with pynba.timer(group="orphan"):
+        pass
+    assert any("outside any request" in r.getMessage() for r in pynba_log.records)
+
+
+@pytest.mark.expect_pynba_errors
+def test_internal_errors_are_counted() -> None:
+    class Evil:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    app = PynbaMiddleware(hello, transport=MemoryTransport())
+
+    def tagged(env: Environ, start_response: StartResponse) -> list[bytes]:
+        pynba.tags["x"] = Evil()
+        return hello(env, start_response)
+
+    app.app = tagged
+    for _ in range(3):
+        serve(app)
+    assert internal_errors()["tag"] == 3
