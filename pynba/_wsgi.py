@@ -22,7 +22,8 @@ from typing import Any, TypeAlias
 
 from pynba_exporter import Transport, UdpTransport
 from pynba_exporter._log import errors
-from pynba_exporter._spans import RequestSpan, current_request, env_flag, hostname
+from pynba_exporter._spans import RequestSpan, current_request, env_flag
+from pynba_exporter._spans import hostname as _hostname
 from pynba_exporter._transport import Address
 
 __all__ = ["PynbaMiddleware", "monitor"]
@@ -97,8 +98,8 @@ class PynbaMiddleware:
         )
         self.prefix = prefix
         self.tags: dict[str, Any] = dict(tags or {})
-        self.hostname = hostname
-        self.server_name = server_name
+        self.hostname: NameOption = hostname
+        self.server_name: NameOption = server_name
         self.script_name = script_name
         self.schema = schema
         self.timer_rusage = (
@@ -146,8 +147,20 @@ class PynbaMiddleware:
         return str(option(environ)) if callable(option) else option
 
     def _open(self, environ: dict[str, Any]) -> RequestSpan:
+        if self.hostname is None and self.server_name is None and self.script_name is None:
+            # The common case, without the option lookups.
+            host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "unknown"
+            path = environ.get("PATH_INFO") or ""
+            return RequestSpan(
+                _hostname(),
+                host if ":" not in host else _server_name(environ),
+                self.prefix + (path if path.isascii() else _path(environ)),
+                schema=self._value(self.schema, environ) or environ.get("wsgi.url_scheme") or "",
+                tags=dict(self.tags) if self.tags else None,
+                timer_rusage=self.timer_rusage,
+            )
         return RequestSpan(
-            self._value(self.hostname, environ) or hostname(),
+            self._value(self.hostname, environ) or _hostname(),
             self._value(self.server_name, environ) or _server_name(environ),
             self._value(self.script_name, environ) or self.prefix + _path(environ),
             schema=self._value(self.schema, environ) or environ.get("wsgi.url_scheme") or "",
