@@ -4,8 +4,12 @@
 - :func:`encode`, :func:`decode`: the wire codec, byte-compatible with the PHP ``pinba``
   extension (the reference client), no I/O;
 - :class:`UdpTransport`, :class:`MemoryTransport`: sending, to one or many servers, never
-  raising into the app, with counters in ``stats()``.
+  raising into the app, with counters in ``stats()``;
+- :class:`PinbaSpanProcessor`, :class:`PinbaSpanExporter`, :class:`PinbaSampler`: the
+  OpenTelemetry bridge (``pynba_exporter.otel``, imported on first use).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from pynba_exporter._log import internal_errors
 from pynba_exporter._model import PinbaRequest, PinbaTimer, TagValue
@@ -19,12 +23,31 @@ from pynba_exporter._transport import (
 )
 from pynba_exporter._wire import PinbaDecodeError, PinbaEncodeError, decode, encode
 
+if TYPE_CHECKING:
+    from pynba_exporter.otel import PinbaSampler, PinbaSpanExporter, PinbaSpanProcessor
+
+# The OpenTelemetry bridge is imported on first use: `import pynba_exporter` (and `import pynba`)
+# must not import the OpenTelemetry SDK, which the classic API does not need.
+_OTEL_NAMES = ("PinbaSampler", "PinbaSpanExporter", "PinbaSpanProcessor")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _OTEL_NAMES:
+        from pynba_exporter import otel  # noqa: PLC0415 - lazily, on purpose
+
+        return getattr(otel, name)
+    raise AttributeError(f"module 'pynba_exporter' has no attribute {name!r}")
+
+
 __all__ = [
     "MemoryTransport",
     "PinbaDecodeError",
     "PinbaEncodeError",
     "PinbaRequest",
+    "PinbaSampler",
     "PinbaSendError",
+    "PinbaSpanExporter",
+    "PinbaSpanProcessor",
     "PinbaTimer",
     "TagValue",
     "Transport",
