@@ -222,7 +222,16 @@ def _fill(request: RequestSpan, span: ReadableSpan, *, own: bool) -> None:
             request.script_name = str(route)
         else:
             path = _first(a, "url.path", "http.target", "http.url")
-            request.script_name = _path(path) if path is not None else span.name
+            if path is not None:
+                request.script_name = _path(path)
+            else:
+                # HTTP server spans are named "{method} {target}" (semantic conventions), and
+                # the stable WSGI instrumentation records the path nowhere else.
+                method = _first(a, "http.request.method", "http.method")
+                name = span.name
+                if method is not None and name.startswith(f"{method} "):
+                    name = _path(name[len(method) + 1 :])
+                request.script_name = name
     server = _first(a, "server.address", "http.host", "http.server_name")
     if server is None:
         service = resource.get("service.name")
