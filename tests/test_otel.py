@@ -489,9 +489,7 @@ def test_entry_points_are_registered() -> None:
     assert variables.load().OTEL_EXPORTER_PINBA_ENDPOINT == "OTEL_EXPORTER_PINBA_ENDPOINT"
 
 
-@pytest.mark.parametrize(
-    "how", ["--traces_exporter pinba", "OTEL_TRACES_EXPORTER=otlp_proto_none,pinba"]
-)
+@pytest.mark.parametrize("how", ["--traces_exporter pinba", "OTEL_TRACES_EXPORTER=console,pinba"])
 def test_opentelemetry_instrument_with_the_pinba_exporter(
     receiver: UdpReceiver, tmp_path: Any, how: str
 ) -> None:
