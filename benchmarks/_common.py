@@ -8,7 +8,7 @@ import multiprocessing
 import socket
 import time
 import timeit
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 
@@ -55,7 +55,7 @@ def per_call(fn: Callable[[], object], seconds: float = 0.2, repeat: int = 7) ->
     return min(timer.repeat(repeat=repeat, number=number)) / number
 
 
-def measure(cases: dict[str, Callable[[], object]], baseline: Callable[[], object],
+def measure(cases: Mapping[str, Callable[[], object]], baseline: Callable[[], object],
             rounds: int = 3) -> tuple[float, dict[str, float]]:  # fmt: skip
     """Times of the baseline and each case, interleaved over ``rounds`` (best of each)."""
     base = float("inf")

@@ -137,6 +137,17 @@ class _Sender:
 # Mapping: span attributes -> Pinba fields
 
 
+def _attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    """The span's attributes as a plain mapping, for reading only.
+
+    The SDK wraps them in a mapping class whose every lookup runs Python code; the dict inside
+    is read directly when it is there (a private detail of the SDK, hence the fallback)."""
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if isinstance(inner, dict):
+        return inner
+    return dict(span.attributes) if span.attributes else {}
+
+
 def _first(attributes: Mapping[str, Any], *names: str) -> Any:
     for name in names:
         value = attributes.get(name)
@@ -169,7 +180,7 @@ def default_timer_tags(span: ReadableSpan) -> dict[str, str]:
     when known, ``server`` (the peer host, without port) when known, and every attribute
     ``pinba.tag.<name>`` as tag ``<name>``. Statements, full URLs and ids never become tags.
     """
-    a: Mapping[str, Any] = span.attributes or {}
+    a = _attributes(span)
     tags: dict[str, str] = {}
     category = operation = None
     db = _first(a, "db.system.name", "db.system")
@@ -197,16 +208,16 @@ def default_timer_tags(span: ReadableSpan) -> dict[str, str]:
             server = urlsplit(str(url)).hostname
     if server is not None:
         tags["server"] = _without_port(server)
-    for name, value in a.items():
+    for name in a:
         if name.startswith(TAG_PREFIX):
-            tags[name[len(TAG_PREFIX) :]] = str(value)
+            tags[name[len(TAG_PREFIX) :]] = str(a[name])
     return tags
 
 
 def _fill(request: RequestSpan, span: ReadableSpan, *, own: bool) -> None:
     """The request's fields from its root span. ``own``: the request is the span's (not a
     classic one it belongs to, whose middleware knows better)."""
-    a: Mapping[str, Any] = span.attributes or {}
+    a = _attributes(span)
     resource = span.resource.attributes if span.resource is not None else {}
     for name, value in a.items():
         if name.startswith(REQUEST_TAG_PREFIX):

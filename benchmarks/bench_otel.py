@@ -1,0 +1,76 @@
+"""The OpenTelemetry bridge's cost, measured in the same run.
+
+    python benchmarks/bench_otel.py
+
+One root span with 5 children through the real SDK: with a no-op ``SimpleSpanProcessor`` (the
+SDK's own cost), with ``PinbaSpanProcessor`` instead (sending over UDP to a listener drained by
+another process), with the processor and per-span CPU off, and with ``PinbaSpanExporter`` under
+``BatchSpanProcessor`` (the application thread's share; the export runs in the background).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from _common import draining_listener, measure, raw_send, table
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+
+from pynba_exporter.otel import PinbaSpanExporter, PinbaSpanProcessor
+
+
+class NoopExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def workload(processor: Any) -> Callable[[], None]:
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("bench")
+    attributes = {"db.system": "postgresql", "db.operation": "SELECT", "server.address": "db1"}
+
+    def run() -> None:
+        with tracer.start_as_current_span("GET /product/{id}", attributes={"http.route": "/p"}):
+            for _ in range(5):
+                with tracer.start_as_current_span("query", attributes=attributes):
+                    pass
+
+    return run
+
+
+def main() -> None:
+    with draining_listener() as address:
+        target = f"{address[0]}:{address[1]}"
+        cases = {
+            "SDK + no-op SimpleSpanProcessor (baseline)": workload(
+                SimpleSpanProcessor(NoopExporter())
+            ),
+            "SDK + PinbaSpanProcessor": workload(PinbaSpanProcessor(target)),
+            "SDK + PinbaSpanProcessor, span CPU off": workload(
+                PinbaSpanProcessor(target, timer_rusage=False)
+            ),
+            "SDK + BatchSpanProcessor(PinbaSpanExporter)": workload(
+                BatchSpanProcessor(PinbaSpanExporter(target))
+            ),
+        }
+        base, times = measure(cases, raw_send(address))
+    sdk = times["SDK + no-op SimpleSpanProcessor (baseline)"]
+    print(f"Python {sys.version.split()[0]}, a root span with 5 children; ratios to one raw send\n")
+    print(table(base, times))
+    print()
+    for name, t in times.items():
+        print(
+            f"{name}: {t / sdk:.2f}x the SDK with a no-op processor ({(t / sdk - 1) * 100:+.0f}%)"
+        )
+
+
+if __name__ == "__main__":
+    main()
