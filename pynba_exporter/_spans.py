@@ -260,6 +260,10 @@ class _Line:
         self.ru_stime = 0.0
 
 
+# Timer specs by tag content, for timers given by their tags (see RequestSpan.add_timer).
+_SPECS: dict[tuple[tuple[str, Any], ...], TimerSpec] = {}
+
+
 # --------------------------------------------------------------------------------------------
 # The request
 
@@ -356,8 +360,22 @@ class RequestSpan:
         self, tags: Mapping[str, Any], value: float, hits: int = 1, ru_utime: float = 0.0,
         ru_stime: float = 0.0,
     ) -> None:  # fmt: skip
-        """A finished timer given by its tags (an OpenTelemetry child span, for instance)."""
-        self.add(TimerSpec(tags), value, hits, ru_utime, ru_stime)
+        """A finished timer given by its tags (an OpenTelemetry child span, for instance).
+
+        Timers with the same tags share one spec, process-wide, so they add up in one line of
+        the request (and the tags are expanded once, not per timer)."""
+        try:
+            key = tuple(tags.items())
+            spec = _SPECS.get(key)
+        except TypeError:  # unhashable values: a spec of its own
+            key, spec = None, None
+        if spec is None:
+            spec = TimerSpec(tags)
+            if key is not None:
+                if len(_SPECS) >= 4096:
+                    _SPECS.clear()
+                _SPECS[key] = spec
+        self.add(spec, value, hits, ru_utime, ru_stime)
 
     # -- the end
 

@@ -521,3 +521,15 @@ def test_opentelemetry_instrument_with_the_pinba_exporter(
     r = receiver.request(timeout=30)  # flushed at interpreter exit
     assert (r.script_name, r.server_name) == ("main", "zc")
     assert [t.tags["group"] for t in r.timers] == ["work"]
+
+
+def test_resource_from_the_environment(
+    receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "checkout")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "host.name=web42,deployment.environment=prod")
+    _, tracer = provider_with(PinbaSpanProcessor(receiver.address), resource=Resource.create())
+    with tracer.start_as_current_span("pay"):
+        pass
+    r = receiver.request()
+    assert (r.server_name, r.hostname) == ("checkout", "web42")
