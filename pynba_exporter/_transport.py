@@ -109,7 +109,8 @@ def _env_number(name: str, kind: Callable[[str], Any]) -> Any:
 class Transport:
     """What every transport does: encode, keep within ``max_packet_size``, count, never raise.
 
-    Subclasses provide ``_deliver(data) -> None``, which raises ``OSError`` on failure.
+    Subclasses provide ``_deliver(data, requests) -> bool``: send, count, never raise (unless
+    ``raise_on_fail``).
     """
 
     def __init__(
@@ -150,14 +151,16 @@ class Transport:
         except Exception as exc:
             return self._encode_failed(request, exc)
         if len(data) <= self.max_packet_size:
-            with self._lock:
-                self._requests += 1
-                self._packets += 1
-            return self.send_packet(data)
+            return self._deliver(data, 1)
         return self._send_fitted(request)
 
     def send_packet(self, data: bytes) -> bool:
         """Send bytes that already are a packet. True if they left for every server."""
+        return self._deliver(data, 0)
+
+    def _deliver(self, data: bytes, requests: int) -> bool:
+        """Send one packet and count it, with ``requests`` (0 or 1) requests and packets it
+        stands for, all under one lock: this is the path every request takes."""
         raise NotImplementedError
 
     def stats(self) -> TransportStats:
@@ -220,10 +223,6 @@ class Transport:
             )
         return False
 
-    def _count_sent(self) -> None:
-        with self._lock:
-            self._sent += 1
-
     def _count_dropped(self, reason: str, where: str, exc: BaseException | None = None) -> None:
         with self._lock:
             self._dropped += 1
@@ -242,9 +241,12 @@ class MemoryTransport(Transport):
         super().__init__(max_packet_size=max_packet_size, packed=packed)
         self.packets: list[bytes] = []
 
-    def send_packet(self, data: bytes) -> bool:
+    def _deliver(self, data: bytes, requests: int) -> bool:
         self.packets.append(bytes(data))
-        self._count_sent()
+        with self._lock:
+            self._requests += requests
+            self._packets += requests
+            self._sent += 1
         return True
 
     @property
@@ -436,19 +438,6 @@ class UdpTransport(Transport):
 
     def __repr__(self) -> str:
         return f"UdpTransport({', '.join(map(str, self.servers))!r})"
-
-    def send_packet(self, data: bytes) -> bool:
-        return self._deliver(data, 0)
-
-    def send(self, request: PinbaRequest) -> bool:
-        # Transport.send with the common case folded in: one lock for all the counting.
-        try:
-            data = encode(request, packed=self.packed)
-        except Exception as exc:
-            return self._encode_failed(request, exc)
-        if len(data) <= self.max_packet_size:
-            return self._deliver(data, 1)
-        return self._send_fitted(request)
 
     def _deliver(self, data: bytes, requests: int) -> bool:
         ok = True
