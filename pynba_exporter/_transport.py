@@ -271,29 +271,38 @@ class _Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def _port(text: str, address: str) -> int:
+def _port(text: str, address: str, lowest: int = 1) -> int:
     try:
         port = int(text)
     except ValueError:
         raise ValueError(f"invalid port {text!r} in Pinba address {address!r}") from None
-    if not 0 < port < 65536:
+    if not lowest <= port < 65536:
         raise ValueError(f"port {port} out of range in Pinba address {address!r}")
     return port
 
 
-def _parse_one(item: str) -> _Endpoint:
+def _parse_one(item: str, lowest_port: int = 1) -> _Endpoint:
     """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
     if item.startswith("["):
         host, bracket, rest = item[1:].partition("]")
         if not bracket or not host or (rest and not rest.startswith(":")):
             raise ValueError(f"invalid Pinba address {item!r}")
-        return _Endpoint(host, _port(rest[1:], item) if rest[1:] else DEFAULT_PORT)
+        port = _port(rest[1:], item, lowest_port) if rest[1:] else DEFAULT_PORT
+        return _Endpoint(host, port)
     if item.count(":") > 1:  # a bare IPv6 address, as the reference client reads it
         return _Endpoint(item, DEFAULT_PORT)
-    host, colon, port = item.partition(":")
+    host, colon, port_text = item.partition(":")
     if not host:
         raise ValueError(f"invalid Pinba address {item!r}: no host")
-    return _Endpoint(host, _port(port, item) if colon else DEFAULT_PORT)
+    return _Endpoint(host, _port(port_text, item, lowest_port) if colon else DEFAULT_PORT)
+
+
+def parse_listen(address: str) -> _Endpoint:
+    """One address to listen on: as a server address, and port 0 means any free port."""
+    parts = address.replace(",", " ").split()
+    if len(parts) != 1:
+        raise ValueError(f"listen on one address, not {address!r}")
+    return _parse_one(parts[0], lowest_port=0)
 
 
 def parse_addresses(address: Address | None) -> list[_Endpoint]:

@@ -1,0 +1,243 @@
+"""The collector: receives Pinba packets over UDP, keeps the window's requests, makes reports.
+
+    from pynba_exporter.collector import Collector
+
+    with Collector("127.0.0.1:0") as collector:        # a free port; collector.address says which
+        ...                                            # point any Pinba client at it
+        collector.request_report(("script_name",))     # or timer_report(("group",)), info()...
+
+It accepts packets from any Pinba client (this library, the PHP extension), packed or not;
+nested requests count as requests of their own. Invalid packets never stop it: they are counted
+by reason (``status()``), and the first of each kind is logged to ``pynba``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Final
+
+from pynba_exporter._log import errors
+from pynba_exporter._model import PinbaRequest
+from pynba_exporter._transport import DEFAULT_PORT, parse_listen
+from pynba_exporter._wire import PinbaDecodeError, decode
+from pynba_exporter.collector._aggregate import Aggregator, Record
+
+__all__ = ["Collector", "CollectorError", "invalid_reason"]
+
+DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
+_BATCH: Final = 512  # packets read before they are aggregated together (one lock)
+
+# The reason of a decode error -> the kind it is counted under.
+_KINDS: Final = (
+    ("missing required", "missing required fields"),
+    ("timer arrays differ", "timer arrays of different lengths"),
+    ("add up", "timer tag counts"),
+    ("request tag names but", "request tag counts"),
+    ("out of range", "dictionary index out of range"),
+    ("hit_count 0", "zero hit count"),
+    ("float", "invalid float"),
+    ("truncated", "truncated"),
+    ("wire type", "invalid wire type"),
+    ("nested", "invalid nested request"),
+)
+
+
+def invalid_reason(exc: PinbaDecodeError) -> str:
+    """The kind of an invalid packet, for counting (a few stable names)."""
+    for needle, kind in _KINDS:
+        if needle in exc.reason:
+            return kind
+    return "malformed"
+
+
+class CollectorError(OSError):
+    """The collector cannot listen where it was asked (port in use, bad address...)."""
+
+
+def _flatten(r: PinbaRequest, now: float, out: list[Record]) -> None:
+    out.append(Record.of(r, now))
+    for sub in r.requests:
+        _flatten(sub, now, out)
+
+
+class Collector:
+    """A Pinba collector listening on UDP (``listen``: ``host:port``, ``[v6]:port``; port 0
+    for a free one; ``127.0.0.1:30002`` by default: all interfaces only when asked, with
+    ``0.0.0.0:30002`` or ``[::]:30002``).
+
+    ``window``: seconds of requests kept for the reports (900). ``max_records``: requests kept
+    at most; ``max_keys``: distinct keys per report before an ``<other>`` row;
+    ``percentiles``: the percentile columns of the reports. ``store``: something with
+    ``add(records)`` and ``close()``, fed with every batch (the SQLite store).
+    """
+
+    def __init__(
+        self,
+        listen: str = DEFAULT_LISTEN,
+        *,
+        window: float = 900.0,
+        max_records: int = 1_000_000,
+        max_keys: int = 10_000,
+        percentiles: Sequence[float] = (95.0, 99.0),
+        store: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.listen = parse_listen(listen)
+        self.aggregator = Aggregator(
+            window=window, max_records=max_records, max_keys=max_keys,
+            percentiles=percentiles, clock=clock,
+        )  # fmt: skip
+        self.store = store
+        self.clock = clock
+        self.packets = 0
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- life
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) actually listened on."""
+        if self._sock is None:
+            raise RuntimeError("the collector is not started")
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    @property
+    def address_text(self) -> str:
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def bind(self) -> socket.socket:
+        ep = self.listen
+        try:
+            infos = socket.getaddrinfo(
+                ep.host, ep.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+            )
+        except socket.gaierror as exc:
+            raise CollectorError(f"cannot listen on {ep}: {exc}") from None
+        family, _type, _proto, _canon, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        with contextlib.suppress(OSError):  # a big buffer absorbs bursts while we aggregate
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise CollectorError(
+                    exc.errno, f"cannot listen on {ep}: the port is in use (another collector?)"
+                ) from None
+            raise CollectorError(exc.errno, f"cannot listen on {ep}: {exc.strerror}") from None
+        return sock
+
+    def start(self) -> Collector:
+        """Listen and receive in a background thread."""
+        if self._thread is not None:
+            return self
+        self._sock = self.bind()
+        self._sock.settimeout(0.1)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pynba-collector", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop receiving; what already arrived stays in the reports."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join()
+        if self._sock is not None:
+            self._sock.close()
+        if self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> Collector:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- receiving
+
+    def _run(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while not self._stop.is_set():
+            try:
+                first = sock.recv(65535)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                errors.log(("collector", "recv"), f"pynba collector: receive failed: {exc}")
+                time.sleep(0.01)
+                continue
+            batch = [first]
+            sock.setblocking(False)
+            try:
+                while len(batch) < _BATCH:
+                    batch.append(sock.recv(65535))
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                pass
+            finally:
+                sock.settimeout(0.1)
+            self.handle(batch)
+
+    def handle(self, packets: Sequence[bytes]) -> None:
+        """Decode and keep packets (the receiving thread calls this; tests and benchmarks may
+        too). Never raises: invalid packets are counted by reason."""
+        now = self.clock()
+        records: list[Record] = []
+        for data in packets:
+            self.packets += 1
+            try:
+                _flatten(decode(data), now, records)
+            except PinbaDecodeError as exc:
+                kind = invalid_reason(exc)
+                self.aggregator.add_invalid(kind)
+                errors.log(
+                    ("collector-invalid", kind),
+                    f"pynba collector: invalid packet ({kind}): {exc.reason}",
+                )
+            except Exception as exc:  # a bug of ours must not stop the collector
+                self.aggregator.add_invalid("internal error")
+                errors.log(("collector", "bug"), f"pynba collector: {exc!r}", exc_info=exc)
+        if records:
+            self.aggregator.add(records)
+            if self.store is not None:
+                self.store.add(records)
+
+    # -- reports
+
+    def request_report(self, keys: Sequence[str] = ("script_name",)) -> list[dict[str, Any]]:
+        return self.aggregator.request_report(keys)
+
+    def timer_report(
+        self, tag_names: Sequence[str] = ("group",), *, per_script: bool = False
+    ) -> list[dict[str, Any]]:
+        return self.aggregator.timer_report(tag_names, per_script=per_script)
+
+    def tag_report(self, tag_names: Sequence[str]) -> list[dict[str, Any]]:
+        return self.aggregator.tag_report(tag_names)
+
+    def info(self) -> dict[str, Any]:
+        return self.aggregator.info()
+
+    def status(self) -> dict[str, Any]:
+        status = self.aggregator.status()
+        status["packets_received"] = self.packets
+        if self.store is not None:
+            status["store_dropped"] = getattr(self.store, "dropped", 0)
+        return status
