@@ -1,0 +1,173 @@
+"""``pynba demo``: the whole loop on one machine, in seconds.
+
+A collector listens on a free local port; a small shop app runs on a real local HTTP server
+(wsgiref, threaded), monitored by the classic middleware, with OpenTelemetry spans inside when
+the SDK is installed (``pynba[otel]``); a client drives a few hundred requests with a realistic
+mix (fast pages, slow ones, errors, database and cache timers); then the reports are printed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from pynba._proxy import pynba
+from pynba._wsgi import PynbaMiddleware
+from pynba_exporter._spans import current_request
+from pynba_exporter.collector import Collector
+
+__all__ = ["run_demo"]
+
+Environ = dict[str, Any]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def get_stderr(self) -> io.StringIO:
+        return io.StringIO()  # the demo's errors are on purpose
+
+
+def _otel_tracer(collector: Collector) -> tuple[Any, Any]:
+    """A tracer feeding the collector through the span processor, or None without the SDK."""
+    try:
+        from opentelemetry.sdk.resources import Resource  # noqa: PLC0415 - optional
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+
+        from pynba_exporter.otel import PinbaSpanProcessor  # noqa: PLC0415
+    except ImportError:
+        return None, None
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop-jobs"}))
+    provider.add_span_processor(PinbaSpanProcessor(collector.address_text))
+    return provider, provider.get_tracer("pynba.demo")
+
+
+def shop_app(
+    tracer: Any, rng: random.Random
+) -> Callable[[Environ, Callable[..., Any]], Iterable[bytes]]:
+    lock = threading.Lock()
+
+    def pause(low: float, high: float) -> None:
+        with lock:
+            seconds = rng.uniform(low, high)
+        time.sleep(seconds)
+
+    def payment() -> None:
+        if tracer is None:
+            with pynba.timer(group="http::POST", server="payments"):
+                pause(0.002, 0.006)
+            return
+        # An OpenTelemetry client span inside a classic request: one of its timers.
+        attributes = {"http.request.method": "POST", "server.address": "payments"}
+        with tracer.start_as_current_span("POST", kind=_client_kind(), attributes=attributes):
+            pause(0.002, 0.006)
+
+    @pynba.timer(group="db::select", server="db1")
+    def select() -> None:
+        pause(0.0003, 0.0015)
+
+    def app(env: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
+        path = env.get("PATH_INFO", "/")
+        pynba.tags["user_type"] = "member" if "session" in env.get("HTTP_COOKIE", "") else "guest"
+        if path.startswith("/product/"):
+            pynba.scriptname = "/product/<id>"
+            select()
+            with pynba.timer(group="cache::get", server="mc1"):
+                pause(0.0001, 0.0003)
+            start_response("200 OK", [("Content-Type", "text/html")])
+            yield b"<h1>product</h1>" * 20
+        elif path == "/search":
+            for _ in range(3):
+                select()
+            start_response("200 OK", [("Content-Type", "text/html")])
+            yield b"<ul>results</ul>" * 50
+        elif path == "/checkout":
+            payment()
+            with lock:
+                failed = rng.random() < 0.2
+            if failed:
+                raise RuntimeError("payment declined")  # reported with status 500
+            start_response("303 See Other", [("Location", "/thanks")])
+            yield b""
+        elif path == "/health":
+            pynba.enabled = False  # not worth reporting
+            start_response("200 OK", [])
+            yield b"ok"
+        else:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            yield b"not found"
+
+    return app
+
+
+def _client_kind() -> Any:
+    from opentelemetry.trace import SpanKind  # noqa: PLC0415 - only with the SDK
+
+    return SpanKind.CLIENT
+
+
+def _drive(port: int, paths: list[str]) -> int:
+    def get(path: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Cookie": "session=1"} if "7" in path else {})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return len(list(pool.map(get, paths)))
+
+
+def run_demo(requests: int = 300, seed: int = 1) -> Collector:
+    """Run the demo; the collector (stopped) holds the reports."""
+    collector = Collector("127.0.0.1:0").start()
+    provider, tracer = _otel_tracer(collector)
+    rng = random.Random(seed)
+    app = PynbaMiddleware(shop_app(tracer, rng), collector.address_text, tags={"app": "shop"})
+    server = make_server("127.0.0.1", 0, app, _Server, _Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    choices = ["/product/"] * 10 + ["/search"] * 4 + ["/checkout"] * 2 + ["/health", "/nowhere"]
+    paths = []
+    for i in range(requests):
+        path = rng.choice(choices)
+        paths.append(f"{path}{i}" if path == "/product/" else path)
+    try:
+        _drive(server.server_port, paths)
+        if tracer is not None:
+            # A background job traced with OpenTelemetry only: requests of their own.
+            current_request.set(None)
+            for _ in range(20):
+                query = {"db.system": "sqlite", "db.operation": "SELECT"}
+                with (
+                    tracer.start_as_current_span("nightly-export"),
+                    tracer.start_as_current_span("export", attributes=query),
+                ):
+                    time.sleep(0.0005)
+        expected = sum(1 for p in paths if p != "/health") + (20 if tracer is not None else 0)
+        deadline = time.monotonic() + 10
+        while collector.aggregator.requests_total < expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        server.shutdown()
+        server.server_close()
+        if provider is not None:
+            provider.shutdown()
+        collector.stop()
+    return collector
