@@ -814,3 +814,32 @@ def test_a_tag_with_no_values_is_left_out() -> None:
     assert decode(encode(r)).timers[0].tags == {"a": "b"}
     with pytest.raises(PinbaEncodeError, match="at least one tag"):
         encode(PinbaRequest("h", "s", "/p", timers=[PinbaTimer({"none": ()})]))
+
+
+def _pure(data: bytes) -> Any:
+    try:
+        return _wire._decode(data, 0)
+    except Exception:  # parse() reports any failure of the pure decoder as an invalid packet
+        return "invalid"
+
+
+def _either(data: bytes) -> Any:
+    try:
+        return _wire.parse(data)
+    except PinbaDecodeError:
+        return "invalid"
+
+
+@given(requests, st.data())
+@settings(max_examples=300)
+def test_the_runtime_parser_and_the_pure_one_agree(r: PinbaRequest, data: st.DataObject) -> None:
+    if not _wire._runtime():
+        pytest.skip("the protobuf runtime is not installed")
+    packet = bytearray(encode(r, packed=data.draw(st.booleans())))
+    for _ in range(data.draw(st.integers(0, 3))):
+        pos = data.draw(st.integers(0, max(0, len(packet) - 1)))
+        if data.draw(st.booleans()) and packet:
+            packet[pos] ^= 1 << data.draw(st.integers(0, 7))
+        else:
+            packet[pos:pos] = data.draw(st.binary(min_size=1, max_size=3))
+    assert _either(bytes(packet)) == _pure(bytes(packet))

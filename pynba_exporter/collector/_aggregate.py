@@ -16,9 +16,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pynba_exporter._model import PinbaRequest
+from pynba_exporter._wire import Packet
 
 __all__ = ["REQUEST_REPORTS", "Aggregator", "Record", "TimerRecord"]
 
@@ -37,8 +38,7 @@ REQUEST_REPORTS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class TimerRecord:
+class TimerRecord(NamedTuple):
     tags: tuple[tuple[str, str], ...]
     value: float
     hit_count: int
@@ -46,9 +46,9 @@ class TimerRecord:
     ru_stime: float
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One request as the collector keeps it (times clamped at 0, as the servers do)."""
+class Record(NamedTuple):
+    """One request as the collector keeps it (times clamped at 0, as the servers do). A named
+    tuple rather than a dataclass: tens of thousands are made per second."""
 
     timestamp: float
     hostname: str
@@ -82,6 +82,20 @@ class Record:
             max(0.0, r.request_time), max(0.0, r.ru_utime), max(0.0, r.ru_stime),
             r.document_size, r.memory_peak, r.memory_footprint,
             tuple((k, str(v)) for k, v in r.tags.items()), timers,
+        )  # fmt: skip
+
+    @classmethod
+    def of_packet(cls, p: Packet, timestamp: float) -> Record:
+        """From a parsed packet, without building the decoded records first."""
+        rt, ru, rs = p.request_time, p.ru_utime, p.ru_stime
+        return cls(
+            timestamp, p.hostname, p.server_name, p.script_name, p.status, p.schema,
+            rt if rt > 0.0 else 0.0, ru if ru > 0.0 else 0.0, rs if rs > 0.0 else 0.0,
+            p.document_size, p.memory_peak, p.memory_footprint, tuple(p.tags),
+            tuple(
+                TimerRecord(tuple(pairs), value, hits, u, s)
+                for pairs, value, hits, u, s in p.timers
+            ),
         )  # fmt: skip
 
 

@@ -23,9 +23,8 @@ from types import TracebackType
 from typing import Any, Final
 
 from pynba_exporter._log import errors
-from pynba_exporter._model import PinbaRequest
 from pynba_exporter._transport import DEFAULT_PORT, parse_listen
-from pynba_exporter._wire import PinbaDecodeError, decode
+from pynba_exporter._wire import Packet, PinbaDecodeError, parse
 from pynba_exporter.collector._aggregate import Aggregator, Record
 
 __all__ = ["Collector", "CollectorError", "invalid_reason"]
@@ -60,9 +59,9 @@ class CollectorError(OSError):
     """The collector cannot listen where it was asked (port in use, bad address...)."""
 
 
-def _flatten(r: PinbaRequest, now: float, out: list[Record]) -> None:
-    out.append(Record.of(r, now))
-    for sub in r.requests:
+def _flatten(p: Packet, now: float, out: list[Record]) -> None:
+    out.append(Record.of_packet(p, now))
+    for sub in p.requests:
         _flatten(sub, now, out)
 
 
@@ -203,7 +202,7 @@ class Collector:
         for data in packets:
             self.packets += 1
             try:
-                _flatten(decode(data), now, records)
+                _flatten(parse(data), now, records)
             except PinbaDecodeError as exc:
                 kind = invalid_reason(exc)
                 self.aggregator.add_invalid(kind)
