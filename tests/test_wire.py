@@ -843,3 +843,24 @@ def test_the_runtime_parser_and_the_pure_one_agree(r: PinbaRequest, data: st.Dat
         else:
             packet[pos:pos] = data.draw(st.binary(min_size=1, max_size=3))
     assert _either(bytes(packet)) == _pure(bytes(packet))
+
+
+@given(requests, st.booleans())
+@settings(max_examples=150)
+def test_round_trip_through_the_pure_decoder(r: PinbaRequest, packed: bool) -> None:
+    saved = _wire._RUNTIME
+    _wire._RUNTIME = False  # as on a machine without the protobuf runtime
+    try:
+        assert decode(encode(r, packed=packed)) == normalised(r)
+    finally:
+        _wire._RUNTIME = saved
+
+
+@pytest.mark.parametrize(("name", "data", "reason"), REJECTED, ids=[c[0] for c in REJECTED])
+def test_the_pure_decoder_rejects_the_same(
+    name: str, data: bytes, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_wire, "_RUNTIME", False)
+    with pytest.raises(PinbaDecodeError) as info:
+        decode(data)
+    assert reason in info.value.reason
