@@ -63,7 +63,12 @@ def render(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
     return "\n".join(lines)
 
 
-def reports_text(collector: Collector, timer_tags: Sequence[Sequence[str]], top: int = 15) -> str:
+def reports_text(
+    collector: Collector,
+    timer_tags: Sequence[Sequence[str]],
+    top: int = 15,
+    request_tags: Sequence[Sequence[str]] = (),
+) -> str:
     a = collector.aggregator
     parts = [
         render("requests by script", a.request_report(("script_name",)),
@@ -75,6 +80,11 @@ def reports_text(collector: Collector, timer_tags: Sequence[Sequence[str]], top:
         render(f"timers by {','.join(tags)}", a.timer_report(tags), [*tags, *_TIMER_COLUMNS], top)
         for tags in timer_tags
     )
+    parts.extend(
+        render(f"requests by tag {','.join(tags)}", a.tag_report(tags),
+               [*tags, "req_count", "req_per_sec", "req_time_total", "req_time_median"], top)
+        for tags in request_tags
+    )  # fmt: skip
     info = a.info()
     parts.append("info: " + ", ".join(f"{k}={_cell(v)}" for k, v in info.items()))
     status = collector.status()
@@ -85,9 +95,14 @@ def reports_text(collector: Collector, timer_tags: Sequence[Sequence[str]], top:
     return "\n\n".join(parts)
 
 
-def reports_json(collector: Collector, timer_tags: Sequence[Sequence[str]]) -> dict[str, Any]:
+def reports_json(
+    collector: Collector,
+    timer_tags: Sequence[Sequence[str]],
+    request_tags: Sequence[Sequence[str]] = (),
+) -> dict[str, Any]:
     a = collector.aggregator
     return {
+        "request_tags": {",".join(t): a.tag_report(t) for t in request_tags},
         "time": time.time(),
         "by_script": a.request_report(("script_name",)),
         "by_status": a.request_report(("status",)),
@@ -97,16 +112,21 @@ def reports_json(collector: Collector, timer_tags: Sequence[Sequence[str]]) -> d
     }
 
 
-def _tag_groups(values: Sequence[str] | None) -> list[tuple[str, ...]]:
-    groups = values or ["group", "group,server"]
+def _tag_groups(
+    values: Sequence[str] | None, default: Sequence[str] = ("group", "group,server")
+) -> list[tuple[str, ...]]:
+    groups = values or default
     return [tuple(n.strip() for n in g.split(",") if n.strip()) for g in groups]
 
 
 def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
     timer_tags = _tag_groups(args.timer_tags)
+    request_tags = _tag_groups(args.request_tags, ())
     collector = Collector(args.listen, window=args.window)
     if args.db:
-        collector.store = SqliteStore(args.db, collector.aggregator, timer_tags=timer_tags)
+        collector.store = SqliteStore(
+            args.db, collector.aggregator, timer_tags=timer_tags, request_tags=request_tags
+        )
     collector.start()
     print(f"pynba collector listening on {collector.address_text}"
           + (f", writing {args.db}" if args.db else ""), file=sys.stderr, flush=True)  # fmt: skip
@@ -117,18 +137,21 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
         while not stop and time.monotonic() < deadline:
             time.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))
             if args.json:
-                print(json.dumps(reports_json(collector, timer_tags)), file=out, flush=True)
+                report = reports_json(collector, timer_tags, request_tags)
+                print(json.dumps(report), file=out, flush=True)
             else:
                 clear = "\033[2J\033[H" if out.isatty() else "\n"
-                print(clear + reports_text(collector, timer_tags), file=out, flush=True)
+                text = reports_text(collector, timer_tags, request_tags=request_tags)
+                print(clear + text, file=out, flush=True)
     except KeyboardInterrupt:
         pass
     finally:
         collector.stop()
     if args.json:
-        print(json.dumps(reports_json(collector, timer_tags)), file=out, flush=True)
+        print(json.dumps(reports_json(collector, timer_tags, request_tags)), file=out, flush=True)
     else:
-        print("\nfinal report\n\n" + reports_text(collector, timer_tags), file=out, flush=True)
+        text = reports_text(collector, timer_tags, request_tags=request_tags)
+        print("\nfinal report\n\n" + text, file=out, flush=True)
     return 0
 
 
@@ -199,7 +222,8 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     took = time.monotonic() - started
     print(f"pynba demo: {args.requests} HTTP requests to a monitored shop app, reported to an "
           f"embedded collector in {took:.1f} s\n", file=out)  # fmt: skip
-    print(reports_text(collector, [("group",), ("group", "server")]), file=out)
+    timer_tags = [("group",), ("group", "server")]
+    print(reports_text(collector, timer_tags, request_tags=[("user_type",)]), file=out)
     return 0
 
 
@@ -218,6 +242,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     p.add_argument(
         "--timer-tags", action="append", help="timer tags to report by, e.g. group,server"
     )
+    p.add_argument("--request-tags", action="append", help="request tags to report by: user_type")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     p = sub.add_parser("report", help="print a report from a database the collector writes")
     p.add_argument("--db", required=True)

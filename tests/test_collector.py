@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -161,7 +162,9 @@ def test_rolling_window_and_memory_bounds() -> None:
 def test_sqlite_view_while_the_collector_runs(tmp_path: Path) -> None:
     path = str(tmp_path / "pinba.db")
     c = Collector("127.0.0.1:0")
-    c.store = SqliteStore(path, c.aggregator, reports_interval=0.1, flush_interval=0.05)
+    c.store = SqliteStore(
+        path, c.aggregator, reports_interval=0.1, flush_interval=0.05, request_tags=[("ab",)]
+    )
     c.start()
     try:
         t = UdpTransport(c.address_text)
@@ -199,6 +202,9 @@ def test_sqlite_view_while_the_collector_runs(tmp_path: Path) -> None:
             .fetchone()[0]
             .startswith("ab=x")
         )
+        assert reader.execute("select ab, req_count from report_by_request_tag_ab").fetchall() == [
+            ("x", 20)
+        ]
         tables = {r[0] for r in reader.execute("select name from sqlite_master")}
         assert {"request", "timer", "timertag", "tag", "report_by_hostname", "report_by_status",
                 "report_by_server_and_script", "tag_info_group", "tag_report_group_server",
@@ -347,3 +353,47 @@ def test_cli_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert "/product/<id>" in out
     assert "db::select" in out
     assert "invalid_packets=0" in out
+
+
+def test_ctrl_c_prints_a_final_report(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pynba._cli", "collect", "--listen", "127.0.0.1:0",
+         "--interval", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    address = proc.stderr.readline().split("listening on ")[1].strip()
+    UdpTransport(address).send(req("/before-ctrl-c", 0.1))
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "final report" in out
+    assert "/before-ctrl-c" in out
+
+
+def test_ipv6_on_request() -> None:
+    try:
+        c = Collector("[::1]:0").start()
+    except CollectorError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        UdpTransport(c.address_text).send(req("/v6", 0.1))
+        wait_for(c, 1)
+        assert c.request_report(("script_name",))[0]["script_name"] == "/v6"
+    finally:
+        c.stop()
+
+
+@pytest.mark.expect_pynba_errors  # the truncated copy is logged
+def test_a_huge_dictionary_is_fine() -> None:
+    c = Collector("127.0.0.1:0")
+    big = req(
+        "/big", 0.1, timers=[PinbaTimer({"group": f"g{i}", "n": str(i)}) for i in range(3000)]
+    )
+    data = encode(big)
+    assert len(data) > 30000
+    c.handle([data, data[: len(data) // 2]])
+    assert c.aggregator.requests_total == 1
+    assert sum(c.aggregator.invalid.values()) == 1
+    assert len(c.timer_report(("group",))) == 3000

@@ -10,7 +10,8 @@ Tables with pinba_engine's names and columns, so what Pinba users know works::
   ``report_by_server_and_script``, ``report_by_hostname_and_script``, ``report_by_status``,
   ``report_by_script_and_status``, ``report_by_schema``; timer reports ``tag_info_<tags>`` and
   ``tag_report_<tags>`` (per script) for each configured tag group (``group`` and
-  ``group,server`` by default); ``info``; ``status`` (name, value rows).
+  ``group,server`` by default); requests by request tags ``report_by_request_tag_<tags>`` for
+  each configured request tag group; ``info``; ``status`` (name, value rows).
 
 Writes happen in a thread of their own, in batched transactions (the receiving thread only
 queues), and the database is in WAL mode: readers never block the collector, the collector
@@ -67,6 +68,7 @@ class SqliteStore:
         aggregator: Aggregator,
         *,
         timer_tags: Sequence[Sequence[str]] = (("group",), ("group", "server")),
+        request_tags: Sequence[Sequence[str]] = (),
         flush_interval: float = 0.25,
         reports_interval: float = 1.0,
         max_queue: int = 1000,
@@ -74,6 +76,7 @@ class SqliteStore:
         self.path = path
         self.aggregator = aggregator
         self.timer_tags = [tuple(t) for t in timer_tags]
+        self.request_tags = [tuple(t) for t in request_tags]
         self.flush_interval = flush_interval
         self.reports_interval = reports_interval
         self.dropped = 0  # records not stored because the writer fell behind
@@ -234,6 +237,10 @@ class SqliteStore:
                     rows = a.timer_report(tags, per_script=per_script)
                     names = (["script_name"] if per_script else []) + list(tags)
                     self._table(report_table(kind, tags), rows, list(rows[0]) if rows else names)
+            for tags in self.request_tags:
+                rows = a.tag_report(tags)
+                name = report_table("report_by_request_tag", tags)
+                self._table(name, rows, list(rows[0]) if rows else list(tags))
             info = a.info()
             self._table("info", [info], list(info))
             status = a.status()
