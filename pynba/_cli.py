@@ -119,10 +119,20 @@ def _tag_groups(
     return [tuple(n.strip() for n in g.split(",") if n.strip()) for g in groups]
 
 
+def _percentiles(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not values or not all(0 < v <= 100 for v in values):
+        raise argparse.ArgumentTypeError(f"percentiles are between 0 and 100: {text!r}")
+    return values
+
+
 def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
     timer_tags = _tag_groups(args.timer_tags)
     request_tags = _tag_groups(args.request_tags, ())
-    collector = Collector(args.listen, window=args.window)
+    collector = Collector(args.listen, window=args.window, percentiles=args.percentiles)
     if args.db:
         collector.store = SqliteStore(
             args.db, collector.aggregator, timer_tags=timer_tags, request_tags=request_tags
@@ -243,6 +253,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         "--timer-tags", action="append", help="timer tags to report by, e.g. group,server"
     )
     p.add_argument("--request-tags", action="append", help="request tags to report by: user_type")
+    p.add_argument(
+        "--percentiles", type=_percentiles, default=(95.0, 99.0), help="e.g. 90,99,99.9 (95,99)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     p = sub.add_parser("report", help="print a report from a database the collector writes")
     p.add_argument("--db", required=True)
