@@ -131,6 +131,26 @@ class _Group:
     timer_value: float = 0.0
     timer_values: list[float] = field(default_factory=list)
 
+    def add_request(self, r: Record) -> None:
+        self.req_count += 1
+        self.req_time += r.req_time
+        self.ru_utime += r.ru_utime
+        self.ru_stime += r.ru_stime
+        self.traffic += r.doc_size
+        self.memory_footprint += r.memory_footprint
+
+    def merge(self, g: _Group) -> None:
+        self.req_count += g.req_count
+        self.req_time += g.req_time
+        self.ru_utime += g.ru_utime
+        self.ru_stime += g.ru_stime
+        self.traffic += g.traffic
+        self.memory_footprint += g.memory_footprint
+        self.times.extend(g.times)
+        self.hit_count += g.hit_count
+        self.timer_value += g.timer_value
+        self.timer_values.extend(g.timer_values)
+
 
 class Aggregator:
     """Thread-safe store of the window's records, and the reports."""
@@ -198,16 +218,7 @@ class Aggregator:
         kept = dict(ranked[: self.max_keys - 1])
         other = _Group()
         for _, g in ranked[self.max_keys - 1 :]:
-            other.req_count += g.req_count
-            other.req_time += g.req_time
-            other.ru_utime += g.ru_utime
-            other.ru_stime += g.ru_stime
-            other.traffic += g.traffic
-            other.memory_footprint += g.memory_footprint
-            other.times.extend(g.times)
-            other.hit_count += g.hit_count
-            other.timer_value += g.timer_value
-            other.timer_values.extend(g.timer_values)
+            other.merge(g)
         kept[other_key] = other
         self.overflow_keys += len(ranked) - (self.max_keys - 1)
         return kept
@@ -223,13 +234,8 @@ class Aggregator:
             g = groups.get(key)
             if g is None:
                 g = groups[key] = _Group()
-            for target in (g, totals):
-                target.req_count += 1
-                target.req_time += r.req_time
-                target.ru_utime += r.ru_utime
-                target.ru_stime += r.ru_stime
-                target.traffic += r.doc_size
-                target.memory_footprint += r.memory_footprint
+            g.add_request(r)
+            totals.add_request(r)
             g.times.append(r.req_time)
         groups = self._capped(groups, tuple(OTHER for _ in keys))
         rows = []
@@ -327,11 +333,7 @@ class Aggregator:
             g = groups.get(key)
             if g is None:
                 g = groups[key] = _Group()
-            g.req_count += 1
-            g.req_time += r.req_time
-            g.ru_utime += r.ru_utime
-            g.ru_stime += r.ru_stime
-            g.traffic += r.doc_size
+            g.add_request(r)
             g.times.append(r.req_time)
         groups = self._capped(groups, tuple(OTHER for _ in tag_names))
         rows = []
