@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -397,3 +398,23 @@ def test_a_huge_dictionary_is_fine() -> None:
     assert c.aggregator.requests_total == 1
     assert sum(c.aggregator.invalid.values()) == 1
     assert len(c.timer_report(("group",))) == 3000
+
+
+def test_memory_stays_bounded_with_100000_distinct_script_names() -> None:
+    # Documented: about 0.7 KB per request kept (with one timer); reports keep max_keys rows.
+    c = Collector("127.0.0.1:0", max_records=100_000, max_keys=1000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    batch = []
+    for i in range(110_000):
+        batch.append(encode(req(f"/script/{i}", 0.01, timers=[PinbaTimer({"group": "db"}, 0.001)])))
+        if len(batch) == 512:
+            c.handle(batch)
+            batch = []
+    c.handle(batch)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 150, grown_mb
+    assert c.status()["evicted_records"] == 10_000
+    rows = c.request_report(("script_name",))
+    assert len(rows) == 1000
+    assert sum(r["req_count"] for r in rows) == 100_000
+    assert any(r["script_name"] == "<other>" for r in rows)

@@ -159,7 +159,7 @@ class Aggregator:
         self,
         *,
         window: float = 900.0,
-        max_records: int = 1_000_000,
+        max_records: int = 200_000,
         max_keys: int = 10_000,
         percentiles: Sequence[float] = (95.0, 99.0),
         clock: Callable[[], float] = time.time,

@@ -71,9 +71,10 @@ class Collector:
     ``0.0.0.0:30002`` or ``[::]:30002``).
 
     ``window``: seconds of requests kept for the reports (900). ``max_records``: requests kept
-    at most; ``max_keys``: distinct keys per report before an ``<other>`` row;
-    ``percentiles``: the percentile columns of the reports. ``store``: something with
-    ``add(records)`` and ``close()``, fed with every batch (the SQLite store).
+    at most (200,000: about 0.7 KB each with a timer, so about 150 MB); ``max_keys``: distinct
+    keys per report before an ``<other>`` row; ``percentiles``: the percentile columns.
+    ``store``: something with ``add(records)`` and ``close()``, fed with every batch (the SQLite
+    store).
     """
 
     def __init__(
@@ -81,7 +82,7 @@ class Collector:
         listen: str = DEFAULT_LISTEN,
         *,
         window: float = 900.0,
-        max_records: int = 1_000_000,
+        max_records: int = 200_000,
         max_keys: int = 10_000,
         percentiles: Sequence[float] = (95.0, 99.0),
         store: Any = None,

@@ -142,9 +142,14 @@ class SqliteStore:
                     if batch:
                         self._insert(batch)
                     if time.monotonic() >= next_reports:
+                        started = time.monotonic()
                         self._expire()
                         self._write_reports()
-                        next_reports = time.monotonic() + self.reports_interval
+                        took = time.monotonic() - started
+                        # With a big window, rebuilding every report takes a while: never spend
+                        # more than a fifth of the time on it (the receiving thread needs the
+                        # interpreter too).
+                        next_reports = time.monotonic() + max(self.reports_interval, 4 * took)
             except sqlite3.Error as exc:
                 errors.log(("store", "write"), f"pynba collector: database write failed: {exc}")
             if stop:
