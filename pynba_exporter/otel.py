@@ -214,20 +214,34 @@ def default_timer_tags(span: ReadableSpan) -> dict[str, str]:
     return tags
 
 
-def _fill(request: RequestSpan, span: ReadableSpan, *, own: bool) -> None:
+def _fill(
+    request: RequestSpan,
+    span: ReadableSpan,
+    *,
+    own: bool,
+    initial: tuple[str, str, str, str] | None = None,
+) -> None:
     """The request's fields from its root span. ``own``: the request is the span's (not a
-    classic one it belongs to, whose middleware knows better)."""
+    classic one it belongs to, whose middleware knows better). ``initial``: the names the
+    request was opened with; a name the app has set since (``pynba.scriptname = ...``) wins
+    over the span's attributes."""
     a = _attributes(span)
     resource = span.resource.attributes if span.resource is not None else {}
     for name, value in a.items():
         if name.startswith(REQUEST_TAG_PREFIX):
             request.tags[name[len(REQUEST_TAG_PREFIX) :]] = value
+    host0, server0, script0, schema0 = initial or (
+        request.hostname,
+        request.server_name,
+        request.script_name,
+        request.schema,
+    )
     override = a.get(SCRIPT_NAME_ATTRIBUTE)
     if override:
         request.script_name = str(override)
     if not own:
         return
-    if not override:
+    if not override and request.script_name is script0:
         route = _first(a, "http.route")
         if route is not None:
             request.script_name = str(route)
@@ -243,13 +257,15 @@ def _fill(request: RequestSpan, span: ReadableSpan, *, own: bool) -> None:
                 if method is not None and name.startswith(f"{method} "):
                     name = _path(name[len(method) + 1 :])
                 request.script_name = name
-    server = _first(a, "server.address", "http.host", "http.server_name")
-    if server is None:
-        service = resource.get("service.name")
-        if service and not str(service).startswith("unknown_service"):
-            server = service
-    request.server_name = _without_port(server) if server is not None else "unknown"
-    request.hostname = str(resource.get("host.name") or hostname())
+    if request.server_name is server0:
+        server = _first(a, "server.address", "http.host", "http.server_name")
+        if server is None:
+            service = resource.get("service.name")
+            if service and not str(service).startswith("unknown_service"):
+                server = service
+        request.server_name = _without_port(server) if server is not None else "unknown"
+    if request.hostname is host0:
+        request.hostname = str(resource.get("host.name") or hostname())
     status = _first(a, "http.response.status_code", "http.status_code")
     if status is not None:
         with contextlib.suppress(TypeError, ValueError):
@@ -257,7 +273,7 @@ def _fill(request: RequestSpan, span: ReadableSpan, *, own: bool) -> None:
     elif span.status.status_code == StatusCode.ERROR:
         request.status = 500
     scheme = _first(a, "url.scheme", "http.scheme")
-    if scheme is not None:
+    if scheme is not None and request.schema is schema0:
         request.schema = str(scheme)
     size = _first(
         a,
@@ -265,7 +281,7 @@ def _fill(request: RequestSpan, span: ReadableSpan, *, own: bool) -> None:
         "http.response_content_length",
         "http.response_content_length_uncompressed",
     )
-    if size is not None:
+    if size is not None and request.document_size is None:
         with contextlib.suppress(TypeError, ValueError):
             request.document_size = int(size)
 
@@ -289,7 +305,7 @@ _OWN, _ADOPTED, _TIMER = range(3)
 
 
 class _InFlight:
-    __slots__ = ("cpu0", "kind", "request", "thread", "token")
+    __slots__ = ("cpu0", "initial", "kind", "request", "thread", "token")
 
     def __init__(self, kind: int, request: RequestSpan, cpu0: CpuSample | None) -> None:
         self.kind = kind
@@ -297,6 +313,7 @@ class _InFlight:
         self.cpu0 = cpu0
         self.thread = threading.get_ident()
         self.token: Any = None
+        self.initial = (request.hostname, request.server_name, request.script_name, request.schema)
 
 
 class PinbaSpanProcessor(SpanProcessor):
@@ -404,7 +421,7 @@ class PinbaSpanProcessor(SpanProcessor):
             with contextlib.suppress(ValueError):  # ended in another context than started in
                 current_request.reset(entry.token)
         request.serving = False
-        _fill(request, span, own=True)
+        _fill(request, span, own=True, initial=entry.initial)
         if entry.thread != threading.get_ident():
             request._thread = -1  # ended elsewhere: the starting thread's CPU cannot be taken
         request.seal()
