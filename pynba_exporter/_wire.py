@@ -402,7 +402,6 @@ def _entry(s: str) -> bytes:
 
 # (packed, raw request tag items, raw timer tag items of each timer) -> _Layout
 _LAYOUTS: dict[tuple[bool, tuple[Any, ...], tuple[Any, ...]], _Layout] = {}
-_TIMER_FIELDS = attrgetter("tags", "value", "hit_count", "ru_utime", "ru_stime")
 _DICT_ITEMS = dict.items
 
 
@@ -890,7 +889,6 @@ def _shrink(r: PinbaRequest, max_size: int, packed: bool) -> Fitted:
 # Decoding
 
 _F32 = struct.Struct("<f")
-_INF = math.inf
 
 # field number -> expected wire type, for the fields of the schema
 _REPEATED_VARINT: Final = frozenset((10, 12, 13, 14, 20, 21))
