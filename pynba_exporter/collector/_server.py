@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ __all__ = ["Collector", "CollectorError", "invalid_reason"]
 
 DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
 _BATCH: Final = 512  # packets read before they are aggregated together (one lock)
+_RCVBUF: Final = 64 * 1024 * 1024
 
 # The reason of a decode error -> the kind it is counted under.
 _KINDS: Final = (
@@ -125,8 +127,17 @@ class Collector:
             raise CollectorError(f"cannot listen on {ep}: {exc}") from None
         family, _type, _proto, _canon, sockaddr = infos[0]
         sock = socket.socket(family, socket.SOCK_DGRAM)
-        with contextlib.suppress(OSError):  # a big buffer absorbs bursts while we aggregate
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+        # A big receive buffer absorbs bursts while the reports are rebuilt (the interpreter is
+        # shared). The kernel caps SO_RCVBUF at net.core.rmem_max; SO_RCVBUFFORCE goes past it
+        # where the process may (CAP_NET_ADMIN), as pinba servers' docs advise for load.
+        force = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
+        try:
+            if force is None:
+                raise OSError
+            sock.setsockopt(socket.SOL_SOCKET, force, _RCVBUF)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         try:
             sock.bind(sockaddr)
         except OSError as exc:

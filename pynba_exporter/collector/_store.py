@@ -71,7 +71,7 @@ class SqliteStore:
         request_tags: Sequence[Sequence[str]] = (),
         flush_interval: float = 0.25,
         reports_interval: float = 1.0,
-        max_queue: int = 1000,
+        max_pending: int = 200_000,
     ) -> None:
         self.path = path
         self.aggregator = aggregator
@@ -80,7 +80,12 @@ class SqliteStore:
         self.flush_interval = flush_interval
         self.reports_interval = reports_interval
         self.dropped = 0  # records not stored because the writer fell behind
-        self._queue: queue.Queue[list[Record] | None] = queue.Queue(maxsize=max_queue)
+        # Records waiting for the writer, bounded in records (not batches: a batch may hold
+        # one packet or hundreds).
+        self._queue: queue.Queue[list[Record] | None] = queue.Queue()
+        self.max_pending = max_pending
+        self._pending = 0
+        self._count = threading.Lock()
         self._tags: dict[str, int] = {}
         # Opened here, so that an unwritable path is an error of the caller, not of a thread.
         directory = os.path.dirname(os.path.abspath(path)) if path != ":memory:" else "."
@@ -96,6 +101,9 @@ class SqliteStore:
             raise PermissionError(f"cannot write the database {path!r}: {exc}") from None
         for tag_id, name in self._db.execute("SELECT id, name FROM tag"):
             self._tags[name] = tag_id
+        # Go on after what an earlier run left in the file (its rows leave with the window).
+        self._last_request_id = self._db.execute("SELECT max(id) FROM request").fetchone()[0] or 0
+        self._last_timer_id = self._db.execute("SELECT max(id) FROM timer").fetchone()[0] or 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pynba-sqlite", daemon=True)
@@ -104,11 +112,13 @@ class SqliteStore:
     # -- the collector's side
 
     def add(self, records: list[Record]) -> None:
-        try:
-            self._queue.put_nowait(records)
-        except queue.Full:
+        if self._pending + len(records) > self.max_pending:
             self.dropped += len(records)
             errors.log(("store", "full"), "pynba collector: the database falls behind; dropping")
+            return
+        with self._count:
+            self._pending += len(records)
+        self._queue.put_nowait(records)
 
     def close(self) -> None:
         if self._stop.is_set():
@@ -137,6 +147,8 @@ class SqliteStore:
                     item = self._queue.get_nowait()
             except queue.Empty:
                 pass
+            with self._count:
+                self._pending -= len(batch)
             try:
                 with self._lock:
                     if batch:
@@ -168,38 +180,49 @@ class SqliteStore:
         return tag_id
 
     def _insert(self, records: list[Record]) -> None:
+        # Ids are given here rather than read back row by row, so each table takes one
+        # executemany: the rows of a whole batch go in at the speed of sqlite's C loop.
         db = self._db
+        request_id = self._last_request_id
+        timer_id = self._last_timer_id
+        requests = []
+        timers = []
+        timertags: list[tuple[int, int, str]] = []
+        tag_id = self._tag_id
+        for r in records:
+            request_id += 1
+            requests.append((
+                request_id, r.hostname, r.server_name, r.script_name, r.doc_size, r.mem_peak,
+                r.req_time, r.ru_utime, r.ru_stime, len(r.timers), r.status, r.memory_footprint,
+                r.schema, len(r.tags), ",".join(f"{k}={v}" for k, v in r.tags), r.timestamp,
+            ))  # fmt: skip
+            for t in r.timers:
+                timer_id += 1
+                timers.append((timer_id, request_id, t.hit_count, t.value, t.ru_utime, t.ru_stime))
+                timertags.extend((timer_id, tag_id(name), value) for name, value in t.tags)
         db.execute("BEGIN")
         try:
-            for r in records:
-                cur = db.execute(
-                    "INSERT INTO request (hostname, req_count, server_name, script_name, doc_size,"
-                    " mem_peak_usage, req_time, ru_utime, ru_stime, timers_cnt, status,"
-                    " memory_footprint, schema, tags_cnt, tags, timestamp)"
-                    " VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        r.hostname, r.server_name, r.script_name, r.doc_size, r.mem_peak,
-                        r.req_time, r.ru_utime, r.ru_stime, len(r.timers), r.status,
-                        r.memory_footprint, r.schema, len(r.tags),
-                        ",".join(f"{k}={v}" for k, v in r.tags), r.timestamp,
-                    ),
-                )  # fmt: skip
-                request_id = cur.lastrowid
-                for t in r.timers:
-                    cur = db.execute(
-                        "INSERT INTO timer (request_id, hit_count, value, ru_utime, ru_stime)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (request_id, t.hit_count, t.value, t.ru_utime, t.ru_stime),
-                    )
-                    timer_id = cur.lastrowid
-                    db.executemany(
-                        "INSERT INTO timertag (timer_id, tag_id, value) VALUES (?, ?, ?)",
-                        [(timer_id, self._tag_id(name), value) for name, value in t.tags],
-                    )
+            db.executemany(
+                "INSERT INTO request (id, hostname, req_count, server_name, script_name, doc_size,"
+                " mem_peak_usage, req_time, ru_utime, ru_stime, timers_cnt, status,"
+                " memory_footprint, schema, tags_cnt, tags, timestamp)"
+                " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                requests,
+            )
+            db.executemany(
+                "INSERT INTO timer (id, request_id, hit_count, value, ru_utime, ru_stime)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                timers,
+            )
+            db.executemany(
+                "INSERT INTO timertag (timer_id, tag_id, value) VALUES (?, ?, ?)", timertags
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._last_request_id = request_id
+        self._last_timer_id = timer_id
 
     def _expire(self) -> None:
         limit = self.aggregator.clock() - self.aggregator.window
