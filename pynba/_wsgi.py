@@ -22,7 +22,7 @@ from typing import Any, TypeAlias
 
 from pynba_exporter import Transport, UdpTransport
 from pynba_exporter._log import errors
-from pynba_exporter._spans import RequestSpan, current_request, env_flag
+from pynba_exporter._spans import RequestSpan, current_request, env_flag, report
 from pynba_exporter._spans import hostname as _hostname
 from pynba_exporter._transport import Address
 
@@ -172,16 +172,12 @@ class PynbaMiddleware:
         """The request is over: measure, send, and leave the context as it was."""
         with contextlib.suppress(ValueError):  # closed in another context than opened in
             current_request.reset(token)
-        try:
-            if request.document_size is None:
-                request.document_size = size
-            request.seal()
-            if request.enabled:
-                self.reporter.send(request)  # type: ignore[arg-type]  # a span encodes as is
-        except Exception as exc:
-            if self.reporter.raise_on_fail:
-                raise
-            self._failed("send", exc)
+        self._report(request, size)
+
+    def _report(self, request: RequestSpan, size: int) -> None:
+        if request.document_size is None:
+            request.document_size = size
+        report(request, self.reporter, "middleware")
 
     def _failed(self, stage: str, exc: Exception) -> None:
         errors.log(
@@ -241,14 +237,8 @@ class _Response:
         # A server that never calls close() (against PEP 3333) must not lose the request.
         if not self._closed:
             self._closed = True
-            try:
-                if self._request.document_size is None:
-                    self._request.document_size = self._size
-                self._request.seal()
-                if self._request.enabled:
-                    self._middleware.reporter.send(self._request)  # type: ignore[arg-type]
-            except Exception as exc:
-                self._middleware._failed("send", exc)
+            with contextlib.suppress(Exception):  # raise_on_fail cannot reach anyone here
+                self._middleware._report(self._request, self._size)
 
 
 def monitor(address: Address | None = None, **options: Any) -> Callable[[WSGIApp], PynbaMiddleware]:

@@ -22,14 +22,19 @@ each ``send()``), so ``pynba.timer()`` and ``pynba.tags`` work in the script's c
 
 from __future__ import annotations
 
-import logging
 import sys
 from types import TracebackType
 from typing import Any
 
 from pynba_exporter import Transport, UdpTransport
-from pynba_exporter._log import errors
-from pynba_exporter._spans import RequestSpan, Timer, current_request, env_flag, hostname
+from pynba_exporter._spans import (
+    RequestSpan,
+    Timer,
+    current_request,
+    env_flag,
+    hostname,
+    report,
+)
 from pynba_exporter._transport import Address
 
 __all__ = ["ScriptMonitor"]
@@ -109,21 +114,9 @@ class ScriptMonitor:
             current_request.set(self._request)
         if status is not None:
             request.status = status
-        try:
-            request.seal()
-            if not (self.enabled and request.enabled):
-                return False
-            return self.reporter.send(request)  # type: ignore[arg-type]  # a span encodes as is
-        except Exception as exc:
-            if self.reporter.raise_on_fail:
-                raise
-            errors.log(
-                ("script-monitor", type(exc).__name__),
-                f"pynba: internal error, the unit of work is not reported: {exc!r}",
-                level=logging.ERROR,
-                exc_info=exc,
-            )
-            return False
+        if not self.enabled:
+            request.enabled = False
+        return report(request, self.reporter, "script-monitor")
 
     # Settable per unit of work, as pynba.* is inside a request.
 

@@ -40,6 +40,7 @@ __all__ = [
     "hostname",
     "process_cpu",
     "process_memory",
+    "report",
     "thread_cpu",
 ]
 
@@ -438,6 +439,26 @@ class RequestSpan:
                 for t in self.timers
             ],
         )
+
+
+def report(request: RequestSpan, transport: Any, where: str) -> bool:
+    """Seal the request and send it, unless it was disabled. The library's failures are logged
+    (``where`` names the caller) and never raised, unless ``transport.raise_on_fail``."""
+    try:
+        request.seal()
+        if not request.enabled:
+            return False
+        return bool(transport.send(request))  # a span encodes as is
+    except Exception as exc:
+        if transport.raise_on_fail:
+            raise
+        errors.log(
+            (where, type(exc).__name__),
+            f"pynba: internal error, the request is not reported: {exc!r}",
+            level=logging.ERROR,
+            exc_info=exc,
+        )
+        return False
 
 
 # --------------------------------------------------------------------------------------------
