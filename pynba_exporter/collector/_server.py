@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from pynba_exporter.address import DEFAULT_PORT, parse_listen
 from pynba_exporter.collector._aggregate import Aggregator, Record
@@ -41,7 +41,7 @@ from pynba_exporter.wire._errors import (
     ZERO_HITS,
 )
 
-__all__ = ["Collector", "CollectorError", "invalid_reason"]
+__all__ = ["Collector", "CollectorError", "RecordStore", "invalid_reason"]
 
 DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
 _BATCH: Final = 512  # packets read before they are aggregated together (one lock)
@@ -69,6 +69,15 @@ def invalid_reason(exc: PinbaDecodeError) -> str:
     return _COUNTED_AS.get(exc.kind, "malformed")
 
 
+class RecordStore(Protocol):
+    """Where the collector hands every batch of records (the SQLite store is one)."""
+
+    @property
+    def dropped(self) -> int: ...
+    def add(self, records: list[Record]) -> None: ...
+    def close(self) -> None: ...
+
+
 class CollectorError(OSError):
     """The collector cannot listen where it was asked (port in use, bad address...)."""
 
@@ -87,8 +96,7 @@ class Collector:
     ``window``: seconds of requests kept for the reports (900). ``max_records``: requests kept
     at most (200,000: about 0.7 KB each with a timer, so about 150 MB); ``max_keys``: distinct
     keys per report before an ``<other>`` row; ``percentiles``: the percentile columns.
-    ``store``: something with ``add(records)`` and ``close()``, fed with every batch (the SQLite
-    store).
+    ``store``: a :class:`RecordStore`, fed with every batch (the SQLite store).
     """
 
     def __init__(
@@ -99,7 +107,7 @@ class Collector:
         max_records: int = 200_000,
         max_keys: int = 10_000,
         percentiles: Sequence[float] = (95.0, 99.0),
-        store: Any = None,
+        store: RecordStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.listen = parse_listen(listen)
@@ -262,5 +270,5 @@ class Collector:
         status = self.aggregator.status()
         status["packets_received"] = self.packets
         if self.store is not None:
-            status["store_dropped"] = getattr(self.store, "dropped", 0)
+            status["store_dropped"] = self.store.dropped
         return status
