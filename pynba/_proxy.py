@@ -56,7 +56,7 @@ class _Pynba:
 
     def timer(self, **tags: Any) -> Timer:
         """A timer with these tags, in the current request (see :class:`pynba.Timer`)."""
-        return Timer(tags, spec=TimerSpec(tags))  # kwargs are a fresh dict: no copy needed
+        return Timer(tags, spec=TimerSpec.of(tags))  # kwargs are a fresh dict: no copy needed
 
     @property
     def request(self) -> RequestSpan | None:

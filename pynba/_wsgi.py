@@ -120,22 +120,20 @@ class PynbaMiddleware:
         except Exception as exc:  # our bug: the app still runs, unmonitored
             self._failed("open", exc)
             return self.app(environ, start_response)
-        token = current_request.set(request)
-
-        def observing_start_response(status: str, headers: Any, *exc_info: Any) -> Any:
-            request.status = _status_code(status)
-            return start_response(status, headers, *exc_info)
-
+        # One object per request observes start_response and then wraps the response: no
+        # closure and no second wrapper to build on every request.
+        response = _Response(request, start_response, current_request.set(request), self)
         request.serving = True
         try:
-            result = self.app(environ, observing_start_response)
+            response.result = self.app(environ, response)
         except BaseException:
             request.serving = False
             request.status = 500
-            self._close(request, token, 0)
+            response.closed()
+            self._close(request, response.token, 0)
             raise
         request.serving = False
-        return _Response(result, request, token, self)
+        return response.started()
 
     @staticmethod
     def _value(option: NameOption, environ: dict[str, Any]) -> str | None:
@@ -185,29 +183,71 @@ class PynbaMiddleware:
         )
 
 
-class _Response:
-    """The app's response iterable, counted and closed: the request ends in ``close()``."""
+def _length(chunk: object) -> int:
+    try:
+        return len(chunk)  # type: ignore[arg-type]
+    except TypeError:  # not bytes: the server will complain, not us
+        return 0
 
-    __slots__ = ("_closed", "_iter", "_middleware", "_request", "_result", "_size", "_token")
+
+class _Response:
+    """The app's start_response observed, then its response iterable counted and closed: the
+    request ends in ``close()``.
+
+    A list or tuple body (most apps' answer) is measured up front and iterated by its own C
+    iterator; only other iterables are counted chunk by chunk."""
+
+    __slots__ = (
+        "_closed",
+        "_iter",
+        "_middleware",
+        "_request",
+        "_size",
+        "_start_response",
+        "_upfront",
+        "result",
+        "token",
+    )
 
     def __init__(
-        self, result: Iterable[bytes], request: RequestSpan, token: Any, mw: PynbaMiddleware
+        self, request: RequestSpan, start_response: StartResponse, token: Any, mw: PynbaMiddleware
     ) -> None:
-        self._result = result
-        self._iter: Iterator[bytes] | None = None
         self._request = request
-        self._token = token
+        self._start_response = start_response
+        self.token = token
         self._middleware = mw
-        self._size = 0
+        self.result: Iterable[bytes] = ()
+        self._iter: Iterator[bytes] | None = None
+        self._size = 0  # bytes of the body
+        self._upfront = False  # measured before iterating (a list or tuple)
         self._closed = False
 
+    def __call__(self, status: str, headers: Any, *exc_info: Any) -> Any:
+        """start_response, as the app calls it: the status is the request's."""
+        code = status[:3]
+        self._request.status = int(code) if code.isdigit() else _status_code(status)
+        return self._start_response(status, headers, *exc_info)
+
+    def started(self) -> _Response:
+        """The app has returned its iterable: measure it now if it is a plain sequence."""
+        result = self.result
+        if type(result) is list or type(result) is tuple:
+            try:
+                self._size = sum(map(len, result))
+                self._upfront = True
+            except TypeError:  # not bytes: the server will complain, not us
+                pass
+        return self
+
     def __iter__(self) -> Iterator[bytes]:
+        if self._upfront:
+            return iter(self.result)
         return self
 
     def __next__(self) -> bytes:
         it = self._iter
         if it is None:
-            it = self._iter = iter(self._result)
+            it = self._iter = iter(self.result)
         try:
             chunk = next(it)
         except StopIteration:
@@ -215,20 +255,23 @@ class _Response:
         except BaseException:
             self._request.status = 500  # the body failed: so did the request
             raise
-        with contextlib.suppress(TypeError):  # not bytes: the server will complain, not us
-            self._size += len(chunk)
+        self._size += len(chunk) if type(chunk) is bytes else _length(chunk)
         return chunk
+
+    def closed(self) -> None:
+        """The request was reported without a response (the app raised)."""
+        self._closed = True
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            close = getattr(self._result, "close", None)
+            close = getattr(self.result, "close", None)
             if close is not None:
                 close()
         finally:
-            self._middleware._close(self._request, self._token, self._size)
+            self._middleware._close(self._request, self.token, self._size)
 
     def __del__(self) -> None:
         # A server that never calls close() (against PEP 3333) must not lose the request.
