@@ -25,6 +25,7 @@ import pytest
 from conftest import UdpReceiver
 
 from pynba_exporter import Transport
+from pynba_exporter.config import OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -131,3 +132,17 @@ def test_opentelemetry_example(receiver: UdpReceiver) -> None:
     ]
     assert request.timers[0].hit_count == 1
     assert receiver.nothing()
+
+
+def test_configuration_page_lists_every_option() -> None:
+    # The table of options is written by hand for readers; it must not drift from the code's.
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in (ROOT / "docs" / "configuration.md").read_text("utf-8").splitlines()
+        if line.startswith("| ") and not line.startswith("| option")
+    }
+    assert set(rows) == set(OPTIONS)
+    for name, option in OPTIONS.items():
+        cells = [cell.strip() for cell in rows[name].split("|")]
+        assert cells[3] == ", ".join(f"`{env}`" for env in option.env), name
+        assert cells[4] in (f"`{option.default}`", f"`{option.default!r}`"), name
