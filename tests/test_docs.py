@@ -183,3 +183,22 @@ def test_links_between_pages_resolve() -> None:
                     if line.startswith("#")
                 ]
                 assert anchor in headings, f"{page.name}: {target}"
+
+
+def test_architecture_names_the_real_modules() -> None:
+    # docs/architecture.md walks the data flows module by module: it must name every module
+    # of both packages, and no module that does not exist.
+    text = (ROOT / "docs" / "architecture.md").read_text("utf-8")
+    named = set(re.findall(r"[\w/]*\w\.py\b", text))
+    modules = {
+        path.relative_to(ROOT).as_posix()
+        for package in ("pynba", "pynba_exporter")
+        for path in (ROOT / package).rglob("*.py")
+        if path.name != "__init__.py"
+    }
+
+    def means(name: str, module: str) -> bool:
+        return module == name or module.endswith(f"/{name}")
+
+    assert [m for m in sorted(modules) if not any(means(n, m) for n in named)] == []
+    assert [n for n in sorted(named) if not any(means(n, m) for m in modules)] == []
