@@ -22,7 +22,7 @@ import math
 from typing import Any
 
 from pynba_exporter.log import errors, logger
-from pynba_exporter.spans import MEASURE, RequestSpan, Timer, TimerSpec, current_request, safe_text
+from pynba_exporter.spans import MEASURE, RequestSpan, Timer, current_request, safe_text
 
 __all__ = ["pynba"]
 
@@ -56,7 +56,7 @@ class _Pynba:
 
     def timer(self, **tags: Any) -> Timer:
         """A timer with these tags, in the current request (see :class:`pynba.Timer`)."""
-        return Timer(tags, spec=TimerSpec.of(tags))  # kwargs are a fresh dict: no copy needed
+        return Timer(tags)
 
     @property
     def request(self) -> RequestSpan | None:

@@ -203,7 +203,7 @@ class RequestSpan:
         self.ru_stime = 0.0
         self._lines: dict[TimerSpec, _Line] = {}
         self.timers: list[_Line] = []
-        self._running: dict[int, Timer] = {}
+        self._running: set[Timer] = set()
         # The thread whose CPU is counted; None: the process's (ScriptMonitor).
         self._thread = None if process_cpu_time else threading.get_ident()
         self._cpu0 = process_cpu() if process_cpu_time else thread_cpu()
@@ -242,7 +242,7 @@ class RequestSpan:
         if self.finished:
             return
         end = _perf_counter() if now is None else now
-        for timer in list(self._running.values()):
+        for timer in list(self._running):
             timer._stop_at(end)
         self.request_time = end - self._start
         if not cpu:
@@ -364,7 +364,15 @@ class Timer:
         spec: TimerSpec | None = None,
         home: Callable[[], RequestSpan | None] | None = None,
     ) -> None:
-        self.spec = spec if spec is not None else TimerSpec.of(dict(tags))
+        if spec is None:
+            # TimerSpec.of, inlined for pynba.timer(): this runs for every timer.
+            try:
+                spec = _SPECS.get(tuple(tags.items()))
+            except TypeError:
+                spec = None
+            if spec is None:
+                spec = TimerSpec.of(dict(tags))  # a copy: the caller may change its dict
+        self.spec = spec
         # Where the timer records: the request current in its context, or its owner's (a
         # ScriptMonitor's timers record into the monitor's unit of work, from any thread).
         self._home = home
@@ -403,7 +411,7 @@ class Timer:
         if request is not None:
             if request.timer_rusage:
                 self._cpu = _thread_time()
-            request._running[id(self)] = self
+            request._running.add(self)
         self._start = _perf_counter()
         return self
 
@@ -427,7 +435,7 @@ class Timer:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("pynba: timer %r ran outside any request: not recorded", self.tags)
             return
-        request._running.pop(id(self), None)
+        request._running.discard(self)
         if request.finished:
             return
         # RequestSpan.add, inlined: this runs for every timer of every request.
@@ -453,7 +461,7 @@ class Timer:
         request = self._request
         if request is None:
             return
-        request._running.pop(id(self), None)
+        request._running.discard(self)
         self._start = None
         line = request._lines.get(self.spec)
         if line is not None and not request.finished:
@@ -466,8 +474,34 @@ class Timer:
     __enter__ = start
 
     def __exit__(self, *exc: object) -> None:
-        if self._start is not None:
-            self._stop_at(_perf_counter())
+        # _stop_at, inlined for the common case (a `with` block inside its request): this
+        # runs for every timer of every request.
+        end = _perf_counter()
+        start = self._start
+        request = self._request
+        if start is None or request is None or request.finished:
+            if start is not None:
+                self._stop_at(end)
+            return
+        self._start = None
+        value = end - start
+        self.elapsed_total += value
+        self.runs += 1
+        request._running.discard(self)
+        spec = self.spec
+        line = request._lines.get(spec)
+        if line is None:
+            line = request._lines[spec] = _Line(spec)
+        line.value += value
+        line.hit_count += 1
+        cpu0 = self._cpu
+        if cpu0 >= 0.0:
+            self._cpu = -1.0
+            cpu = _thread_time() - cpu0
+            if cpu > 0.0:
+                line.cpu += cpu
+
+    __hash__ = object.__hash__  # by identity: running timers are kept in a set
 
     def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Time every call of ``func`` into the request current at that call."""
