@@ -25,7 +25,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from pynba._proxy import pynba
 from pynba._wsgi import PynbaMiddleware
 from pynba_exporter._spans import current_request
-from pynba_exporter.collector import Collector, WebServer
+from pynba_exporter.collector import Collector, History, WebServer
 
 __all__ = ["run_demo"]
 
@@ -171,7 +171,11 @@ def run_demo(
     the page up, until Ctrl-C.
     """
     collector = Collector("127.0.0.1:0")
-    web = WebServer(collector, http, request_tags=[("user_type",)]) if http else None
+    web = None
+    if http:
+        # Charts per second: the demo's traffic lasts seconds, not minutes.
+        history = History(interval=1.0, size=300, clock=collector.clock)
+        web = WebServer(collector, http, request_tags=[("user_type",)], history=history)
     collector.start()
     if web is not None:
         try:

@@ -346,7 +346,7 @@
     if (!reports.length) return [el("p", { class: "muted empty" }, emptyText)];
     return reports.flatMap((report) => [
       el("h2", null, `${kind} by ${report.tags.join(", ")}`),
-      table([
+      ...table([
         ...report.tags.map((tag) => ({ key: tag, label: tag, render: (r) => el("td", { class: "name" }, r[tag]) })),
         ...extra], report.rows, { id: `${kind.toLowerCase().replace(/\W+/g, "-")}-${report.tags.join("-").replace(/\W+/g, "_")}` }),
     ]);
