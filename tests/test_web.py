@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -362,3 +363,20 @@ def test_cli_demo_prints_its_page() -> None:
     assert cli(["demo", "--requests", "30"], out=out) == 0
     first = out.getvalue().splitlines()[0]
     assert first.startswith("pynba demo: live page at http://127.0.0.1:")
+
+
+def test_slow_answers_are_reused_and_made_once(site: Site) -> None:
+    made: list[int] = []
+
+    def make() -> tuple[int, bytes, str]:
+        made.append(1)
+        time.sleep(1.0)  # an answer that takes 1 s is reused for the next 5 s
+        return 200, b"{}", "application/json"
+
+    threads = [threading.Thread(target=site.web.cached, args=("k", make)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert site.web.cached("k", make) == (200, b"{}", "application/json")
+    assert made == [1]  # three threads at once and one after: made once

@@ -91,23 +91,36 @@ class History:
 
     def add(self, records: Sequence[Record]) -> None:
         """Count a batch of records (a collector listener: the receiving thread calls it)."""
+        top = _CELLS - 1
         with self._lock:
-            intervals = self._intervals
+            stamp = None
+            last = self._intervals[-1] if self._intervals else _Interval(-(2**62))
             for r in records:
-                index = self._index(r.timestamp)
-                last = intervals[-1] if intervals else None
-                if last is None or index > last.index:
-                    if self._first is None:
-                        self._first = index
-                    last = _Interval(index)
-                    intervals.append(last)  # the deque's maxlen drops the oldest
-                # A clock stepping back counts in the latest interval rather than reordering.
+                if r.timestamp != stamp:  # a batch shares one time: one interval lookup
+                    stamp = r.timestamp
+                    last = self._interval_of(stamp, last)
                 last.requests += 1
                 if r.status >= 500:
                     last.errors += 1
-                last.time_total += r.req_time
-                cell = cell_of(r.req_time)
-                last.cells[cell] = last.cells.get(cell, 0) + 1
+                t = r.req_time
+                last.time_total += t
+                cell = (
+                    min(top, 1 + int(math.log(t / _SMALLEST) / _LOG_RATIO)) if t >= _SMALLEST else 0
+                )
+                cells = last.cells
+                cells[cell] = cells.get(cell, 0) + 1
+
+    def _interval_of(self, timestamp: float, last: _Interval) -> _Interval:
+        index = self._index(timestamp)
+        if index <= last.index:
+            # The same interval, or a clock that stepped back: counted in the latest one
+            # rather than reordering the history.
+            return last
+        if self._first is None:
+            self._first = index
+        interval = _Interval(index)
+        self._intervals.append(interval)  # the deque's maxlen drops the oldest
+        return interval
 
     def points(self, now: float | None = None) -> list[dict[str, Any]]:
         """One point per interval, oldest first, empty intervals included: from the first

@@ -22,6 +22,7 @@ import contextlib
 import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +53,12 @@ _CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+_JSON: Final = "application/json"
+#: An answer is reused for this many times as long as it took to make (whoever asks): with a
+#: big window, polling tabs cost at most about a sixth of a core, and the receiving thread keeps
+#: the rest. Answers made in milliseconds are hardly reused at all.
+_REUSE: Final = 5.0
+_CACHED: Final = 64  # answers kept at most (script pages are keyed by name)
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -95,6 +102,13 @@ def _static(name: str) -> bytes:
     return (resources.files("pynba_exporter.collector") / "static" / name).read_bytes()
 
 
+def _script(web: WebServer, names: list[str] | None) -> tuple[int, bytes, str]:
+    data = _api.script(web.collector, names[0]) if names else None
+    if data is None:
+        return 404, _api.dumps({"error": "no such script in the window"}), _JSON
+    return 200, _api.dumps(data), _JSON
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     web: WebServer
@@ -124,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, data: Any, status: int = 200) -> None:
-        self._send(status, _api.dumps(data), "application/json")
+        self._send(status, _api.dumps(data), _JSON)
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -141,20 +155,18 @@ class _Handler(BaseHTTPRequestHandler):
                 name, content_type = _STATIC[path]
                 self._send(200, web.static[name], content_type, cache=path != "/")
             elif path == "/metrics":
-                if web.metrics is None:
+                metrics = web.metrics
+                if metrics is None:
                     text = b"/metrics needs prometheus_client: pip install 'pynba[web]'\n"
                     self._send(HTTPStatus.NOT_IMPLEMENTED, text, "text/plain; charset=utf-8")
                 else:
-                    self._send(200, *web.metrics.exposition())
+                    self._send(*web.cached(path, lambda: (200, *metrics.exposition())))
             elif path == "/api/script":
                 names = parse_qs(url.query, keep_blank_values=True).get("name")
-                data = _api.script(web.collector, names[0]) if names else None
-                if data is None:
-                    self._json({"error": "no such script in the window"}, 404)
-                else:
-                    self._json(data)
+                self._send(*web.cached(f"script {names!r}", lambda: _script(web, names)))
             elif path in web.views:
-                self._json(web.views[path]())
+                view = web.views[path]
+                self._send(*web.cached(path, lambda: (200, _api.dumps(view()), _JSON)))
             else:
                 self._json({"error": "not found"}, 404)
         except (BrokenPipeError, ConnectionResetError):
@@ -205,6 +217,9 @@ class WebServer:
         }
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._cache: dict[str, tuple[float, tuple[int, bytes, str]]] = {}
+        self._cache_lock = threading.Lock()
+        self._making: dict[str, threading.Lock] = {}
         self._allowed_hosts: frozenset[str] = frozenset()
 
     @property
@@ -218,6 +233,31 @@ class WebServer:
     def url(self) -> str:
         host, port = self.address
         return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+    def cached(
+        self, key: str, make: Callable[[], tuple[int, bytes, str]]
+    ) -> tuple[int, bytes, str]:
+        """The answer for ``key``, made by ``make`` unless a fresh one is at hand; one thread
+        makes it while the others asking for it wait."""
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and time.monotonic() < hit[0]:
+                return hit[1]
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self._cache_lock:
+                hit = self._cache.get(key)
+                if hit is not None and time.monotonic() < hit[0]:
+                    return hit[1]
+            start = time.monotonic()
+            answer = make()
+            end = time.monotonic()
+            with self._cache_lock:
+                if len(self._cache) >= _CACHED:
+                    self._cache.clear()
+                    self._making = {key: making}
+                self._cache[key] = (end + _REUSE * (end - start), answer)
+        return answer
 
     def host_allowed(self, header: str) -> bool:
         """On loopback, only requests for a loopback name: a web page elsewhere cannot point a

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -38,6 +38,22 @@ __all__ = ["PrometheusMetrics"]
 
 _REQUEST_LABELS: Final = ("script_name", "status", "server_name")
 _TIMER_LABELS: Final = ("group", "server")
+
+
+_TAG_SETS: Final = 4096  # timer tag sets whose label values are remembered
+_UNSET: Final[Any] = object()
+
+
+def _timer_key(tags: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+    """A timer's (group, server) labels; None without a group tag. The first value of a
+    repeated tag name wins, as in pinba2."""
+    group = server = None
+    for name, value in tags:
+        if name == "group" and group is None:
+            group = value
+        elif name == "server" and server is None:
+            server = value
+    return None if group is None else (group, server or "")
 
 
 def _text(s: str) -> str:
@@ -57,6 +73,7 @@ class PrometheusMetrics(_PromCollector):
         # (script, status, server) -> [count, time, utime, stime, bytes]
         self._requests: dict[tuple[str, str, str], list[float]] = {}
         self._timers: dict[tuple[str, str], list[float]] = {}  # (group, server) -> [hits, s]
+        self._tag_keys: dict[tuple[tuple[str, str], ...], tuple[str, str] | None] = {}
         self.overflow = 0  # label sets counted under <other> for want of room
         collector.listeners.append(self.add)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -65,7 +82,7 @@ class PrometheusMetrics(_PromCollector):
     def add(self, records: Sequence[Record]) -> None:
         """Count a batch of records (the collector's receiving thread calls it)."""
         with self._lock:
-            requests, timers = self._requests, self._timers
+            requests, timers, keys = self._requests, self._timers, self._tag_keys
             for r in records:
                 key = (r.script_name, str(r.status), r.server_name)
                 row = requests.get(key)
@@ -82,16 +99,15 @@ class PrometheusMetrics(_PromCollector):
                 row[3] += r.ru_stime
                 row[4] += r.doc_size
                 for t in r.timers:
-                    group = server = None
-                    for name, value in t.tags:
-                        # The first value of a repeated tag name wins, as in pinba2.
-                        if name == "group" and group is None:
-                            group = value
-                        elif name == "server" and server is None:
-                            server = value
-                    if group is None:
+                    # The same few tag sets repeat: their (group, server) is looked up once.
+                    tkey = keys.get(t.tags, _UNSET)
+                    if tkey is _UNSET:
+                        tkey = _timer_key(t.tags)
+                        if len(keys) >= _TAG_SETS:
+                            keys.clear()
+                        keys[t.tags] = tkey
+                    if tkey is None:
                         continue
-                    tkey = (group, server or "")
                     trow = timers.get(tkey)
                     if trow is None:
                         if len(timers) >= self.max_keys - 1:
