@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -380,3 +381,40 @@ def test_slow_answers_are_reused_and_made_once(site: Site) -> None:
         t.join()
     assert site.web.cached("k", make) == (200, b"{}", "application/json")
     assert made == [1]  # three threads at once and one after: made once
+
+
+def test_cli_http_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        args = ["collect", "--listen", "127.0.0.1:0", "--duration", "0.1", "--http"]
+        assert cli([*args, f"127.0.0.1:{port}"]) == 2
+        assert "cannot serve HTTP on 127.0.0.1:" in capsys.readouterr().err
+    finally:
+        busy.close()
+    assert cli([*args, "nowhere"]) == 2
+    assert "HTTP address 'nowhere'" in capsys.readouterr().err
+
+
+def test_cli_demo_serve_keeps_the_page_up_until_ctrl_c() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pynba._cli", "demo", "--requests", "20", "--serve"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split("live page at ")[1].strip()
+        deadline = time.monotonic() + 60
+        received = 0
+        while received <= 60:  # the 20 requests, the 20 jobs, then more every second
+            assert time.monotonic() < deadline, received
+            with urllib.request.urlopen(url + "api/health", timeout=10) as r:
+                received = json.loads(r.read())["status"]["requests_total"]
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "requests by script" in out
