@@ -283,6 +283,7 @@ HOSTILE = [
     "</td></tr></table><svg onload=window.__ran.push('svg')>",
     "'-alert(1)-'",
     "${alert(1)}",
+    "/q?x=1&y=<2>#frag %zz \u00e9",  # the name travels in the page's own URL and back
 ]
 
 
