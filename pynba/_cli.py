@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pynba_exporter._wire import PinbaDecodeError, decode
 from pynba_exporter.collector import (
     Collector,
     CollectorError,
@@ -29,6 +28,7 @@ from pynba_exporter.collector import (
     WebServer,
     report_table,
 )
+from pynba_exporter.wire import PinbaDecodeError, decode
 
 __all__ = ["main"]
 

@@ -14,10 +14,10 @@ import math
 from collections.abc import Sequence
 from typing import Any, Final
 
-from pynba_exporter._log import internal_errors
 from pynba_exporter.collector._aggregate import percentile
 from pynba_exporter.collector._history import History
 from pynba_exporter.collector._server import Collector
+from pynba_exporter.log import internal_errors
 
 __all__ = ["config", "dumps", "health", "overview", "script", "scripts", "tags", "timers"]
 

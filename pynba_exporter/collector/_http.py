@@ -31,10 +31,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-from pynba_exporter._log import errors
 from pynba_exporter.collector import _api
 from pynba_exporter.collector._history import History
 from pynba_exporter.collector._server import Collector, CollectorError
+from pynba_exporter.log import errors
 
 if TYPE_CHECKING:
     from pynba_exporter.collector._metrics import PrometheusMetrics
