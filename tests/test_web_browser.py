@@ -163,6 +163,7 @@ def test_overview_charts_show_the_traffic(site: Site, page: Page) -> None:
     assert first_column(page, "hosts") == ["web1"]
     assert first_column(page, "servers") == ["shop.example"]
     assert page.eval_on_selector("#chart-rps svg polyline", "p => p.getAttribute('points')")
+    drawn_text(page)
 
 
 def test_scripts_table_numbers_sorting_and_filter(site: Site, page: Page) -> None:
@@ -249,6 +250,7 @@ def test_script_page_shows_its_timers(site: Site, page: Page) -> None:
         "tds => tds.map(t => Number(t.dataset.value))",
     )
     assert sum(bins) == 10
+    drawn_text(page)
     page.click("text=← scripts")
     page.locator("#scripts-table").wait_for()
 
@@ -344,6 +346,57 @@ def test_hostile_names_render_as_text_and_never_run(browser: Browser, site: Site
         ]
     finally:
         context.close()
+
+
+def drawn_text(page: Page) -> str:
+    """The page's visible text, checked for the marks of values drawn wrong."""
+    text: str = page.evaluate("document.body.innerText")
+    for wrong in ("[object", "undefined", "NaN", "null"):
+        assert wrong not in text, (wrong, text)
+    return text
+
+
+@pytest.mark.expect_pynba_errors  # the invalid packet is logged
+def test_every_view_draws(site: Site, page: Page) -> None:
+    site.now = T0 + 1
+    site.send(*(
+        req("/v", 0.01 * (i + 1), tags={"user": "guest" if i % 2 else "member"},
+            timers=[PinbaTimer({"group": "db::select", "server": "db1"}, 0.001, 2)])
+        for i in range(10)
+    ))  # fmt: skip
+    site.transport.send_packet(b"\xff\xff")
+    site.now = T0 + 10
+
+    page.goto(site.url)
+    page.locator("#hosts tbody tr").wait_for()
+    assert "Requests/s (per 5 s)" in drawn_text(page)
+    page.goto(site.url + "#/scripts")
+    page.locator("#scripts-table tbody tr").wait_for()
+    drawn_text(page)
+    page.goto(site.url + "#/script/%2Fv")
+    page.locator("#timers-group-server tbody tr").wait_for()
+    assert "Request time histogram" in drawn_text(page)
+    page.goto(site.url + "#/timers")
+    page.locator("#timers-group_server tbody tr").wait_for()
+    assert first_column(page, "timers-group_server") == ["db::select"]
+    assert "Timers by group, server" in drawn_text(page)
+    page.goto(site.url + "#/tags")
+    page.locator("#requests-user tbody tr").nth(1).wait_for()
+    assert sorted(first_column(page, "requests-user")) == ["guest", "member"]
+    drawn_text(page)
+    page.goto(site.url + "#/health")
+    page.locator("#status tbody tr").first.wait_for()
+    text = drawn_text(page)
+    assert "10 of 200,000 requests held" in text
+    invalid = first_column(page, "invalid")
+    assert invalid == list(site.collector.status()["invalid_by_reason"])
+    status = dict(zip(first_column(page, "status"), page.eval_on_selector_all(
+        "#status tbody td:nth-child(2)", "tds => tds.map(td => td.dataset.value)"
+    )))  # fmt: skip
+    assert status["packets_received"] == "11"
+    assert status["requests_total"] == "10"
+    assert status["invalid_packets"] == "1"
+    assert page.text_content('[data-card="invalid"] .value') == "1"
 
 
 def test_fits_a_phone(site: Site, browser: Browser) -> None:

@@ -22,7 +22,7 @@
   // -- building the DOM without ever parsing markup
 
   function add(node, children) {
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -93,7 +93,7 @@
     return el("td", Object.assign({ "data-value": value }, extra || {}), format(value));
   }
 
-  // A table whose header sorts it when `sort` is given: columns are {key, label, format, get}.
+  // A table (in a box that scrolls sideways) whose header sorts it when `sort` is given: columns are {key, label, format, get}.
   function table(columns, rows, options) {
     const opts = options || {};
     const head = el("tr", null, columns.map((c) => {
@@ -110,10 +110,10 @@
     const body = el("tbody", null, rows.slice(0, MAX_ROWS).map((row) =>
       el("tr", opts.rowAttrs ? opts.rowAttrs(row) : null, columns.map((c) => c.render
         ? c.render(row) : cell(c.get ? c.get(row) : row[c.key], c.format || String)))));
-    const parts = [el("div", { class: "scroll" }, el("table", { id: opts.id }, el("thead", null, head), body))];
-    if (rows.length > MAX_ROWS) parts.push(el("p", { class: "muted" }, `first ${MAX_ROWS} of ${rows.length} rows`));
-    if (!rows.length) parts.push(el("p", { class: "muted empty" }, opts.empty || "nothing in the window yet"));
-    return parts;
+    return el("div", { class: "report" },
+      el("div", { class: "scroll" }, el("table", { id: opts.id }, el("thead", null, head), body)),
+      rows.length > MAX_ROWS ? el("p", { class: "muted" }, `first ${MAX_ROWS} of ${rows.length} rows`) : null,
+      rows.length ? null : el("p", { class: "muted empty" }, opts.empty || "nothing in the window yet"));
   }
 
   function scriptLink(name) {
@@ -288,7 +288,7 @@
         return desc ? -order : order;
       });
       document.getElementById("shown").textContent = `${rows.length} of ${this.rows.length} scripts`;
-      document.getElementById("scripts").replaceChildren(...table(scriptColumns(), rows, {
+      document.getElementById("scripts").replaceChildren(table(scriptColumns(), rows, {
         id: "scripts-table", sort: state.sort, rowAttrs: (r) => ({ "data-script": r.script_name }),
         onSort: (k) => {
           state.sort = { key: k, desc: state.sort.key === k ? !state.sort.desc : k !== "script_name" };
@@ -331,13 +331,13 @@
           card("traffic", kbytes(r.traffic_total), "traffic")),
         el("div", { class: "charts" }, histogramChart(d.histogram)),
         el("h2", null, "Statuses"),
-        ...table([{ key: "status", label: "status", format: String }, { key: "req_count", label: "requests", format: count },
+        table([{ key: "status", label: "status", format: String }, { key: "req_count", label: "requests", format: count },
           { key: "req_time_median", label: "median", format: seconds }], d.statuses, { id: "statuses" }),
         el("h2", null, "Timers by group"),
-        ...table(timerColumns({ key: "group", label: "group", render: (t) => el("td", { class: "name" }, t.group) }),
+        table(timerColumns({ key: "group", label: "group", render: (t) => el("td", { class: "name" }, t.group) }),
           d.timers_by_group, { id: "timers-group", empty: "no timers with a group tag", rowAttrs: (t) => ({ "data-group": t.group }) }),
         el("h2", null, "Timers by group and server"),
-        ...table(timerColumns({ key: "group", label: "group / server", render: (t) => el("td", { class: "name" }, t.group, " / ", t.server) }),
+        table(timerColumns({ key: "group", label: "group / server", render: (t) => el("td", { class: "name" }, t.group, " / ", t.server) }),
           d.timers_by_group_server, { id: "timers-group-server", empty: "no timers with group and server tags" }));
     },
   };
@@ -346,7 +346,7 @@
     if (!reports.length) return [el("p", { class: "muted empty" }, emptyText)];
     return reports.flatMap((report) => [
       el("h2", null, `${kind} by ${report.tags.join(", ")}`),
-      ...table([
+      table([
         ...report.tags.map((tag) => ({ key: tag, label: tag, render: (r) => el("td", { class: "name" }, r[tag]) })),
         ...extra], report.rows, { id: `${kind.toLowerCase().replace(/\W+/g, "-")}-${report.tags.join("-").replace(/\W+/g, "_")}` }),
     ]);
@@ -411,11 +411,11 @@
         el("p", { id: "memory" }, `${count(m.records)} of ${count(m.records_bound)} requests held (${num(used)} %), window ${num(s.window)} s`),
         bar,
         el("h2", null, "Invalid packets by reason"),
-        ...table(kv, pairs(s.invalid_by_reason), { id: "invalid", empty: "none" }),
+        table(kv, pairs(s.invalid_by_reason), { id: "invalid", empty: "none" }),
         el("h2", null, "Collector status"),
-        ...table(kv, pairs(Object.fromEntries(Object.entries(s).filter(([k]) => k !== "invalid_by_reason"))), { id: "status" }),
+        table(kv, pairs(Object.fromEntries(Object.entries(s).filter(([k]) => k !== "invalid_by_reason"))), { id: "status" }),
         el("h2", null, "Library errors in the collector's process"),
-        ...table(kv, pairs(d.internal_errors), { id: "internal", empty: "none" }),
+        table(kv, pairs(d.internal_errors), { id: "internal", empty: "none" }),
         el("p", { class: "muted" }, "Prometheus metrics: ", el("a", { href: "/metrics" }, "/metrics"), "; JSON: ",
           el("a", { href: "/api/health" }, "/api/health")));
     },
