@@ -89,11 +89,15 @@
       el("div", { class: "value" }, value));
   }
 
+  // A cell shows its value formatted and keeps the raw number in data-value (for tests, and for
+  // anyone reading the page with tools).
   function cell(value, format, extra) {
-    return el("td", Object.assign({ "data-value": value }, extra || {}), format(value));
+    const raw = typeof value === "object" ? null : value;
+    return el("td", Object.assign({ "data-value": raw }, extra || {}), format(value));
   }
 
-  // A table (in a box that scrolls sideways) whose header sorts it when `sort` is given: columns are {key, label, format, get}.
+  // A table, in a box that scrolls sideways, whose header sorts it when `sort` is given.
+  // Columns are {key, label, format} or {key, label, render(row) -> td}.
   function table(columns, rows, options) {
     const opts = options || {};
     const head = el("tr", null, columns.map((c) => {
@@ -109,7 +113,7 @@
     }));
     const body = el("tbody", null, rows.slice(0, MAX_ROWS).map((row) =>
       el("tr", opts.rowAttrs ? opts.rowAttrs(row) : null, columns.map((c) => c.render
-        ? c.render(row) : cell(c.get ? c.get(row) : row[c.key], c.format || String)))));
+        ? c.render(row) : cell(row[c.key], c.format || String)))));
     return el("div", { class: "report" },
       el("div", { class: "scroll" }, el("table", { id: opts.id }, el("thead", null, head), body)),
       rows.length > MAX_ROWS ? el("p", { class: "muted" }, `first ${MAX_ROWS} of ${rows.length} rows`) : null,
