@@ -19,13 +19,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from web_helpers import T0, Site, req
 
 from pynba._cli import main as cli
 from pynba_exporter import PinbaTimer, UdpTransport
 from pynba_exporter.collector import Collector, History, WebServer
-from pynba_exporter.collector._aggregate import percentile
+from pynba_exporter.collector._aggregate import Record, percentile
 from pynba_exporter.collector._http import parse_http_address
 
 HOSTILE = [
@@ -418,3 +420,15 @@ def test_cli_demo_serve_keeps_the_page_up_until_ctrl_c() -> None:
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "requests by script" in out
+
+
+@given(st.lists(st.floats(min_value=1e-6, max_value=1e4), min_size=1, max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_history_percentiles_are_within_one_percent(times: list[float]) -> None:
+    history = History(interval=5.0, clock=lambda: T0 + 1)
+    history.add([Record.of(req("/p", t), T0 + 1) for t in times])
+    (point,) = history.points()
+    exact = sorted(max(0.0, t) for t in times)
+    assert point["requests"] == len(times)
+    for p in (50, 95, 99):
+        assert point[f"p{p}"] == pytest.approx(percentile(exact, p), rel=0.0101)
