@@ -93,7 +93,13 @@ def pynba_log(request: pytest.FixtureRequest) -> Iterator[PynbaLog]:
 # -- slow tests: `pytest -m "not slow"` is the quick run (seconds) while working on the code.
 # Whole modules that start servers, subprocesses or fuzzers, and every property-based test, are
 # slow by rule here, so that a new test of that kind needs no marker to be in the right run.
-_SLOW_MODULES = ("test_under_load", "test_fuzz", "test_reference_client", "test_examples")
+_SLOW_MODULES = (
+    "test_under_load",
+    "test_fuzz",
+    "test_reference_client",
+    "test_examples",
+    "test_web_browser",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
