@@ -47,9 +47,9 @@ Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
-#: Names a request after the app ran, from the scope as it was when the request came in;
-#: None means that no route matched.
-RouteName: TypeAlias = Callable[[Scope], "str | None"]
+#: Names a request after the app ran, from the scope as it was when the request came in and
+#: the scope as the app left it (routers add to it); None means that no route matched.
+RouteName: TypeAlias = Callable[[Scope, Scope], "str | None"]
 NameOption: TypeAlias = "str | Callable[[Scope], str] | None"
 
 #: The script name of requests that matched no route (see ``route_name``).
@@ -95,7 +95,8 @@ class PynbaMiddleware:
     ``hostname``, ``server_name``, ``script_name``, ``schema``, ``timer_rusage``, ``enabled``,
     ``transport`` and the transport's keywords), a callable option taking the ASGI scope instead
     of the WSGI environ. ``route_name`` names requests by route: called once the app is done,
-    with the scope as it was when the request came in; what it returns becomes the script name
+    with the scope as it was when the request came in and the scope the app was given (which
+    routers add to); what it returns becomes the script name
     (``prefix`` before it) unless the app set ``pynba.scriptname`` itself, and ``None`` (no route
     matched) gives the one name ``unmatched_name`` (``"<unmatched>"``). The framework
     integrations (:mod:`pynba.starlette`) pass it.
@@ -169,7 +170,7 @@ class PynbaMiddleware:
         finally:
             request.serving = False
             current_request.reset(token)
-            self._finish(request, exchange, entry, opened_name)
+            self._finish(request, exchange, entry, scope, opened_name)
 
     def _value(self, option: NameOption, scope: Scope) -> str | None:
         if option is None:
@@ -188,11 +189,11 @@ class PynbaMiddleware:
         )
 
     def _finish(
-        self, request: RequestSpan, exchange: _Exchange, entry: Scope, opened_name: str
+        self, request: RequestSpan, exchange: _Exchange, entry: Scope, scope: Scope, name: str
     ) -> None:
         try:
-            if self.route_name is not None and request.script_name == opened_name:
-                route = self.route_name(entry)
+            if self.route_name is not None and request.script_name == name:
+                route = self.route_name(entry, scope)
                 request.script_name = self.unmatched_name if route is None else self.prefix + route
         except Exception as exc:
             self._failed("route", exc)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pynba.asgi import PynbaMiddleware, Scope
+from pynba.asgi import PynbaMiddleware, RouteName, Scope
 from pynba_exporter._transport import Address
 
 __all__ = ["instrument", "route_name"]
@@ -49,15 +49,25 @@ def _match(routes: Iterable[Any], scope: Scope, prefix: str) -> str | None:
     return partial
 
 
-def route_name(app: Any) -> Any:
+def route_name(app: Any) -> RouteName:
     """A ``route_name`` for :class:`pynba.asgi.PynbaMiddleware`: the path of the route of
-    ``app`` (a Starlette or FastAPI app, or a router) that matches a scope; None if none."""
+    ``app`` (a Starlette or FastAPI app, or a router) that served a request; None if none."""
     router = getattr(app, "router", app)
 
-    def name(scope: Scope) -> str | None:
+    def name(entry: Scope, scope: Scope) -> str | None:
+        route = scope.get("route")
+        path = getattr(route, "path_format", None) or getattr(route, "path", None)
+        if isinstance(path, str):
+            # FastAPI leaves the route that served the request in the scope; mounts on the way
+            # added their prefixes to root_path.
+            outer = str(entry.get("root_path") or "")
+            inner = str(scope.get("root_path") or "")
+            mounts = inner[len(outer) :] if inner.startswith(outer) else ""
+            return mounts + path
         if scope.get("type") not in ("http", "websocket"):
             return None
-        return _match(router.routes, scope, "")
+        # Starlette leaves only the endpoint: match the request again against the routes.
+        return _match(router.routes, entry, "")
 
     return name
 
@@ -65,8 +75,9 @@ def route_name(app: Any) -> Any:
 def instrument(app: Any, address: Address | None = None, **options: Any) -> Any:
     """Report every request of the Starlette or FastAPI ``app`` to Pinba, named by route.
 
-    Adds :class:`pynba.asgi.PynbaMiddleware` as the outermost user middleware (call it before
-    the app starts serving). Returns ``app``.
+    Adds :class:`pynba.asgi.PynbaMiddleware` as a middleware of the app: call it after adding
+    the app's other middlewares (the last added is the outermost, which then times them too),
+    before the app starts serving. Returns ``app``.
     """
     options.setdefault("route_name", route_name(app))
     app.add_middleware(PynbaMiddleware, address=address, **options)

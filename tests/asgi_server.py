@@ -9,21 +9,19 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
 
 @contextmanager
-def uvicorn_serving(app: Any, lifespan: str = "auto") -> Iterator[int]:
+def uvicorn_serving(app: Any, lifespan: Literal["auto", "on", "off"] = "auto") -> Iterator[int]:
     """Serve ``app`` with uvicorn until the block ends; yields the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port: int = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, lifespan=lifespan, log_level="error", access_log=False
-    )
+    config = uvicorn.Config(app, lifespan=lifespan, log_level="error", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
     thread.start()
