@@ -8,8 +8,9 @@ from typing import Any, TypeAlias
 
 from pynba.reporter import Reporter
 from pynba_exporter import Transport
-from pynba_exporter._log import errors
-from pynba_exporter._spans import RequestSpan
+from pynba_exporter.log import errors
+from pynba_exporter.naming import script_names
+from pynba_exporter.spans import RequestSpan
 
 __all__ = ["ReporterOption", "call_reporter", "split_reporter"]
 
@@ -55,6 +56,7 @@ def call_reporter(call: Callable[..., Any], request: RequestSpan, where: str) ->
     request.seal()
     if not request.enabled:
         return False
+    request.script_name = script_names.guard(request.script_name)
     timers = [_SentTimer(t.tags, t.value, t.hit_count) for t in request.timers]
     try:
         call(

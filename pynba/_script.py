@@ -10,9 +10,8 @@ from typing import Any
 
 from pynba._legacy import ReporterOption, call_reporter, split_reporter
 from pynba.collector import DataCollector
-from pynba_exporter import Transport, UdpTransport
-from pynba_exporter._spans import RequestSpan, Timer, current_request, env_flag, report
-from pynba_exporter._transport import Address
+from pynba_exporter import Address, Transport, UdpTransport, config
+from pynba_exporter.spans import RequestSpan, Timer, current_request, finish_and_send
 
 __all__ = ["ScriptMonitor"]
 
@@ -68,10 +67,8 @@ class ScriptMonitor:
         self.servername: str = server_name or servername or machine
         self.schema = schema
         self.collector = DataCollector(self.scriptname, self.hostname, schema or None, tags)
-        self.timer_rusage = (
-            env_flag("PINBA_TIMER_RUSAGE", True) if timer_rusage is None else timer_rusage
-        )
-        self.enabled = env_flag("PINBA_ENABLED", True) if enabled is None else enabled
+        self.timer_rusage = config.value("timer_rusage", timer_rusage)
+        self.enabled = config.value("enabled", enabled)
         #: CPU seconds of the last stopped unit (None until one stopped), as in the original.
         self.ru_utime: float | None = None
         self.ru_stime: float | None = None
@@ -205,7 +202,7 @@ class ScriptMonitor:
         self._apply(request, status)
         if self._call is not None:
             return call_reporter(self._call, request, "script-monitor")
-        return report(request, self.transport, "script-monitor")
+        return finish_and_send(request, self.transport, "script-monitor")
 
     def _apply(self, request: RequestSpan, status: int | None) -> None:
         """What the monitor's attributes say now, unless the unit changed it itself."""
@@ -222,11 +219,11 @@ class ScriptMonitor:
         if status is not None:
             request.status = status
         collector = self.collector
-        if request.document_size is None and collector.document_size is not None:
+        if request.document_size < 0 and collector.document_size is not None:
             request.document_size = collector.document_size
-        if request.memory_peak is None and collector.memory_peak is not None:
+        if request.memory_peak < 0 and collector.memory_peak is not None:
             request.memory_peak = collector.memory_peak
-        if request.memory_footprint is None and collector.memory_footprint is not None:
+        if request.memory_footprint < 0 and collector.memory_footprint is not None:
             request.memory_footprint = collector.memory_footprint
         if not self.enabled:
             request.enabled = False

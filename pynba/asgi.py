@@ -32,15 +32,14 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
-from pynba_exporter import Transport, UdpTransport
-from pynba_exporter._log import errors
-from pynba_exporter._spans import RequestSpan, current_request, env_flag, report
-from pynba_exporter._spans import hostname as _hostname
-from pynba_exporter._transport import Address
+from pynba_exporter import Address, Transport, UdpTransport, config, naming
+from pynba_exporter.log import errors
+from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
+from pynba_exporter.spans import hostname as _hostname
 
-__all__ = ["ASGIApp", "PynbaMiddleware", "RouteName", "Scope", "monitor"]
+__all__ = ["UNMATCHED", "ASGIApp", "PynbaMiddleware", "RouteName", "Scope", "monitor"]
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -53,7 +52,7 @@ RouteName: TypeAlias = Callable[[Scope, Scope], "str | None"]
 NameOption: TypeAlias = "str | Callable[[Scope], str] | None"
 
 #: The script name of requests that matched no route (see ``route_name``).
-UNMATCHED = "<unmatched>"
+UNMATCHED: Final = naming.UNMATCHED
 
 
 def _header(scope: Mapping[str, Any], name: bytes) -> str | None:
@@ -132,10 +131,8 @@ class PynbaMiddleware:
         self.schema: NameOption = schema
         self.route_name = route_name
         self.unmatched_name = unmatched_name
-        self.timer_rusage = (
-            env_flag("PINBA_TIMER_RUSAGE", True) if timer_rusage is None else timer_rusage
-        )
-        self.enabled = env_flag("PINBA_ENABLED", True) if enabled is None else enabled
+        self.timer_rusage = config.value("timer_rusage", timer_rusage)
+        self.enabled = config.value("enabled", enabled)
         functools.update_wrapper(self, app, updated=())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -197,10 +194,10 @@ class PynbaMiddleware:
                 request.script_name = self.unmatched_name if route is None else self.prefix + route
         except Exception as exc:
             self._failed("route", exc)
-        if request.document_size is None:
+        if request.document_size < 0:
             request.document_size = exchange.size
         request.finish()  # done at the last body message, unless there was none
-        report(request, self.reporter, "asgi")
+        finish_and_send(request, self.reporter, "asgi")
 
     def _failed(self, stage: str, exc: Exception) -> None:
         errors.log(

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pynba_exporter._log import errors
-from pynba_exporter._spans import Timer as _Timer
+from pynba_exporter.log import errors
+from pynba_exporter.spans import Timer as _Timer
 
 __all__ = ["DataCollector", "Timer"]
 

@@ -23,8 +23,8 @@ from types import TracebackType
 from typing import Any
 
 from pynba._legacy import ReporterOption, call_reporter, split_reporter
-from pynba_exporter._spans import RequestSpan, current_request, report
-from pynba_exporter._spans import hostname as _hostname
+from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
+from pynba_exporter.spans import hostname as _hostname
 
 __all__ = ["RequestContext"]
 
@@ -103,7 +103,7 @@ class RequestContext:
         if self._call is not None:
             call_reporter(self._call, request, "context")
         elif self._transport is not None:
-            report(request, self._transport, "context")
+            finish_and_send(request, self._transport, "context")
         self.pynba = self._new()
         if current_request.get() is request:
             current_request.set(self.pynba)

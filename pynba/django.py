@@ -24,11 +24,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pynba.asgi import UNMATCHED
-from pynba_exporter import Transport, UdpTransport
-from pynba_exporter._log import errors
-from pynba_exporter._spans import RequestSpan, current_request, env_flag, report
-from pynba_exporter._spans import hostname as _hostname
+from pynba_exporter import Transport, UdpTransport, config
+from pynba_exporter.log import errors
+from pynba_exporter.naming import UNMATCHED
+from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
+from pynba_exporter.spans import hostname as _hostname
 
 __all__ = ["PynbaMiddleware", "route_name"]
 
@@ -67,11 +67,9 @@ class PynbaMiddleware:
         self.hostname: str | None = options.pop("hostname", None)
         self.server_name: str | None = options.pop("server_name", None)
         timer_rusage = options.pop("timer_rusage", None)
-        self.timer_rusage = (
-            env_flag("PINBA_TIMER_RUSAGE", True) if timer_rusage is None else timer_rusage
-        )
+        self.timer_rusage = config.value("timer_rusage", timer_rusage)
         enabled = options.pop("enabled", None)
-        self.enabled = env_flag("PINBA_ENABLED", True) if enabled is None else bool(enabled)
+        self.enabled = bool(config.value("enabled", enabled))
         self.reporter: Transport = (
             transport if transport is not None else UdpTransport(address, **options)
         )
@@ -163,9 +161,9 @@ class PynbaMiddleware:
             span.status = 500
         else:
             span.status = int(getattr(response, "status_code", 0) or 0)
-            if span.document_size is None and not getattr(response, "streaming", False):
+            if span.document_size < 0 and not getattr(response, "streaming", False):
                 span.document_size = len(getattr(response, "content", b""))
-        report(span, self.reporter, "django")
+        finish_and_send(span, self.reporter, "django")
 
 
 def span_opened_name(span: RequestSpan, request: Any, prefix: str) -> str:

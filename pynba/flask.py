@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 from pynba._wsgi import PynbaMiddleware
-from pynba.asgi import UNMATCHED
-from pynba_exporter._spans import current_request
-from pynba_exporter._transport import Address
+from pynba_exporter import Address
+from pynba_exporter.naming import UNMATCHED
+from pynba_exporter.spans import current_request
 
 __all__ = ["instrument"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pynba._proxy import _Pynba, pynba
-from pynba_exporter._spans import current_request
+from pynba_exporter.spans import current_request
 
 __all__ = ["LocalProxy", "pynba"]
 

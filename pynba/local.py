@@ -7,7 +7,7 @@ leaves none.
 
 from __future__ import annotations
 
-from pynba_exporter._spans import RequestSpan, current_request
+from pynba_exporter.spans import RequestSpan, current_request
 
 __all__ = ["LOCAL_STACK", "LocalStack"]
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pynba_exporter import PinbaRequest, PinbaTimer, Transport, UdpTransport, encode
-from pynba_exporter._spans import expand_tags
-from pynba_exporter._transport import Address
+from pynba_exporter import Address, PinbaRequest, PinbaTimer, Transport, UdpTransport, encode
+from pynba_exporter.spans import expand_tags
 
 __all__ = ["Reporter", "flattener"]
 

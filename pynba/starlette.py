@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pynba.asgi import PynbaMiddleware, RouteName, Scope
-from pynba_exporter._transport import Address
+from pynba_exporter import Address
 
 __all__ = ["instrument", "route_name"]
 

@@ -280,6 +280,7 @@ class _Server:
         "resolving",
         "sock",
         "sockaddr",
+        "waited",
         "where",
     )
 
@@ -294,6 +295,10 @@ class _Server:
         self.expires = 0.0  # monotonic time after which the name is looked up again
         self.resolving: threading.Event | None = None  # set when a lookup in flight finishes
         self.resolved = False  # a lookup has finished at least once (success or not)
+        # A send has waited for the first lookup: no other ever will, even if that lookup is
+        # still running (a name that takes 5 s to resolve must not slow every request by
+        # resolve_timeout until it does).
+        self.waited = False
 
 
 class UdpTransport(Transport):
@@ -424,13 +429,15 @@ class UdpTransport(Transport):
             return sock
 
     def _refresh(self, srv: _Server) -> None:
-        """Start a lookup in the background if none is running; the first one is waited for
-        up to ``resolve_timeout``, so the first packet to "localhost" still goes out."""
+        """Start a lookup in the background if none is running; the very first send waits for
+        it up to ``resolve_timeout``, so the first packet to "localhost" still goes out; no
+        other send ever waits."""
         with srv.lock:
             if not srv.expires <= time.monotonic():
                 return
             event = srv.resolving
-            first = not srv.resolved
+            first = not srv.resolved and not srv.waited
+            srv.waited = True
             if event is None:
                 event = srv.resolving = threading.Event()
                 thread = threading.Thread(

@@ -16,7 +16,7 @@ from websockets.sync.client import connect
 from pynba import pynba
 from pynba.asgi import PynbaMiddleware, monitor
 from pynba_exporter import decode
-from pynba_exporter._spans import hostname
+from pynba_exporter.spans import hostname
 
 Scope = MutableMapping[str, Any]
 
