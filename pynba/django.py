@@ -122,9 +122,11 @@ class PynbaMiddleware:
 
     def _open(self, request: Any) -> tuple[RequestSpan, Any]:
         try:
-            host = request.get_host().rpartition(":")[0] or request.get_host()
+            host = str(request.get_host())
         except Exception:  # DisallowedHost and the like: Django answers 400 itself
             host = str(request.META.get("SERVER_NAME") or "unknown")
+        # Without the port; "[v6addr]:port" keeps its brackets.
+        host = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
         span = RequestSpan(
             self.hostname or _hostname(),
             self.server_name or host,
@@ -156,7 +158,7 @@ class PynbaMiddleware:
             current_request.reset(token)
         except ValueError:  # reset in another context than set in (sync_to_async threads)
             current_request.set(None)
-        self._name(span, span_opened_name(span, request, self.prefix), request)
+        self._name(span, self.prefix + str(request.path_info or ""), request)
         if response is None:
             span.status = 500
         else:
@@ -164,8 +166,3 @@ class PynbaMiddleware:
             if span.document_size < 0 and not getattr(response, "streaming", False):
                 span.document_size = len(getattr(response, "content", b""))
         finish_and_send(span, self.reporter, "django")
-
-
-def span_opened_name(span: RequestSpan, request: Any, prefix: str) -> str:
-    """The name the request was opened with (to tell whether the view changed it)."""
-    return prefix + str(request.path_info or "")

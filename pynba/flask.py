@@ -49,7 +49,8 @@ def instrument(
         if span.script_name != request.environ.get(_OPENED, span.script_name):
             return  # the app named the request itself
         rule = request.url_rule
-        span.script_name = unmatched_name if rule is None else middleware.prefix + rule.rule
+        # The middleware puts its prefix before the name when it sends the request.
+        span.script_name = unmatched_name if rule is None else rule.rule
 
     # First of the before-request hooks, so that names set by the app's own hooks win.
     app.before_request_funcs.setdefault(None, []).insert(0, remember_name)

@@ -38,7 +38,7 @@ from typing import Any, Final, TypeAlias
 from pynba_exporter import config
 from pynba_exporter._model import PinbaRequest, RequestLike
 from pynba_exporter.address import DEFAULT_PORT, Address, Endpoint, parse_addresses
-from pynba_exporter.log import errors
+from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.wire import (
     DEFAULT_MAX_PACKET_SIZE,
     MIN_PACKET_SIZE,
@@ -183,6 +183,8 @@ class Transport:
         return ok
 
     def _encode_failed(self, request: object, exc: Exception) -> bool:
+        if from_signal_handler(exc):
+            raise exc  # the app's (a request timeout), not an encoding failure
         with self._lock:
             self._requests += 1
             self._encode_errors += 1
