@@ -11,8 +11,9 @@ In ``settings.py``, first in the list::
 ``GET /product/42`` is reported as ``/product/<int:pid>`` (the resolved route, included
 URLconfs' prefixes included; a ``re_path`` gives its regular expression), whatever the id; a
 URL that resolves to nothing as ``<unmatched>``. ``pynba.scriptname = ...`` in a view still
-wins. Works under WSGI and ASGI (sync and async views). ``PYNBA`` takes the options of
-:class:`pynba.PynbaMiddleware` and ``unmatched_name``.
+wins. Works under WSGI and ASGI (sync and async views). ``PYNBA`` takes ``address``,
+``transport``, ``prefix``, ``tags``, ``hostname``, ``server_name``, ``timer_rusage``,
+``enabled``, ``unmatched_name`` and the transport's options.
 
 When the WSGI or ASGI app is already wrapped in a pynba middleware (for streamed bodies timed
 until the server closes them), this one only names the request that one reports.
