@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from pynba import pynba
+from pynba import PynbaMiddleware, pynba
 from pynba.flask import instrument as instrument_flask
 from pynba.starlette import instrument as instrument_starlette
 from pynba_exporter import PinbaRequest, decode
@@ -226,3 +226,16 @@ def test_django_asgi_names_requests_by_route(receiver: UdpReceiver) -> None:
     }
     asyncs = [r for r in got if r.script_name == "/async/<int:n>"]
     assert all([t.tags["group"] for t in r.timers] == ["async"] for r in asyncs)
+
+
+def test_django_behind_the_wsgi_middleware_only_names_its_requests(receiver: UdpReceiver) -> None:
+    # The WSGI app wrapped too (for streamed bodies): one packet per request, the outer
+    # middleware's, named by the Django middleware.
+    _django(receiver)
+    app = PynbaMiddleware(WSGIHandler(), receiver.address, tags={"outer": "1"})
+    with wsgi_serving(app) as port:
+        statuses, got = drive(port, receiver, ["/product/{}"])
+        assert receiver.nothing()
+    assert Counter(statuses) == {200: IDS, 404: UNMATCHED}
+    assert Counter(r.script_name for r in got) == {"/product/<int:pid>": IDS, "<unmatched>": 10}
+    assert all(r.tags == {"outer": "1"} for r in got)
