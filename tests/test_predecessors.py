@@ -575,6 +575,15 @@ def test_every_module_and_name_of_the_predecessors() -> None:
             "flattener",
         ],
         "pynba.stacked": ["LocalProxy", "LocalStack", "LOCAL_STACK"],
+        "pynba.wsgi.middleware": ["PynbaMiddleware"],
+        "pynba.wsgi.ctx": ["RequestContext"],
+        "pynba.core.collector": ["DataCollector", "Timer"],
+        "pynba.core.reporter": ["Reporter", "flattener"],
+        "pynba.core.log": ["logger"],
+        "pynba.core.message": ["dumps", "cast"],
+        "pynba.stacked.globals": ["LocalProxy"],
+        "pynba.stacked.local": ["LOCAL_STACK", "LocalStack"],
+        "pynba.util.script": ["ScriptMonitor"],
     }
     for module, wanted in names.items():
         mod = importlib.import_module(module)
