@@ -24,6 +24,10 @@ closed before), bytes are those of the messages sent to the client.
 
 Exceptions from the app (``CancelledError`` included) propagate unchanged; the request is still
 reported, with status 500 if no response had started.
+
+CPU times are those of the event loop's thread while the request ran: with many requests in
+flight on one loop they include each other's (the OS cannot tell tasks apart); time, bytes,
+status and timers are the request's own.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias
 
 from pynba_exporter import Address, Transport, UdpTransport, config, naming
-from pynba_exporter.log import errors
+from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
 from pynba_exporter.spans import hostname as _hostname
 
@@ -150,6 +154,8 @@ class PynbaMiddleware:
         try:
             request = self._open(scope)
         except Exception as exc:  # our bug: the app still runs, unmonitored
+            if from_signal_handler(exc):
+                raise  # a request timeout that fired here: the app's, not ours
             self._failed("open", exc)
             await self.app(scope, receive, send)
             return
@@ -193,6 +199,8 @@ class PynbaMiddleware:
                 route = self.route_name(entry, scope)
                 request.script_name = self.unmatched_name if route is None else self.prefix + route
         except Exception as exc:
+            if from_signal_handler(exc):
+                raise
             self._failed("route", exc)
         if request.document_size < 0:
             request.document_size = exchange.size
