@@ -226,10 +226,9 @@ class ScriptMonitor:
         else:
             sent = finish_and_send(request, self.transport, "script-monitor")
         # The next unit starts once this one is sent: its time does not include the sending.
-        self._request = None
+        self._request = self._new()
         self.collector.flush()
         if current_request.get() is request:
-            self._request = self._new()
             current_request.set(self._request)
         return sent
 
