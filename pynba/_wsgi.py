@@ -240,8 +240,12 @@ class PynbaMiddleware:
         )
 
 
-class _Response:
-    """The app's response iterable, counted and closed: the request ends in ``close()``."""
+class _Body:
+    """The app's response iterable, counted and closed: the request ends in ``close()``.
+
+    Made as a :class:`_Response` (or :class:`_SizedResponse`); ``close()`` turns it into this
+    class, which has no destructor: once closed, nothing of the library runs when the server
+    drops it (Python ignores exceptions raised in destructors, a request timeout included)."""
 
     __slots__ = ("_closed", "_iter", "_middleware", "_request", "_result", "_size", "_token")
 
@@ -278,12 +282,19 @@ class _Response:
         if self._closed:
             return
         self._closed = True
+        self.__class__ = _Body  # closed: no destructor any more
         try:
             close = getattr(self._result, "close", None)
             if close is not None:
                 close()
         finally:
             self._middleware._close(self._request, self._token, self._size)
+
+
+class _Response(_Body):
+    """A response not closed yet."""
+
+    __slots__ = ()
 
     def __del__(self) -> None:
         # A server that never calls close() (against PEP 3333) must not lose the request.
