@@ -56,7 +56,27 @@ class _Pynba:
 
     def timer(self, **tags: Any) -> Timer:
         """A timer with these tags, in the current request (see :class:`pynba.Timer`)."""
-        return Timer(tags)
+        timer = Timer(tags)
+        request = current_request.get()
+        if request is not None:
+            if request.handles is None:
+                request.handles = [timer]
+            else:
+                request.handles.append(timer)
+        return timer
+
+    @property
+    def timers(self) -> set[Timer]:
+        """The timers made by :meth:`timer` in the current request (empty outside any), as
+        the original's ``pynba.timers``."""
+        request = current_request.get()
+        return set(request.handles) if request is not None and request.handles else set()
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds since the current request started (None outside any)."""
+        request = current_request.get()
+        return request.elapsed if request is not None else None
 
     @property
     def request(self) -> RequestSpan | None:

@@ -35,7 +35,7 @@ from pynba_exporter._probes import (
 )
 from pynba_exporter._tags import expand_tags, safe_text
 from pynba_exporter._transport import Transport
-from pynba_exporter.log import errors, logger
+from pynba_exporter.log import errors, from_signal_handler, logger
 from pynba_exporter.naming import script_names
 
 # What the API adapters (the classic API in ``pynba``, the OpenTelemetry bridge) build on; the
@@ -153,6 +153,7 @@ class RequestSpan:
         "document_size",
         "enabled",
         "finished",
+        "handles",
         "hostname",
         "memory_footprint",
         "memory_peak",
@@ -204,10 +205,20 @@ class RequestSpan:
         self._lines: dict[TimerSpec, _Line] = {}
         self.timers: list[_Line] = []
         self._running: set[Timer] = set()
+        #: The timer objects made for this request by ``pynba.timer()`` (the original's
+        #: ``pynba.timers``); None until the first.
+        self.handles: list[Timer] | None = None
         # The thread whose CPU is counted; None: the process's (ScriptMonitor).
         self._thread = None if process_cpu_time else threading.get_ident()
         self._cpu0 = process_cpu() if process_cpu_time else thread_cpu()
         self._start = _perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the request started; its time once finished."""
+        if self.finished:
+            return self.request_time
+        return _perf_counter() - self._start
 
     # -- timers
 
@@ -320,7 +331,7 @@ def finish_and_send(
         request.script_name = script_names.guard(request.script_name)
         return transport.send(request)
     except Exception as exc:
-        if transport.raise_on_fail:
+        if transport.raise_on_fail or from_signal_handler(exc):
             raise
         errors.log(
             (where, type(exc).__name__),
