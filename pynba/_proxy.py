@@ -56,21 +56,14 @@ class _Pynba:
 
     def timer(self, **tags: Any) -> Timer:
         """A timer with these tags, in the current request (see :class:`pynba.Timer`)."""
-        timer = Timer(tags)
-        request = current_request.get()
-        if request is not None:
-            if request.handles is None:
-                request.handles = [timer]
-            else:
-                request.handles.append(timer)
-        return timer
+        return Timer(tags)
 
     @property
     def timers(self) -> set[Timer]:
         """The timers made by :meth:`timer` in the current request (empty outside any), as
         the original's ``pynba.timers``."""
         request = current_request.get()
-        return set(request.handles) if request is not None and request.handles else set()
+        return set(request.handles) if request is not None else set()
 
     @property
     def elapsed(self) -> float | None:

@@ -129,6 +129,8 @@ class _Line:
 # Timer specs by tag content (see TimerSpec.of).
 _SPECS: dict[tuple[tuple[Any, Any], ...], TimerSpec] = {}
 _MAX_SPECS: Final = 4096
+# Timer objects a request keeps for pynba.timers (their measurements add up in lines anyway).
+_MAX_HANDLES: Final = 1000
 _thread_time = time.thread_time
 
 
@@ -205,9 +207,9 @@ class RequestSpan:
         self._lines: dict[TimerSpec, _Line] = {}
         self.timers: list[_Line] = []
         self._running: set[Timer] = set()
-        #: The timer objects made for this request by ``pynba.timer()`` (the original's
-        #: ``pynba.timers``); None until the first.
-        self.handles: list[Timer] | None = None
+        #: The timer objects made in this request (``pynba.timers``, as the original had it),
+        #: the first thousand: a long unit of work must not keep every timer it ever made.
+        self.handles: list[Timer] = []
         # The thread whose CPU is counted; None: the process's (ScriptMonitor).
         self._thread = None if process_cpu_time else threading.get_ident()
         self._cpu0 = process_cpu() if process_cpu_time else thread_cpu()
@@ -387,7 +389,11 @@ class Timer:
         # Where the timer records: the request current in its context, or its owner's (a
         # ScriptMonitor's timers record into the monitor's unit of work, from any thread).
         self._home = home
-        self._request = current_request.get() if home is None else home()
+        request = self._request = current_request.get() if home is None else home()
+        if request is not None:
+            handles = request.handles
+            if len(handles) < _MAX_HANDLES:  # a unit of work timing a million items: bounded
+                handles.append(self)
         self._start: float | None = None
         self._cpu = -1.0  # the thread's CPU clock at start; negative: not measured
         self.elapsed_total = 0.0
