@@ -171,7 +171,6 @@ def test_links_between_pages_resolve() -> None:
                 continue
             path, _, anchor = target.partition("#")
             file = (page.parent / path).resolve() if path else page
-            name = file.relative_to(ROOT).as_posix()
             assert file.exists(), f"{page.name}: {target}"
             if anchor:
                 headings = [
