@@ -7,8 +7,9 @@
         collector.request_report(("script_name",))     # or timer_report(("group",)), info()...
 
 It accepts packets from any Pinba client (this library, the PHP extension), packed or not;
-nested requests count as requests of their own. Invalid packets never stop it: they are counted
-by reason (``status()``), and the first of each kind is logged to ``pynba``.
+nested requests count as requests of their own (and against the memory budget). Invalid packets
+never stop it: they are counted by reason (``status()``), and the first of each kind is logged
+to ``pynba``. ``stop()`` drains what the kernel already holds before it returns.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from pynba_exporter._log import errors
 from pynba_exporter._transport import DEFAULT_PORT, parse_listen
 from pynba_exporter._wire import Packet, PinbaDecodeError, parse
 from pynba_exporter.collector._aggregate import Aggregator, Record
+from pynba_exporter.collector._text import printable
 
 __all__ = ["Collector", "CollectorError", "invalid_reason"]
 
 DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
 _BATCH: Final = 512  # packets read before they are aggregated together (one lock)
 _RCVBUF: Final = 64 * 1024 * 1024
+#: Seconds ``stop()`` spends at most decoding what the socket still holds.
+DRAIN_SECONDS: Final = 1.0
 
 # The reason of a decode error -> the kind it is counted under.
 _KINDS: Final = (
@@ -49,8 +53,27 @@ _KINDS: Final = (
 )
 
 
+# PinbaDecodeError.kind (machine-readable, from the codec) -> the name counted, kept stable.
+_KIND_NAMES: Final = {
+    "missing_required": "missing required fields",
+    "timer_arrays": "timer arrays of different lengths",
+    "timer_tag_count": "timer tag counts",
+    "request_tag_count": "request tag counts",
+    "index_out_of_range": "dictionary index out of range",
+    "zero_hit_count": "zero hit count",
+    "invalid_float": "invalid float",
+    "truncated": "truncated",
+    "wire_type": "invalid wire type",
+    "nested": "invalid nested request",
+    "malformed": "malformed",
+}
+
+
 def invalid_reason(exc: PinbaDecodeError) -> str:
     """The kind of an invalid packet, for counting (a few stable names)."""
+    kind = getattr(exc, "kind", None)
+    if isinstance(kind, str) and kind:
+        return _KIND_NAMES.get(kind, kind)
     for needle, kind in _KINDS:
         if needle in exc.reason:
             return kind
@@ -72,11 +95,14 @@ class Collector:
     for a free one; ``127.0.0.1:30002`` by default: all interfaces only when asked, with
     ``0.0.0.0:30002`` or ``[::]:30002``).
 
-    ``window``: seconds of requests kept for the reports (900). ``max_records``: requests kept
-    at most (200,000: about 0.7 KB each with a timer, so about 150 MB); ``max_keys``: distinct
-    keys per report before an ``<other>`` row; ``percentiles``: the percentile columns.
-    ``store``: something with ``add(records)`` and ``close()``, fed with every batch (the SQLite
-    store).
+    ``window``: seconds of requests kept for the reports (900). ``max_bytes``: estimated bytes
+    the window's requests and reports may hold (256 MiB; the oldest leave first, counted);
+    ``max_dictionary_bytes``: bytes of the shared strings (an eighth of ``max_bytes``);
+    ``max_records``: requests kept at most (no limit but the bytes by default); ``max_keys``:
+    distinct keys per report before an ``<other>`` row; ``percentiles``: the percentile
+    columns; ``timer_tags`` and ``request_tags``: the tag sets whose reports are kept up to
+    date. ``store``: something with ``add(records)`` and ``close()``, fed with the records kept
+    (the SQLite store).
     """
 
     def __init__(
@@ -84,20 +110,26 @@ class Collector:
         listen: str = DEFAULT_LISTEN,
         *,
         window: float = 900.0,
-        max_records: int = 200_000,
+        max_bytes: int = 256 * 1024 * 1024,
+        max_dictionary_bytes: int | None = None,
+        max_records: int | None = None,
         max_keys: int = 10_000,
         percentiles: Sequence[float] = (95.0, 99.0),
+        timer_tags: Sequence[Sequence[str]] = (("group",), ("group", "server")),
+        request_tags: Sequence[Sequence[str]] = (),
         store: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.listen = parse_listen(listen)
         self.aggregator = Aggregator(
-            window=window, max_records=max_records, max_keys=max_keys,
-            percentiles=percentiles, clock=clock,
+            window=window, max_bytes=max_bytes, max_dictionary_bytes=max_dictionary_bytes,
+            max_records=max_records, max_keys=max_keys, percentiles=percentiles,
+            timer_tags=timer_tags, request_tags=request_tags, clock=clock,
         )  # fmt: skip
         self.store = store
         self.clock = clock
         self.packets = 0
+        self.unread_at_stop = 0  # packets still in the socket when the drain ran out of time
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -161,15 +193,36 @@ class Collector:
         return self
 
     def stop(self) -> None:
-        """Stop receiving; what already arrived stays in the reports."""
+        """Stop receiving, take in what the kernel already holds (for up to ``DRAIN_SECONDS``;
+        what is left then is counted in ``unread_at_stop``), write it, close."""
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop.set()
             thread.join()
-        if self._sock is not None:
-            self._sock.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if thread is not None:
+                self._drain(sock)
+            sock.close()
         if self.store is not None:
             self.store.close()
+
+    def _drain(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        batch: list[bytes] = []
+        try:
+            while True:
+                batch.append(sock.recv(65535))
+                if len(batch) >= _BATCH:
+                    if time.monotonic() < deadline:
+                        self.handle(batch)
+                    else:
+                        self.unread_at_stop += len(batch)
+                    batch = []
+        except OSError:  # BlockingIOError: the socket is empty
+            pass
+        self.handle(batch)
 
     def __enter__(self) -> Collector:
         return self.start()
@@ -220,15 +273,17 @@ class Collector:
                 self.aggregator.add_invalid(kind)
                 errors.log(
                     ("collector-invalid", kind),
-                    f"pynba collector: invalid packet ({kind}): {exc.reason}",
+                    f"pynba collector: invalid packet ({kind}): {printable(exc.reason)}",
                 )
             except Exception as exc:  # a bug of ours must not stop the collector
                 self.aggregator.add_invalid("internal error")
-                errors.log(("collector", "bug"), f"pynba collector: {exc!r}", exc_info=exc)
+                errors.log(
+                    ("collector", "bug"), f"pynba collector: {printable(repr(exc))}", exc_info=exc
+                )
         if records:
-            self.aggregator.add(records)
-            if self.store is not None:
-                self.store.add(records)
+            kept = self.aggregator.add(records)
+            if self.store is not None and kept:
+                self.store.add(kept)
 
     # -- reports
 
@@ -249,6 +304,9 @@ class Collector:
     def status(self) -> dict[str, Any]:
         status = self.aggregator.status()
         status["packets_received"] = self.packets
+        if self.unread_at_stop:
+            status["unread_at_stop"] = self.unread_at_stop
         if self.store is not None:
             status["store_dropped"] = getattr(self.store, "dropped", 0)
+            status["store_dropped_by_reason"] = dict(getattr(self.store, "dropped_by", {}))
         return status
