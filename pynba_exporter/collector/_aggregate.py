@@ -78,11 +78,12 @@ _FINE_KEY: Final = attrgetter(*_FINE)
 # Estimated bytes of the objects of a record (CPython 3.10-3.13, 64-bit), measured with
 # tracemalloc on records as the collector builds them and rounded up: the record tuple, its
 # floats and ints, its entry in the window and in the groups' value lists.
-RECORD_BYTES: Final = 640
+RECORD_BYTES: Final = 900
 TIMER_BYTES: Final = 260  # a timer tuple, its floats and int, its tags tuple's header
 PAIR_BYTES: Final = 72  # a (name, value) tuple and the pointer to it
-GROUP_BYTES: Final = 1100  # a report group: its object, its value deque, its dict entry
+GROUP_BYTES: Final = 1800  # a report group: its object, its value deque, its dict entry
 STR_BYTES: Final = 57  # a str object's header (ASCII; other strings cost more, counted)
+WORD_BYTES: Final = 80  # a string's entry in the dictionary (its slot, its hash, the table)
 
 
 def _str_cost(s: str) -> int:
@@ -412,10 +413,10 @@ class Aggregator:
         if w is not None:
             return w, 0
         cost = _str_cost(s)
-        if self.dictionary_bytes + cost > self.max_dictionary_bytes:
+        if self.dictionary_bytes + cost + WORD_BYTES > self.max_dictionary_bytes:
             return s, cost  # the dictionary is full: the record pays for its own copy
         self._words[s] = s
-        self.dictionary_bytes += cost
+        self.dictionary_bytes += cost + WORD_BYTES
         return s, 0
 
     def _tagset(self, tags: tuple[tuple[str, str], ...]) -> tuple[tuple[Any, ...], int]:

@@ -34,6 +34,10 @@ __all__ = ["Collector", "CollectorError", "invalid_reason"]
 
 DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
 _BATCH: Final = 512  # packets read before they are aggregated together (one lock)
+# Bytes of packets decoded before their records are kept (and their strings shared): a 60 KB
+# packet may decode to megabytes of objects before it is compacted, so a batch of them is not
+# decoded all at once.
+_CHUNK_BYTES: Final = 256 * 1024
 _RCVBUF: Final = 64 * 1024 * 1024
 #: Seconds ``stop()`` spends at most decoding what the socket still holds.
 DRAIN_SECONDS: Final = 1.0
@@ -249,8 +253,11 @@ class Collector:
             batch = [first]
             sock.setblocking(False)
             try:
-                while len(batch) < _BATCH:
-                    batch.append(sock.recv(65535))
+                size = len(first)
+                while len(batch) < _BATCH and size < 4 * _CHUNK_BYTES:
+                    data = sock.recv(65535)
+                    batch.append(data)
+                    size += len(data)
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
@@ -264,6 +271,7 @@ class Collector:
         too). Never raises: invalid packets are counted by reason."""
         now = self.clock()
         records: list[Record] = []
+        pending = 0
         for data in packets:
             self.packets += 1
             try:
@@ -280,10 +288,18 @@ class Collector:
                 errors.log(
                     ("collector", "bug"), f"pynba collector: {printable(repr(exc))}", exc_info=exc
                 )
+            pending += len(data)
+            if pending >= _CHUNK_BYTES and records:
+                self._keep(records)
+                records = []
+                pending = 0
         if records:
-            kept = self.aggregator.add(records)
-            if self.store is not None and kept:
-                self.store.add(kept)
+            self._keep(records)
+
+    def _keep(self, records: list[Record]) -> None:
+        kept = self.aggregator.add(records)
+        if self.store is not None and kept:
+            self.store.add(kept)
 
     # -- reports
 
