@@ -196,10 +196,10 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
             if collector.store is not None:
                 collector.store.close()
             raise
-        where = f", writing {printable(args.db)}" if args.db else ""
-        print(f"pynba collector listening on {collector.address_text}{where}",
-              file=sys.stderr, flush=True)  # fmt: skip
         try:
+            where = f", writing {printable(args.db)}" if args.db else ""
+            print(f"pynba collector listening on {collector.address_text}{where}",
+                  file=sys.stderr, flush=True)  # fmt: skip
             deadline = time.monotonic() + args.duration if args.duration else math.inf
             while time.monotonic() < deadline:
                 time.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))

@@ -93,6 +93,26 @@ def _reason(exc: sqlite3.Error) -> str:
     return "write failed"
 
 
+def _sql(s: str) -> str:
+    """``s`` as SQLite can hold it: a name with bytes that were not UTF-8 (kept by the decoder
+    as surrogates) gets U+FFFD in their place, instead of failing the whole batch."""
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return s
+
+
+def _sql_value(v: Any) -> Any:
+    return _sql(v) if isinstance(v, str) else v
+
+
+#: Tag names cached by the writer before the cache (and the ``tag`` table) are trimmed.
+_MAX_TAG_NAMES: Final = 50_000
+
+
 class SqliteStore:
     """Keeps the collector's window in a SQLite file (or ``:memory:``).
 
@@ -244,15 +264,17 @@ class SqliteStore:
                         self._insert(batch)
                     except sqlite3.Error as exc:
                         self._drop(_reason(exc), len(batch), f"SQLite: {exc}")
+                    except Exception as exc:  # a bug of ours must not end the writer
+                        self._drop("write failed", len(batch), repr(exc))
                 if time.monotonic() >= next_reports or stop:
                     started = time.monotonic()
                     try:
                         self._expire()
                         self._write_reports()
-                    except sqlite3.Error as exc:
+                    except Exception as exc:  # logged; the next rebuild tries again
                         errors.log(
-                            ("store", "reports", _reason(exc)),
-                            f"pynba collector: reports not written to the database: {exc}",
+                            ("store", "reports", type(exc).__name__),
+                            f"pynba collector: reports not written to the database: {exc!r}",
                         )
                     took = time.monotonic() - started
                     # Never spend more than a fifth of the time on reports (the receiving
@@ -264,6 +286,13 @@ class SqliteStore:
     def _tag_id(self, name: str) -> int:
         tag_id = self._tags.get(name)
         if tag_id is None:
+            if len(self._tags) >= _MAX_TAG_NAMES:
+                # Distinct tag names without end (a hostile client): forget them, and the
+                # ones no timer of the window uses leave the table.
+                self._tags.clear()
+                self._db.execute(
+                    "DELETE FROM tag WHERE id NOT IN (SELECT DISTINCT tag_id FROM timertag)"
+                )
             cur = self._db.execute("INSERT OR IGNORE INTO tag (name) VALUES (?)", (name,))
             tag_id = cur.lastrowid
             if not tag_id:
@@ -286,14 +315,17 @@ class SqliteStore:
         for r in records:
             request_id = base + r.serial
             requests.append((
-                request_id, r.hostname, r.server_name, r.script_name, r.doc_size, r.mem_peak,
-                r.req_time, r.ru_utime, r.ru_stime, len(r.timers), r.status, r.memory_footprint,
-                r.schema, len(r.tags), ",".join(f"{k}={v}" for k, v in r.tags), r.timestamp,
+                request_id, _sql(r.hostname), _sql(r.server_name), _sql(r.script_name),
+                r.doc_size, r.mem_peak, r.req_time, r.ru_utime, r.ru_stime, len(r.timers),
+                r.status, r.memory_footprint, _sql(r.schema), len(r.tags),
+                _sql(",".join(f"{k}={v}" for k, v in r.tags)), r.timestamp,
             ))  # fmt: skip
             for t in r.timers:
                 timer_id += 1
                 timers.append((timer_id, request_id, t.hit_count, t.value, t.ru_utime, t.ru_stime))
-                timertags.extend((timer_id, tag_id(name), value) for name, value in t.tags)
+                timertags.extend(
+                    (timer_id, tag_id(_sql(name)), _sql(value)) for name, value in t.tags
+                )
         db.execute("BEGIN")
         try:
             db.executemany(
@@ -343,14 +375,14 @@ class SqliteStore:
 
     def _table(self, name: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         db = self._db
-        cols = ", ".join(f'"{c}"' for c in columns)
+        cols = ", ".join('"' + _sql(c).replace('"', '""') + '"' for c in columns)
         db.execute(f'DROP TABLE IF EXISTS "{name}"')
         db.execute(f'CREATE TABLE "{name}" ({cols})')
         if rows:
             marks = ", ".join("?" for _ in columns)
             db.executemany(
                 f'INSERT INTO "{name}" ({cols}) VALUES ({marks})',
-                [tuple(row.get(c) for c in columns) for row in rows],
+                [tuple(_sql_value(row.get(c)) for c in columns) for row in rows],
             )
 
     def _write_reports(self) -> None:
