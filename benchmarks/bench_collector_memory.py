@@ -211,7 +211,7 @@ def stall(records: int, rate: int, seconds: float) -> None:
             last[0] = now
         handle(packets)
 
-    c.handle = timed  # type: ignore[method-assign]
+    c.handle = timed  # type: ignore[method-assign,assignment]
     c.start()
     ctx = multiprocessing.get_context("spawn")
     q: multiprocessing.Queue[int] = ctx.Queue()

@@ -118,7 +118,7 @@ def test_log_lines_escape_what_came_from_a_packet(pynba_log: Any) -> None:
     def boom(*_: Any) -> None:
         raise Evil
 
-    c.aggregator.add = boom  # type: ignore[method-assign]
+    c.aggregator.add = boom  # type: ignore[method-assign,assignment]
     with pytest.raises(Evil):  # a failure outside the per-packet guard surfaces
         c.handle([encode(PinbaRequest("h", "s", "/x"))])
     c.handle([b"\x0a\x1b[2J"])  # invalid: its reason is logged, escaped
