@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pynba_exporter._wire import PinbaDecodeError, decode
 from pynba_exporter.collector import (
     REPORTS,
     Collector,
@@ -35,6 +34,7 @@ from pynba_exporter.collector import (
     printable,
     report_table,
 )
+from pynba_exporter.wire import PinbaDecodeError, decode
 
 __all__ = ["main"]
 

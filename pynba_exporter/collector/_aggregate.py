@@ -31,7 +31,7 @@ from operator import attrgetter
 from typing import Any, Final, NamedTuple, TypeVar
 
 from pynba_exporter._model import PinbaRequest
-from pynba_exporter._wire import Packet
+from pynba_exporter.wire import Packet
 
 __all__ = [
     "REPORTS",

@@ -22,15 +22,28 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from pynba_exporter._log import errors
-from pynba_exporter._transport import DEFAULT_PORT, parse_listen
-from pynba_exporter._wire import Packet, PinbaDecodeError, parse
+from pynba_exporter.address import DEFAULT_PORT, parse_listen
 from pynba_exporter.collector._aggregate import Aggregator, Record
 from pynba_exporter.collector._text import printable
+from pynba_exporter.log import errors
+from pynba_exporter.wire import Packet, PinbaDecodeError, parse
+from pynba_exporter.wire._errors import (
+    INDEX_RANGE,
+    INVALID_FLOAT,
+    MALFORMED,
+    MISSING_FIELD,
+    NESTED,
+    REQUEST_TAG_COUNTS,
+    TIMER_ARRAYS,
+    TIMER_TAG_COUNTS,
+    TRUNCATED,
+    WIRE_TYPE,
+    ZERO_HITS,
+)
 
-__all__ = ["Collector", "CollectorError", "invalid_reason"]
+__all__ = ["Collector", "CollectorError", "RecordStore", "invalid_reason"]
 
 DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
 _BATCH: Final = 512  # packets read before they are aggregated together (one lock)
@@ -42,46 +55,35 @@ _RCVBUF: Final = 64 * 1024 * 1024
 #: Seconds ``stop()`` spends at most decoding what the socket still holds.
 DRAIN_SECONDS: Final = 1.0
 
-# The reason of a decode error -> the kind it is counted under.
-_KINDS: Final = (
-    ("missing required", "missing required fields"),
-    ("timer arrays differ", "timer arrays of different lengths"),
-    ("add up", "timer tag counts"),
-    ("request tag names but", "request tag counts"),
-    ("out of range", "dictionary index out of range"),
-    ("hit_count 0", "zero hit count"),
-    ("float", "invalid float"),
-    ("truncated", "truncated"),
-    ("wire type", "invalid wire type"),
-    ("nested", "invalid nested request"),
-)
-
-
-# PinbaDecodeError.kind (machine-readable, from the codec) -> the name counted, kept stable.
-_KIND_NAMES: Final = {
-    "missing_required": "missing required fields",
-    "timer_arrays": "timer arrays of different lengths",
-    "timer_tag_count": "timer tag counts",
-    "request_tag_count": "request tag counts",
-    "index_out_of_range": "dictionary index out of range",
-    "zero_hit_count": "zero hit count",
-    "invalid_float": "invalid float",
-    "truncated": "truncated",
-    "wire_type": "invalid wire type",
-    "nested": "invalid nested request",
-    "malformed": "malformed",
+# A decode error's kind -> the name invalid packets of that kind are counted under (stable: they
+# are shown in reports and stored in SQL).
+_COUNTED_AS: Final = {
+    TRUNCATED: "truncated",
+    WIRE_TYPE: "invalid wire type",
+    MISSING_FIELD: "missing required fields",
+    INVALID_FLOAT: "invalid float",
+    TIMER_ARRAYS: "timer arrays of different lengths",
+    TIMER_TAG_COUNTS: "timer tag counts",
+    REQUEST_TAG_COUNTS: "request tag counts",
+    INDEX_RANGE: "dictionary index out of range",
+    ZERO_HITS: "zero hit count",
+    NESTED: "invalid nested request",
+    MALFORMED: "malformed",
 }
 
 
 def invalid_reason(exc: PinbaDecodeError) -> str:
-    """The kind of an invalid packet, for counting (a few stable names)."""
-    kind = getattr(exc, "kind", None)
-    if isinstance(kind, str) and kind:
-        return _KIND_NAMES.get(kind, kind)
-    for needle, kind in _KINDS:
-        if needle in exc.reason:
-            return kind
-    return "malformed"
+    """The name an invalid packet is counted under (stable: shown in reports, stored in SQL)."""
+    return _COUNTED_AS.get(exc.kind, "malformed")
+
+
+class RecordStore(Protocol):
+    """Where the collector hands the records it kept (the SQLite store is one)."""
+
+    @property
+    def dropped(self) -> int: ...
+    def add(self, records: list[Record]) -> None: ...
+    def close(self) -> None: ...
 
 
 class CollectorError(OSError):
@@ -105,8 +107,7 @@ class Collector:
     ``max_records``: requests kept at most (no limit but the bytes by default); ``max_keys``:
     distinct keys per report before an ``<other>`` row; ``percentiles``: the percentile
     columns; ``timer_tags`` and ``request_tags``: the tag sets whose reports are kept up to
-    date. ``store``: something with ``add(records)`` and ``close()``, fed with the records kept
-    (the SQLite store).
+    date. ``store``: a :class:`RecordStore`, fed with the records kept (the SQLite store).
     """
 
     def __init__(
@@ -121,7 +122,7 @@ class Collector:
         percentiles: Sequence[float] = (95.0, 99.0),
         timer_tags: Sequence[Sequence[str]] = (("group",), ("group", "server")),
         request_tags: Sequence[Sequence[str]] = (),
-        store: Any = None,
+        store: RecordStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.listen = parse_listen(listen)
@@ -323,6 +324,6 @@ class Collector:
         if self.unread_at_stop:
             status["unread_at_stop"] = self.unread_at_stop
         if self.store is not None:
-            status["store_dropped"] = getattr(self.store, "dropped", 0)
+            status["store_dropped"] = self.store.dropped
             status["store_dropped_by_reason"] = dict(getattr(self.store, "dropped_by", {}))
         return status

@@ -38,9 +38,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from pynba_exporter._log import errors
 from pynba_exporter.collector._aggregate import REPORTS, Aggregator, Record
 from pynba_exporter.collector._text import printable
+from pynba_exporter.log import errors
 
 __all__ = ["APPLICATION_ID", "SqliteStore", "StoreError", "report_table"]
 
