@@ -505,3 +505,23 @@ def test_report_on_a_file_that_is_not_sqlite_says_so(tmp_path: Path, content: by
     assert "pynba report:" in out.stderr
     if content:
         assert "not a database pynba collect wrote" in out.stderr
+
+
+@given(st.lists(st.tuples(st.floats(0, 1e6), st.integers(1, 5)), max_size=80),
+       st.sampled_from([3, 7, 1000]))  # fmt: skip
+@settings(max_examples=200, deadline=None)
+def test_percentiles_in_sorted_runs_equal_a_brute_force_rank(
+    items: list[tuple[float, int]], run: int
+) -> None:
+    from pynba_exporter.collector import _aggregate  # noqa: PLC0415
+
+    old, _aggregate.SORT_RUN = _aggregate.SORT_RUN, run
+    try:
+        values, weights = [v for v, _ in items], [w for _, w in items]
+        ps = (1.0, 50.0, 95.0, 99.9, 100.0)
+        expanded = sorted(v for v, w in items for _ in range(w))
+        assert _aggregate.percentiles(values, weights, ps) == [percentile(expanded, p) for p in ps]
+        plain = sorted(values)
+        assert _aggregate.percentiles(values, None, ps) == [percentile(plain, p) for p in ps]
+    finally:
+        _aggregate.SORT_RUN = old

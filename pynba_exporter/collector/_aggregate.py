@@ -21,6 +21,7 @@ timer percentiles weigh each timer's per-hit value by its hit count.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import threading
@@ -41,7 +42,7 @@ __all__ = [
     "ReportSpec",
     "TimerRecord",
     "percentile",
-    "weighted_percentile",
+    "percentiles",
 ]
 
 OTHER: Final = "<other>"
@@ -178,19 +179,45 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def weighted_percentile(sorted_pairs: Sequence[tuple[float, int]], p: float) -> float:
-    """The p-th percentile (nearest rank) of values given with their weights, sorted by value:
-    (per-hit value, hits) of timers, each counting as ``hits`` values."""
-    total = sum(w for _, w in sorted_pairs)
-    if not total:
-        return 0.0
-    rank = max(1, math.ceil(p / 100 * total))
-    seen = 0
-    for value, weight in sorted_pairs:
-        seen += weight
-        if seen >= rank:
-            return value
-    return sorted_pairs[-1][0]
+#: Values sorted in one call at most. Sorting holds the interpreter (the receiving thread waits
+#: meanwhile): longer lists are sorted in runs of this size, then merged (Timsort merges
+#: sorted runs in one quick pass), so no single call holds it long.
+SORT_RUN: Final = 32_768
+
+
+def percentiles(values: list[float], weights: list[int] | None, ps: Sequence[float]) -> list[float]:
+    """The nearest-rank percentiles ``ps`` of ``values``, each counted ``weights[i]`` times
+    when weights are given (timers: per-hit value, hits), 0 for no values."""
+    n = len(values)
+    if not n:
+        return [0.0] * len(ps)
+    if weights is not None and max(weights) == 1:
+        weights = None
+    if weights is None:
+        if n > SORT_RUN:
+            runs: list[float] = []
+            for i in range(0, n, SORT_RUN):
+                runs.extend(sorted(values[i : i + SORT_RUN]))
+            values = runs
+        ordered = sorted(values)
+        return [percentile(ordered, p) for p in ps]
+    if n > SORT_RUN:
+        vs: list[float] = []
+        ws: list[int] = []
+        for i in range(0, n, SORT_RUN):
+            v, w = values[i : i + SORT_RUN], weights[i : i + SORT_RUN]
+            run = sorted(range(len(v)), key=v.__getitem__)
+            vs.extend([v[k] for k in run])
+            ws.extend([w[k] for k in run])
+        values, weights = vs, ws
+    order = sorted(range(n), key=values.__getitem__)
+    cumulative = list(itertools.accumulate([weights[k] for k in order]))
+    total = cumulative[-1]
+    out = []
+    for p in ps:
+        rank = max(1, math.ceil(p / 100 * total))
+        out.append(values[order[min(bisect.bisect_left(cumulative, rank), n - 1)]])
+    return out
 
 
 def column(prefix: str, p: float) -> str:
@@ -245,7 +272,7 @@ class _Req:
 class _Tim:
     """Timers of one group: exact sums, and (per-hit value, hits) of each timer, oldest first."""
 
-    __slots__ = ("entries", "hits", "key", "req_count", "stime", "utime", "value")
+    __slots__ = ("hits", "key", "req_count", "stime", "utime", "value", "values", "weights")
 
     def __init__(self) -> None:
         self.key: Any = None
@@ -254,7 +281,8 @@ class _Tim:
         self.value = 0
         self.utime = 0
         self.stime = 0
-        self.entries: deque[tuple[float, int]] = deque()
+        self.values: deque[float] = deque()  # per-hit value of each timer
+        self.weights: deque[int] = deque()  # its hits
 
     def add(self, t: TimerRecord, ns: tuple[int, int, int]) -> None:
         hits = t.hit_count
@@ -262,14 +290,16 @@ class _Tim:
         self.value += ns[0]
         self.utime += ns[1]
         self.stime += ns[2]
-        self.entries.append((t.value / hits if hits else t.value, hits))
+        self.values.append(t.value / hits if hits else t.value)
+        self.weights.append(hits)
 
     def remove(self, t: TimerRecord, ns: tuple[int, int, int]) -> None:
         self.hits -= t.hit_count
         self.value -= ns[0]
         self.utime -= ns[1]
         self.stime -= ns[2]
-        self.entries.popleft()
+        self.values.popleft()
+        self.weights.popleft()
 
 
 _G = TypeVar("_G", _Req, _Tim)
@@ -523,7 +553,7 @@ class Aggregator:
                         if id(old) not in seen:
                             seen.add(id(old))
                             old.req_count -= 1
-                        if not old.entries:
+                        if not old.values:
                             self._drop(table, old)
                         continue
                     full = (r.script_name, *key)
@@ -612,16 +642,20 @@ class Aggregator:
         self.overflow_keys += len(rest)
         return kept
 
-    def _request_rows(
-        self, keys: Sequence[str], folded: dict[Any, list[_Req]], full: bool
-    ) -> list[dict[str, Any]]:
-        interval = self.interval()
-        totals = self._fold_req(list(self._fine.values()))
+    def _request_sums(self, keys: Sequence[str], folded: dict[Any, list[_Req]]) -> Any:
+        """Under the lock: the groups' sums and copies of their values (quick, in C)."""
+        totals = self._fold_req(list(self._fine.values()), values=False)
         sums = {k: self._fold_req(gs) for k, gs in folded.items()}
-        sums = self._cap_rows(sums, len(keys), self._merge_req)
+        return totals, self._cap_rows(sums, len(keys), self._merge_req)
+
+    def _request_rows(self, keys: Sequence[str], folded: Any, full: bool) -> list[dict[str, Any]]:
+        """Outside the lock: the rows, percentiles sorted in bounded runs."""
+        interval = self.interval()
+        totals, sums = folded
+        ps = (50.0, *self.percentiles)
         rows = []
         for key, (t, u, s, traffic, footprint, count, values) in sums.items():
-            times = sorted(values)
+            median, *ranks = percentiles(values, None, ps)
             row: dict[str, Any] = dict(zip(keys, key))
             row.update(
                 req_count=count,
@@ -640,21 +674,23 @@ class Aggregator:
                 traffic_per_sec=traffic / 1024 / interval,
                 memory_footprint_total=footprint / 1024,
                 memory_footprint_percent=_percent(footprint, totals[4]),
-                req_time_median=percentile(times, 50),
+                req_time_median=median,
             )
             if not full:
                 for name in ("percent", "per_sec"):
                     for what in ("req_time", "ru_utime", "ru_stime", "traffic"):
                         del row[f"{what}_{name}"]
                 del row["memory_footprint_total"], row["memory_footprint_percent"]
-            for p in self.percentiles:
-                row[column("req_time", p)] = percentile(times, p)
+            for p, value in zip(self.percentiles, ranks):
+                row[column("req_time", p)] = value
             rows.append(row)
         rows.sort(key=lambda row: -row["req_time_total"])
         return rows
 
     @staticmethod
-    def _fold_req(gs: list[_Req]) -> tuple[float, float, float, int, int, int, list[float]]:
+    def _fold_req(
+        gs: list[_Req], *, values: bool = True
+    ) -> tuple[float, float, float, int, int, int, list[float]]:
         return (
             sum(g.time for g in gs) / 1e9,
             sum(g.utime for g in gs) / 1e9,
@@ -662,7 +698,7 @@ class Aggregator:
             sum(g.traffic for g in gs),
             sum(g.footprint for g in gs),
             sum(g.count for g in gs),
-            list(itertools.chain.from_iterable(g.times for g in gs)),
+            list(itertools.chain.from_iterable(g.times for g in gs)) if values else [],
         )
 
     @staticmethod
@@ -689,7 +725,8 @@ class Aggregator:
                     g.add(e.record, *map(_ns, (e.record.req_time, e.record.ru_utime,
                                                e.record.ru_stime)))  # fmt: skip
                     folded.setdefault(tuple(getattr(e.record, k) for k in keys), []).append(g)
-            return self._request_rows(keys, folded, full=True)
+            sums = self._request_sums(keys, folded)
+        return self._request_rows(keys, sums, full=True)
 
     def tag_report(self, tag_names: Sequence[str]) -> list[dict[str, Any]]:
         """Requests grouped by the values of request tags ``tag_names``."""
@@ -711,7 +748,8 @@ class Aggregator:
                     g = _Req()
                     g.add(r, _ns(r.req_time), _ns(r.ru_utime), _ns(r.ru_stime))
                     folded.setdefault(key, []).append(g)
-            return self._request_rows(names, folded, full=False)
+            sums = self._request_sums(names, folded)
+        return self._request_rows(names, sums, full=False)
 
     def timer_report(
         self, tag_names: Sequence[str], *, per_script: bool = False
@@ -742,31 +780,35 @@ class Aggregator:
             folded: dict[Any, list[_Tim]] = {}
             for key, g in items:
                 folded.setdefault(key if per_script else key[1:], []).append(g)
-            return self._timer_rows(names, folded, per_script)
+            # Under the lock: sums and copies of the values (quick, in C); the rows outside.
+            sums = {k: self._fold_tim(gs) for k, gs in folded.items()}
+            width = len(names) + (1 if per_script else 0)
+            sums = self._cap_rows(sums, width, self._fold_tim)
+        return self._timer_rows(names, sums, per_script)
+
+    @staticmethod
+    def _fold_tim(gs: list[Any]) -> tuple[Any, ...]:
+        if gs and isinstance(gs[0], tuple):  # sums already folded (the <other> row)
+            return (*(sum(s[i] for s in gs) for i in range(5)),
+                    list(itertools.chain.from_iterable(s[5] for s in gs)),
+                    list(itertools.chain.from_iterable(s[6] for s in gs)))  # fmt: skip
+        return (
+            sum(g.value for g in gs) / 1e9, sum(g.req_count for g in gs),
+            sum(g.hits for g in gs), sum(g.utime for g in gs) / 1e9,
+            sum(g.stime for g in gs) / 1e9,
+            list(itertools.chain.from_iterable(g.values for g in gs)),
+            list(itertools.chain.from_iterable(g.weights for g in gs)),
+        )  # fmt: skip
 
     def _timer_rows(
-        self, names: tuple[str, ...], folded: dict[Any, list[_Tim]], per_script: bool
+        self, names: tuple[str, ...], sums: dict[Any, tuple[Any, ...]], per_script: bool
     ) -> list[dict[str, Any]]:
         interval = self.interval()
-
-        def fold(gs: list[Any]) -> tuple[Any, ...]:
-            if gs and isinstance(gs[0], tuple):
-                return (*(sum(s[i] for s in gs) for i in range(5)),
-                        list(itertools.chain.from_iterable(s[5] for s in gs)))  # fmt: skip
-            return (
-                sum(g.value for g in gs) / 1e9, sum(g.req_count for g in gs),
-                sum(g.hits for g in gs), sum(g.utime for g in gs) / 1e9,
-                sum(g.stime for g in gs) / 1e9,
-                list(itertools.chain.from_iterable(g.entries for g in gs)),
-            )  # fmt: skip
-
-        sums = {k: fold(gs) for k, gs in folded.items()}
-        width = len(names) + (1 if per_script else 0)
-        sums = self._cap_rows(sums, width, fold)
         columns = (["script_name"] if per_script else []) + list(names)
+        ps = (50.0, *self.percentiles)
         rows = []
-        for key, (value, req_count, hits, u, s, pairs) in sums.items():
-            entries = sorted(pairs)
+        for key, (value, req_count, hits, u, s, values, weights) in sums.items():
+            median, *ranks = percentiles(values, weights, ps)
             row: dict[str, Any] = dict(zip(columns, key))
             row.update(
                 req_count=req_count,
@@ -774,12 +816,12 @@ class Aggregator:
                 hit_count=hits,
                 hit_per_sec=hits / interval,
                 timer_value=value,
-                timer_median=weighted_percentile(entries, 50),
+                timer_median=median,
                 ru_utime_value=u,
                 ru_stime_value=s,
             )
-            for p in self.percentiles:
-                row[column("timer", p)] = weighted_percentile(entries, p)
+            for p, v in zip(self.percentiles, ranks):
+                row[column("timer", p)] = v
             rows.append(row)
         rows.sort(key=lambda row: -row["timer_value"])
         return rows
@@ -789,8 +831,8 @@ class Aggregator:
         with self._lock:
             self._expire(self.clock())
             g = self._totals
-            times = sorted(g.times)
-            return {
+            times = list(g.times)
+            info = {
                 "req_count": g.count,
                 "time_total": g.time / 1e9,
                 "ru_utime_total": g.utime / 1e9,
@@ -798,8 +840,9 @@ class Aggregator:
                 "time_interval": self.interval(),
                 "kbytes_total": g.traffic / 1024,
                 "memory_footprint": g.footprint / 1024,
-                "req_time_median": percentile(times, 50),
             }
+        info["req_time_median"] = percentiles(times, None, (50.0,))[0]
+        return info
 
     def status(self) -> dict[str, Any]:
         """Health: what was received, what was refused and why, what memory holds."""
