@@ -515,7 +515,8 @@ def test_percentiles_in_sorted_runs_equal_a_brute_force_rank(
 ) -> None:
     from pynba_exporter.collector import _aggregate  # noqa: PLC0415
 
-    old, _aggregate.SORT_RUN = _aggregate.SORT_RUN, run
+    old = _aggregate.SORT_RUN
+    setattr(_aggregate, "SORT_RUN", run)  # noqa: B010 - a Final constant, changed for the test
     try:
         values, weights = [v for v, _ in items], [w for _, w in items]
         ps = (1.0, 50.0, 95.0, 99.9, 100.0)
@@ -524,4 +525,26 @@ def test_percentiles_in_sorted_runs_equal_a_brute_force_rank(
         plain = sorted(values)
         assert _aggregate.percentiles(values, None, ps) == [percentile(plain, p) for p in ps]
     finally:
-        _aggregate.SORT_RUN = old
+        setattr(_aggregate, "SORT_RUN", old)  # noqa: B010
+
+
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(1, 50), st.integers(0, 3)),
+                min_size=1, max_size=150))  # fmt: skip
+@settings(max_examples=60, deadline=None)
+def test_keys_past_the_cap_come_and_go_through_other(steps: list[tuple[int, int, int]]) -> None:
+    now = [1000.0]
+    c = Collector("127.0.0.1:0", window=10, max_bytes=60_000, max_keys=1,
+                  request_tags=[("t",)], clock=lambda: now[0])  # fmt: skip
+    for script, ms, advance in steps:
+        timer = PinbaTimer({"group": f"g{script}"}, 0.001)
+        c.handle([encode(PinbaRequest("h", "s", f"/s{script}", request_time=ms / 1000,
+                                      tags={"t": str(script % 5)}, timers=[timer]))])  # fmt: skip
+        now[0] += advance
+        n = len(c.aggregator.records())
+        assert sum(r["req_count"] for r in c.request_report(("hostname",))) == n
+        assert sum(r["req_count"] for r in c.tag_report(("t",))) == n
+        assert sum(r["hit_count"] for r in c.timer_report(("group",))) == n
+    c.aggregator.clock = lambda: now[0] + 100
+    assert c.status()["window_bytes"] == 0  # every group dropped as its last request left
+    assert c.request_report(("script_name",)) == []
+    assert c.timer_report(("group",)) == []

@@ -238,10 +238,12 @@ def _ns(seconds: float) -> int:
 class _Req:
     """Requests of one group: exact sums and the request times, oldest first."""
 
-    __slots__ = ("count", "footprint", "key", "stime", "time", "times", "traffic", "utime")
+    __slots__ = ("count", "first", "footprint", "key", "stime", "time", "times", "traffic",
+                 "utime")  # fmt: skip
 
     def __init__(self) -> None:
         self.key: Any = None
+        self.first = 0  # serial of the first record it took
         self.count = 0
         self.time = 0
         self.utime = 0
@@ -272,10 +274,12 @@ class _Req:
 class _Tim:
     """Timers of one group: exact sums, and (per-hit value, hits) of each timer, oldest first."""
 
-    __slots__ = ("hits", "key", "req_count", "stime", "utime", "value", "values", "weights")
+    __slots__ = ("first", "hits", "key", "req_count", "stime", "utime", "value", "values",
+                 "weights")  # fmt: skip
 
     def __init__(self) -> None:
         self.key: Any = None
+        self.first = 0  # serial of the first record it took
         self.req_count = 0
         self.hits = 0
         self.value = 0
@@ -341,11 +345,6 @@ def _timer_keys(
             yield t, key
 
 
-class _Entry(NamedTuple):
-    record: Record
-    groups: tuple[Any, ...]  # every group the record was added to, in the order of _route
-
-
 class Aggregator:
     """Thread-safe store of the window's records, and the reports."""
 
@@ -379,7 +378,7 @@ class Aggregator:
         self.clock = clock
         self.started = clock()
         self._lock = threading.RLock()
-        self._entries: deque[_Entry] = deque()
+        self._entries: deque[Record] = deque()
         self.serial = 0  # serial of the last record kept
         self.requests_total = 0
         self.bytes = 0  # estimated bytes of the window: records and report groups
@@ -408,7 +407,7 @@ class Aggregator:
     def first_serial(self) -> int:
         """Serial of the oldest record still kept (past the last one when none is)."""
         with self._lock:
-            return self._entries[0].record.serial if self._entries else self.serial + 1
+            return self._entries[0].serial if self._entries else self.serial + 1
 
     def add(self, records: Iterable[Record]) -> list[Record]:
         """Keep ``records`` (their strings shared, their size estimated, a serial given); the
@@ -422,7 +421,8 @@ class Aggregator:
                 if r.size > self.max_bytes:
                     self._count(self.evicted_by, "larger than max_bytes")
                     continue
-                self._entries.append(_Entry(r, self._route(r, 1)))
+                self._entries.append(r)
+                self._route(r, 1)
                 self.bytes += r.size
                 kept.append(r)
             self._trim()
@@ -504,74 +504,69 @@ class Aggregator:
         d = dict(t.tags)
         return tuple(_key(d, names) for names in self.timer_tags)
 
-    def _route(self, r: Record, sign: int, groups: tuple[Any, ...] = ()) -> tuple[Any, ...]:
-        """Add ``r`` to its groups (sign 1: returns them) or take it out of ``groups`` (-1)."""
-        t, u, s = _ns(r.req_time), _ns(r.ru_utime), _ns(r.ru_stime)
-        out: list[Any] = []
-        it = iter(groups)
-        cap = self._cap
-
-        def req_group(table: dict[Any, _Req], key: Any) -> _Req:
-            if sign < 0:
-                g: _Req = next(it)
-                g.remove(r, t, u, s)
-                if not g.count:
-                    self._drop(table, g)
-                return g
-            g, made = _groups_of(table, key, _Req, cap, len(key))
+    def _group(self, table: dict[Any, _G], key: Any, make: type[_G], r: Record, sign: int) -> _G:
+        """The group ``r`` goes to (sign 1: made if needed, ``<other>`` past the cap) or went
+        to (sign -1). A group made after ``r`` was kept cannot hold it: ``r`` went to
+        ``<other>`` then (a group is only dropped once empty, so no older one can hide it)."""
+        g = table.get(key)
+        if sign < 0:
+            if g is None or g.first > r.serial:
+                return table[(OTHER,) * len(key)]
+            return g
+        if g is None:
+            g, made = _groups_of(table, key, make, self._cap, len(key))
             if made:
+                g.first = r.serial
                 self.bytes += GROUP_BYTES
             if table.get(key) is not g:
                 self.overflow_keys += 1
-            g.add(r, t, u, s)
-            out.append(g)
-            return g
+        return g
 
-        if sign > 0:
-            self._totals.add(r, t, u, s)
-        else:
-            self._totals.remove(r, t, u, s)
-        req_group(self._fine, _FINE_KEY(r))
+    def _route(self, r: Record, sign: int) -> None:
+        """Add ``r`` to its groups (sign 1) or take it out of them (-1). The window holds the
+        records alone, not their groups: fewer objects for the garbage collector to walk (a
+        full collection over a big window stalls the receiving thread)."""
+        t, u, s = _ns(r.req_time), _ns(r.ru_utime), _ns(r.ru_stime)
+        tables: list[tuple[dict[Any, _Req], Any]] = [(self._fine, _FINE_KEY(r))]
         if self.request_tags:
             d = dict(r.tags)
             for names, rtable in zip(self.request_tags, self._rtags):
                 rkey = _key(d, names)
                 if rkey is not None:
-                    req_group(rtable, rkey)
-        if self.timer_tags and r.timers:
-            seen: set[int] = set()
-            for timer in r.timers:
-                ns: tuple[int, int, int] | None = None
-                for key, table in zip(self._keys(timer), self._timers):
-                    if key is None:
-                        continue
-                    if ns is None:  # once per timer, whatever the number of reports
-                        ns = (_ns(timer.value), _ns(timer.ru_utime), _ns(timer.ru_stime))
-                    if sign < 0:
-                        old: _Tim = next(it)
-                        old.remove(timer, ns)
-                        if id(old) not in seen:
-                            seen.add(id(old))
-                            old.req_count -= 1
-                        if not old.values:
-                            self._drop(table, old)
-                        continue
-                    full = (r.script_name, *key)
-                    found = table.get(full)
-                    if found is not None:
-                        tg = found
-                    else:
-                        tg, made = _groups_of(table, full, _Tim, cap, len(full))
-                        if made:
-                            self.bytes += GROUP_BYTES
-                        if table.get(full) is not tg:
-                            self.overflow_keys += 1
-                    if id(tg) not in seen:
-                        seen.add(id(tg))
-                        tg.req_count += 1
+                    tables.append((rtable, rkey))
+        if sign > 0:
+            self._totals.add(r, t, u, s)
+            for table, key in tables:
+                self._group(table, key, _Req, r, 1).add(r, t, u, s)
+        else:
+            self._totals.remove(r, t, u, s)
+            for table, key in tables:
+                g = self._group(table, key, _Req, r, -1)
+                g.remove(r, t, u, s)
+                if not g.count:
+                    self._drop(table, g)
+        if not (self.timer_tags and r.timers):
+            return
+        seen: set[int] = set()
+        for timer in r.timers:
+            ns: tuple[int, int, int] | None = None
+            for key, ttable in zip(self._keys(timer), self._timers):
+                if key is None:
+                    continue
+                if ns is None:  # once per timer, whatever the number of reports
+                    ns = (_ns(timer.value), _ns(timer.ru_utime), _ns(timer.ru_stime))
+                tg = self._group(ttable, (r.script_name, *key), _Tim, r, sign)
+                first = id(tg) not in seen
+                if first:
+                    seen.add(id(tg))
+                if sign > 0:
+                    tg.req_count += first
                     tg.add(timer, ns)
-                    out.append(tg)
-        return tuple(out)
+                else:
+                    tg.req_count -= first
+                    tg.remove(timer, ns)
+                    if not tg.values:
+                        self._drop(ttable, tg)
 
     def _drop(self, table: dict[Any, Any], g: Any) -> None:
         key = g.key
@@ -580,16 +575,16 @@ class Aggregator:
             self.bytes -= GROUP_BYTES
 
     def _evict(self, reason: str | None) -> None:
-        entry = self._entries.popleft()
-        self._route(entry.record, -1, entry.groups)
-        self.bytes -= entry.record.size
+        r = self._entries.popleft()
+        self._route(r, -1)
+        self.bytes -= r.size
         if reason is not None:
             self._count(self.evicted_by, reason)
 
     def _expire(self, now: float) -> None:
         limit = now - self.window
         entries = self._entries
-        while entries and entries[0].record.timestamp < limit:
+        while entries and entries[0].timestamp < limit:
             self._evict(None)
         if not entries:
             # Nothing holds the shared strings any more: start the dictionary afresh, so names
@@ -620,7 +615,7 @@ class Aggregator:
         """The records of the window (expired ones leave now)."""
         with self._lock:
             self._expire(self.clock())
-            return [e.record for e in self._entries]
+            return list(self._entries)
 
     def interval(self) -> float:
         """Seconds the reports cover: the window, or less since the collector started."""
@@ -720,11 +715,10 @@ class Aggregator:
                     folded.setdefault(tuple(fine[i] for i in idx), []).append(g)
             else:  # another field (doc_size...): from the records
                 folded = {}
-                for e in self._entries:
+                for r in self._entries:
                     g = _Req()
-                    g.add(e.record, *map(_ns, (e.record.req_time, e.record.ru_utime,
-                                               e.record.ru_stime)))  # fmt: skip
-                    folded.setdefault(tuple(getattr(e.record, k) for k in keys), []).append(g)
+                    g.add(r, _ns(r.req_time), _ns(r.ru_utime), _ns(r.ru_stime))
+                    folded.setdefault(tuple(getattr(r, k) for k in keys), []).append(g)
             sums = self._request_sums(keys, folded)
         return self._request_rows(keys, sums, full=True)
 
@@ -738,8 +732,7 @@ class Aggregator:
                 folded = {k: [g] for k, g in table.items()}
             else:
                 folded = {}
-                for e in self._entries:
-                    r = e.record
+                for r in self._entries:
                     d = dict(r.tags)
                     try:
                         key = tuple(d[n] for n in names)
@@ -764,10 +757,10 @@ class Aggregator:
                 items: Iterable[tuple[tuple[Any, ...], _Tim]] = table.items()
             else:
                 scratch: dict[tuple[Any, ...], _Tim] = {}
-                for e in self._entries:
+                for r in self._entries:
                     seen: set[int] = set()
-                    for t, key in _timer_keys(e.record.timers, names):
-                        full = (e.record.script_name, *key)
+                    for t, key in _timer_keys(r.timers, names):
+                        full = (r.script_name, *key)
                         g = scratch.get(full)
                         if g is None:
                             g = scratch[full] = _Tim()
