@@ -171,6 +171,10 @@ def _size(text: str) -> int:
 
 
 def _raise_stopped(signum: int, frame: Any) -> None:
+    # The first signal stops; later ones (a second Ctrl-C during the drain) must not cut the
+    # drain or the final report short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Stopped(signum)
 
 
@@ -202,7 +206,11 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
                   file=sys.stderr, flush=True)  # fmt: skip
             deadline = time.monotonic() + args.duration if args.duration else math.inf
             while time.monotonic() < deadline:
-                time.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))
+                report_at = min(deadline, time.monotonic() + args.interval)
+                # Short sleeps: a signal the kernel gave to another thread only sets a flag
+                # that this thread sees when it wakes, and it must act on it at once.
+                while (left := report_at - time.monotonic()) > 0:
+                    time.sleep(min(left, 0.1))
                 _print_reports(args, collector, timer_tags, request_tags, out)
         except (_Stopped, KeyboardInterrupt):
             pass

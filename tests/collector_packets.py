@@ -95,7 +95,8 @@ class CollectProcess:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pynba._cli", "collect", "--listen", "127.0.0.1:0", *args],
+            [sys.executable, "-X", "faulthandler", "-m", "pynba._cli", "collect", "--listen",
+             "127.0.0.1:0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
         )  # fmt: skip
         assert self.proc.stderr is not None
@@ -135,8 +136,12 @@ class CollectProcess:
         exit within ``timeout`` (bounded, not timed: a stop takes a second or two)."""
         self.sock.close()
         self.proc.send_signal(sig)
-        out, err = self.proc.communicate(timeout=timeout)
-        return out, err
+        try:
+            return self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack
+            _, err = self.proc.communicate()
+            raise AssertionError(f"pynba collect did not stop:\n{err[-5000:]}") from None
 
     def kill(self) -> None:
         if self.proc.poll() is None:

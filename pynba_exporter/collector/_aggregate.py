@@ -155,6 +155,20 @@ class Record(NamedTuple):
         )  # fmt: skip
 
 
+_SERIAL: Final = Record._fields.index("serial")
+_TIMERS: Final = Record._fields.index("timers")
+
+
+def _plain(r: Record) -> tuple[Any, ...]:
+    return (*r[:_TIMERS], tuple(map(tuple, r.timers)), *r[_TIMERS + 1 :])
+
+
+def _revive(p: tuple[Any, ...]) -> Record:
+    return Record._make(
+        (*p[:_TIMERS], tuple(map(TimerRecord._make, p[_TIMERS])), *p[_TIMERS + 1 :])
+    )
+
+
 def first_values(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """Tag pairs where a name given several times keeps its first value (as pinba2 keys it)."""
     if len(pairs) < 2 or len(dict(pairs)) == len(pairs):
@@ -378,7 +392,10 @@ class Aggregator:
         self.clock = clock
         self.started = clock()
         self._lock = threading.RLock()
-        self._entries: deque[Record] = deque()
+        # The window's records as plain tuples (timers too): the garbage collector stops
+        # tracking plain tuples of plain values, but never named tuples, and a full collection
+        # walking every record of a big window stalls the receiving thread for a second.
+        self._entries: deque[tuple[Any, ...]] = deque()
         self.serial = 0  # serial of the last record kept
         self.requests_total = 0
         self.bytes = 0  # estimated bytes of the window: records and report groups
@@ -407,7 +424,7 @@ class Aggregator:
     def first_serial(self) -> int:
         """Serial of the oldest record still kept (past the last one when none is)."""
         with self._lock:
-            return self._entries[0].serial if self._entries else self.serial + 1
+            return self._entries[0][_SERIAL] if self._entries else self.serial + 1
 
     def add(self, records: Iterable[Record]) -> list[Record]:
         """Keep ``records`` (their strings shared, their size estimated, a serial given); the
@@ -421,7 +438,7 @@ class Aggregator:
                 if r.size > self.max_bytes:
                     self._count(self.evicted_by, "larger than max_bytes")
                     continue
-                self._entries.append(r)
+                self._entries.append(_plain(r))
                 self._route(r, 1)
                 self.bytes += r.size
                 kept.append(r)
@@ -575,7 +592,7 @@ class Aggregator:
             self.bytes -= GROUP_BYTES
 
     def _evict(self, reason: str | None) -> None:
-        r = self._entries.popleft()
+        r = _revive(self._entries.popleft())
         self._route(r, -1)
         self.bytes -= r.size
         if reason is not None:
@@ -584,7 +601,7 @@ class Aggregator:
     def _expire(self, now: float) -> None:
         limit = now - self.window
         entries = self._entries
-        while entries and entries[0].timestamp < limit:
+        while entries and entries[0][0] < limit:
             self._evict(None)
         if not entries:
             # Nothing holds the shared strings any more: start the dictionary afresh, so names
@@ -615,7 +632,7 @@ class Aggregator:
         """The records of the window (expired ones leave now)."""
         with self._lock:
             self._expire(self.clock())
-            return list(self._entries)
+            return list(map(_revive, self._entries))
 
     def interval(self) -> float:
         """Seconds the reports cover: the window, or less since the collector started."""
@@ -715,7 +732,7 @@ class Aggregator:
                     folded.setdefault(tuple(fine[i] for i in idx), []).append(g)
             else:  # another field (doc_size...): from the records
                 folded = {}
-                for r in self._entries:
+                for r in map(_revive, self._entries):
                     g = _Req()
                     g.add(r, _ns(r.req_time), _ns(r.ru_utime), _ns(r.ru_stime))
                     folded.setdefault(tuple(getattr(r, k) for k in keys), []).append(g)
@@ -732,7 +749,7 @@ class Aggregator:
                 folded = {k: [g] for k, g in table.items()}
             else:
                 folded = {}
-                for r in self._entries:
+                for r in map(_revive, self._entries):
                     d = dict(r.tags)
                     try:
                         key = tuple(d[n] for n in names)
@@ -757,7 +774,7 @@ class Aggregator:
                 items: Iterable[tuple[tuple[Any, ...], _Tim]] = table.items()
             else:
                 scratch: dict[tuple[Any, ...], _Tim] = {}
-                for r in self._entries:
+                for r in map(_revive, self._entries):
                     seen: set[int] = set()
                     for t, key in _timer_keys(r.timers, names):
                         full = (r.script_name, *key)
