@@ -83,7 +83,7 @@ RECORD_BYTES: Final = 900
 TIMER_BYTES: Final = 260  # a timer tuple, its floats and int, its tags tuple's header
 PAIR_BYTES: Final = 140  # a (name, value) tuple, the pointer to it, allocator slack
 GROUP_BYTES: Final = 2600  # a report group: its object, its value deque, its dict entry
-STR_BYTES: Final = 64  # a str object's header and the allocator's rounding (ASCII; others cost more)
+STR_BYTES: Final = 64  # a str object's header, allocator rounding (ASCII; others cost more)
 WORD_BYTES: Final = 80  # a string's entry in the dictionary (its slot, its hash, the table)
 
 
