@@ -15,7 +15,12 @@ from pynba_exporter.collector._aggregate import (
     TimerRecord,
     column,
 )
-from pynba_exporter.collector._server import Collector, CollectorError, invalid_reason
+from pynba_exporter.collector._server import (
+    Collector,
+    CollectorError,
+    RecordStore,
+    invalid_reason,
+)
 from pynba_exporter.collector._store import SqliteStore, StoreError, report_table
 from pynba_exporter.collector._text import printable
 
@@ -26,6 +31,7 @@ __all__ = [
     "Collector",
     "CollectorError",
     "Record",
+    "RecordStore",
     "ReportSpec",
     "SqliteStore",
     "StoreError",
