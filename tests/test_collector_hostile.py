@@ -133,6 +133,11 @@ def test_log_lines_escape_what_came_from_a_packet(pynba_log: Any) -> None:
 # (when --db) + 16 MiB of work space.
 
 
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="RSS is read from /proc (Linux)"
+)
+
+
 def _bound(start: int, max_memory: int, queue: int = 0) -> float:
     return start + 1.25 * max_memory + queue + 16 * MiB
 
@@ -150,6 +155,7 @@ def _repeated_bomb(i: int) -> bytes:
     return raw_packet(f"/bomb{i % 7}", [(1, 0.01, pairs)])
 
 
+@needs_proc
 def test_rss_under_a_tag_bomb_stays_under_the_documented_bound() -> None:
     max_memory = 24 * MiB
     c = CollectProcess("--interval", "3600", "--max-memory", "24M")
@@ -173,6 +179,7 @@ def test_rss_under_a_tag_bomb_stays_under_the_documented_bound() -> None:
     assert peak <= _bound(start, max_memory), (peak / MiB, start / MiB)
 
 
+@needs_proc
 def test_rss_under_a_long_url_flood_stays_under_the_documented_bound(tmp_path: Path) -> None:
     max_memory, queue = 24 * MiB, 8 * MiB
     c = CollectProcess("--interval", "3600", "--max-memory", "24M", "--max-queue", "8M",
@@ -388,6 +395,7 @@ def test_a_database_of_another_application_is_refused_untouched(
 # 4. stopping
 
 
+@needs_proc
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_drains_the_socket_and_reports_everything_at_once(
     tmp_path: Path, sig: int
