@@ -395,7 +395,6 @@ def test_a_database_of_another_application_is_refused_untouched(
 # 4. stopping
 
 
-@needs_proc
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_drains_the_socket_and_reports_everything_at_once(
     tmp_path: Path, sig: int
