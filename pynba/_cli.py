@@ -1,10 +1,14 @@
 """The ``pynba`` command: collect, report, decode, demo.
 
 pynba collect [--listen HOST:PORT] [--http HOST:PORT] [--db FILE] [--window S] [--interval S]
-              [--json]
-pynba report --db FILE [--by script|server|host|status|schema|timer:TAGS] [--json]
+              [--json] [--max-memory SIZE] [--max-queue SIZE] [--percentiles 90,99]
+pynba report --db FILE [--by script|server|host|status|schema|timer:TAGS|tag:TAGS] [--json]
 pynba decode FILE|-
 pynba demo [--http HOST:PORT] [--serve]
+
+Names in packets are chosen by whoever sends them: every text output escapes their control and
+bidi characters (``printable``); JSON output is exact. SIGINT and SIGTERM stop the collector:
+it drains what the kernel holds, writes it, prints the final report and exits.
 """
 
 from __future__ import annotations
@@ -22,32 +26,40 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pynba_exporter.collector import (
+    REPORTS,
     Collector,
     CollectorError,
     SqliteStore,
     WebServer,
+    column,
+    printable,
     report_table,
 )
 from pynba_exporter.wire import PinbaDecodeError, decode
 
 __all__ = ["main"]
 
-BY: dict[str, str] = {
-    "script": "report_by_script_name",
-    "server": "report_by_server_name",
-    "host": "report_by_hostname",
-    "status": "report_by_status",
-    "schema": "report_by_schema",
-    "server-script": "report_by_server_and_script",
-    "host-script": "report_by_hostname_and_script",
-    "script-status": "report_by_script_and_status",
-}
+#: ``pynba report --by`` names -> tables, from the collector's one table of reports.
+BY: dict[str, str] = {spec.short: spec.table for spec in REPORTS}
 
-_REQUEST_COLUMNS = ["req_count", "req_per_sec", "req_time_total", "req_time_percent",
-                    "req_time_median", "req_time_p95", "req_time_p99", "ru_utime_total",
-                    "traffic_total"]  # fmt: skip
-_TIMER_COLUMNS = ["req_count", "hit_count", "hit_per_sec", "timer_value", "timer_median",
-                  "timer_p95", "ru_utime_value"]  # fmt: skip
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT arrived: leave the reporting loop now, not at the next interval."""
+
+
+_LABELS = {"invalid_by_reason": "invalid packets", "evicted_by_reason": "evicted records",
+           "store_dropped_by_reason": "not stored"}  # fmt: skip
+
+
+def _request_columns(percentiles: Sequence[float]) -> list[str]:
+    return ["req_count", "req_per_sec", "req_time_total", "req_time_percent", "req_time_median",
+            *(column("req_time", p) for p in percentiles), "ru_utime_total",
+            "traffic_total"]  # fmt: skip
+
+
+def _timer_columns(percentiles: Sequence[float]) -> list[str]:
+    return ["req_count", "hit_count", "hit_per_sec", "timer_value", "timer_median",
+            *(column("timer", p) for p in percentiles), "ru_utime_value"]  # fmt: skip
 
 
 def _cell(value: Any) -> str:
@@ -55,15 +67,17 @@ def _cell(value: Any) -> str:
         if math.isnan(value):
             return "-"
         return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
+    return printable("" if value is None else value)
 
 
 def render(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
            top: int = 15) -> str:  # fmt: skip
-    """A report as an aligned text table (the first ``top`` rows)."""
+    """A report as an aligned text table (the first ``top`` rows); names that came from
+    packets are escaped (``printable``)."""
     shown = [[_cell(row.get(c, "")) for c in columns] for row in rows[:top]]
+    columns = [printable(c) for c in columns]
     widths = [max([len(c)] + [len(r[i]) for r in shown]) for i, c in enumerate(columns)]
-    lines = [f"{title} ({len(rows)} rows)"]
+    lines = [f"{printable(title)} ({len(rows)} rows)"]
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in shown)
@@ -77,28 +91,36 @@ def reports_text(
     request_tags: Sequence[Sequence[str]] = (),
 ) -> str:
     a = collector.aggregator
+    ps = a.percentiles
     parts = [
         render("requests by script", a.request_report(("script_name",)),
-               ["script_name", *_REQUEST_COLUMNS], top),
+               ["script_name", *_request_columns(ps)], top),
         render("requests by status", a.request_report(("status",)),
-               ["status", "req_count", "req_per_sec", "req_time_median"], top),
+               ["status", "req_count", "req_per_sec", "req_time_median",
+                *(column("req_time", p) for p in ps)], top),
     ]  # fmt: skip
     parts.extend(
-        render(f"timers by {','.join(tags)}", a.timer_report(tags), [*tags, *_TIMER_COLUMNS], top)
+        render(f"timers by {','.join(tags)}", a.timer_report(tags),
+               [*tags, *_timer_columns(ps)], top)
         for tags in timer_tags
-    )
+    )  # fmt: skip
     parts.extend(
         render(f"requests by tag {','.join(tags)}", a.tag_report(tags),
-               [*tags, "req_count", "req_per_sec", "req_time_total", "req_time_median"], top)
+               [*tags, "req_count", "req_per_sec", "req_time_total", "req_time_median",
+                *(column("req_time", p) for p in ps)], top)
         for tags in request_tags
     )  # fmt: skip
     info = a.info()
     parts.append("info: " + ", ".join(f"{k}={_cell(v)}" for k, v in info.items()))
     status = collector.status()
-    invalid = status.pop("invalid_by_reason")
+    by_reason = {k: status.pop(k) for k in list(status) if isinstance(status[k], dict)}
     parts.append("status: " + ", ".join(f"{k}={_cell(v)}" for k, v in status.items()))
-    if invalid:
-        parts.append("invalid packets: " + ", ".join(f"{k}: {v}" for k, v in invalid.items()))
+    for name, counts in by_reason.items():
+        if counts:
+            label = _LABELS.get(name, name)
+            parts.append(
+                f"{label}: " + ", ".join(f"{printable(k)}: {v}" for k, v in counts.items())
+            )
     return "\n\n".join(parts)
 
 
@@ -136,80 +158,149 @@ def _percentiles(text: str) -> tuple[float, ...]:
     return values
 
 
+def _size(text: str) -> int:
+    """``256M``, ``1G``, ``65536``: bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        value = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256M, 1G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive: {text!r}")
+    return value
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    # The first signal stops; later ones (a second Ctrl-C during the drain) must not cut the
+    # drain or the final report short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Stopped(signum)
+
+
 def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
     timer_tags = _tag_groups(args.timer_tags)
     request_tags = _tag_groups(args.request_tags, ())
-    collector = Collector(args.listen, window=args.window, percentiles=args.percentiles)
+    collector = Collector(
+        args.listen, window=args.window, percentiles=args.percentiles,
+        max_bytes=args.max_memory, timer_tags=timer_tags, request_tags=request_tags,
+    )  # fmt: skip
     if args.db:
         collector.store = SqliteStore(
-            args.db, collector.aggregator, timer_tags=timer_tags, request_tags=request_tags
-        )
+            args.db, collector.aggregator, timer_tags=timer_tags, request_tags=request_tags,
+            max_pending_bytes=args.max_queue,
+        )  # fmt: skip
     web = None
     if args.http:
         web = WebServer(
             collector, args.http, timer_tags=timer_tags, request_tags=request_tags
         )  # before start: it counts from the first packet
-    collector.start()
-    print(f"pynba collector listening on {collector.address_text}"
-          + (f", writing {args.db}" if args.db else ""), file=sys.stderr, flush=True)  # fmt: skip
-    if web is not None:
-        try:
-            web.start()
-        except CollectorError:
-            collector.stop()
-            raise
-        print(f"pynba collector: live page at {web.url}", file=sys.stderr, flush=True)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    # Both signals leave the loop at once (an exception from the handler ends the sleep);
+    # what the kernel already holds is then drained, written and reported.
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        deadline = time.monotonic() + args.duration if args.duration else math.inf
-        while not stop and time.monotonic() < deadline:
-            time.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))
-            if args.json:
-                report = reports_json(collector, timer_tags, request_tags)
-                print(json.dumps(report), file=out, flush=True)
-            else:
-                clear = "\033[2J\033[H" if out.isatty() else "\n"
-                text = reports_text(collector, timer_tags, request_tags=request_tags)
-                print(clear + text, file=out, flush=True)
-    except KeyboardInterrupt:
-        pass
+        try:
+            collector.start()
+        except BaseException:
+            if collector.store is not None:
+                collector.store.close()
+            raise
+        try:
+            where = f", writing {printable(args.db)}" if args.db else ""
+            print(f"pynba collector listening on {collector.address_text}{where}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if web is not None:
+                web.start()
+                print(f"pynba collector: live page at {web.url}", file=sys.stderr, flush=True)
+            deadline = time.monotonic() + args.duration if args.duration else math.inf
+            while time.monotonic() < deadline:
+                report_at = min(deadline, time.monotonic() + args.interval)
+                # Short sleeps: a signal the kernel gave to another thread only sets a flag
+                # that this thread sees when it wakes, and it must act on it at once.
+                while (left := report_at - time.monotonic()) > 0:
+                    time.sleep(min(left, 0.1))
+                _print_reports(args, collector, timer_tags, request_tags, out)
+        except (_Stopped, KeyboardInterrupt):
+            pass
+        finally:
+            # A second signal during the drain must not cut the final report short.
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+            if web is not None:
+                web.stop()
+            collector.stop()
+        _print_reports(args, collector, timer_tags, request_tags, out, final=True)
     finally:
-        if web is not None:
-            web.stop()
-        collector.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _print_reports(
+    args: argparse.Namespace,
+    collector: Collector,
+    timer_tags: Sequence[Sequence[str]],
+    request_tags: Sequence[Sequence[str]],
+    out: TextIO,
+    *,
+    final: bool = False,
+) -> None:
     if args.json:
         print(json.dumps(reports_json(collector, timer_tags, request_tags)), file=out, flush=True)
-    else:
-        text = reports_text(collector, timer_tags, request_tags=request_tags)
+        return
+    text = reports_text(collector, timer_tags, request_tags=request_tags)
+    if final:
         print("\nfinal report\n\n" + text, file=out, flush=True)
-    return 0
+    else:
+        clear = "\033[2J\033[H" if out.isatty() else "\n"
+        print(clear + text, file=out, flush=True)
+
+
+def _report_table(by: str) -> str | None:
+    if by.startswith("timer:"):
+        tags = [t for t in by[len("timer:") :].split(",") if t]
+        return report_table("tag_info", tags) if tags else None
+    if by.startswith("tag:"):
+        tags = [t for t in by[len("tag:") :].split(",") if t]
+        return report_table("report_by_request_tag", tags) if tags else None
+    return BY.get(by)
 
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     if not os.path.exists(args.db):
-        print(f"pynba report: no database {args.db!r} (run pynba collect --db)", file=sys.stderr)
-        return 2
-    if args.by.startswith("timer:"):
-        tags = [t for t in args.by[len("timer:") :].split(",") if t]
-        table = report_table("tag_info", tags)
-    elif args.by in BY:
-        table = BY[args.by]
-    else:
-        print(f"pynba report: --by {args.by!r}: choose from {', '.join(BY)} or timer:TAGS",
+        print(f"pynba report: no database {printable(args.db)!r} (run pynba collect --db)",
               file=sys.stderr)  # fmt: skip
         return 2
-    db = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
+    table = _report_table(args.by)
+    if table is None:
+        print(f"pynba report: --by {printable(args.by)!r}: choose from {', '.join(BY)}, "
+              "timer:TAGS or tag:TAGS", file=sys.stderr)  # fmt: skip
+        return 2
     try:
-        cur = db.execute(f'SELECT * FROM "{table}" ORDER BY 1')
-    except sqlite3.OperationalError:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        print(f"pynba report: no table {table!r} in {args.db}; there are: {', '.join(tables)}",
-              file=sys.stderr)  # fmt: skip
+        db = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        print(f"pynba report: cannot open {printable(args.db)!r}: {exc}", file=sys.stderr)
         return 2
-    columns = [d[0] for d in cur.description]
-    rows = [dict(zip(columns, r)) for r in cur.fetchall()]
-    db.close()
+    try:
+        try:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        except sqlite3.DatabaseError as exc:
+            print(f"pynba report: {printable(args.db)!r} is not a database pynba collect wrote"
+                  f" ({exc})", file=sys.stderr)  # fmt: skip
+            return 2
+        if table not in tables:
+            print(f"pynba report: no table {printable(table)!r} in {printable(args.db)}; there"
+                  f" are: {', '.join(map(printable, tables))}", file=sys.stderr)  # fmt: skip
+            return 2
+        cur = db.execute(f'SELECT * FROM "{table}" ORDER BY 1')
+        columns = [d[0] for d in cur.description]
+        rows = [dict(zip(columns, r)) for r in cur.fetchall()]
+    except sqlite3.Error as exc:
+        print(f"pynba report: cannot read {printable(args.db)!r}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
     if "req_time_total" in columns:
         rows.sort(key=lambda r: -(r["req_time_total"] or 0))
     elif "timer_value" in columns:
@@ -288,12 +379,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     p.add_argument(
         "--percentiles", type=_percentiles, default=(95.0, 99.0), help="e.g. 90,99,99.9 (95,99)"
     )
+    p.add_argument(
+        "--max-memory", type=_size, default=256 << 20,
+        help="bytes the window's requests and reports may hold: 256M (the oldest leave first)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-queue", type=_size, default=64 << 20,
+        help="bytes of requests waiting for the database writer: 64M (beyond, not stored)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     p = sub.add_parser("report", help="print a report from a database the collector writes")
     p.add_argument("--db", required=True)
     p.add_argument(
-        "--by", default="script", help="script, server, host, status, schema, timer:TAGS"
-    )
+        "--by", default="script",
+        help=f"{', '.join(BY)}, timer:TAGS (timer tags) or tag:TAGS (request tags)",
+    )  # fmt: skip
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("decode", help="print a captured packet decoded")
@@ -320,7 +420,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return cmd_decode(args, out)
         return cmd_demo(args, out)
     except (CollectorError, PermissionError, ValueError, OSError) as exc:
-        print(f"pynba {args.command}: {exc}", file=sys.stderr)
+        print(f"pynba {args.command}: {printable(exc)}", file=sys.stderr)
         return 2
 
 

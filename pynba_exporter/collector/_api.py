@@ -227,7 +227,8 @@ def health(collector: Collector, history: History) -> dict[str, Any]:
         "status": status,
         "memory": {
             "records": status["requests_in_window"],
-            "records_bound": collector.aggregator.max_records,
+            "bytes": status["window_bytes"] + status["dictionary_bytes"],
+            "bytes_bound": status["max_bytes"],
             "history_intervals": history.size,
         },
         "internal_errors": internal_errors(),

@@ -13,7 +13,7 @@ Counters, totals since the collector started (Prometheus computes rates from the
 
 Gauges over the reports' window: ``pinba_window_request_time_seconds`` (labels ``script_name``,
 ``quantile``: 0.5 and the collector's percentiles), ``pinba_window_requests`` (``script_name``),
-``pinba_collector_records`` and ``pinba_collector_records_bound``,
+``pinba_collector_records``, ``pinba_collector_memory_bytes`` and its bound,
 ``pinba_collector_window_seconds``.
 
 Label cardinality is bounded by the collector's own limit (``max_keys``): label sets past it are
@@ -208,9 +208,14 @@ class PrometheusMetrics(_PromCollector):
             "pinba_collector_records", "Requests held in memory", value=status["requests_in_window"]
         )
         yield GaugeMetricFamily(
-            "pinba_collector_records_bound",
-            "Requests held in memory at most",
-            value=self.collector.aggregator.max_records,
+            "pinba_collector_memory_bytes",
+            "Bytes the window's requests and names hold (as the collector counts them)",
+            value=status["window_bytes"] + status["dictionary_bytes"],
+        )
+        yield GaugeMetricFamily(
+            "pinba_collector_memory_bytes_bound",
+            "Bytes the window may hold at most (--max-memory)",
+            value=status["max_bytes"],
         )
         yield GaugeMetricFamily(
             "pinba_collector_window_seconds", "Seconds the reports cover", value=status["window"]

@@ -7,8 +7,9 @@
         collector.request_report(("script_name",))     # or timer_report(("group",)), info()...
 
 It accepts packets from any Pinba client (this library, the PHP extension), packed or not;
-nested requests count as requests of their own. Invalid packets never stop it: they are counted
-by reason (``status()``), and the first of each kind is logged to ``pynba``.
+nested requests count as requests of their own (and against the memory budget). Invalid packets
+never stop it: they are counted by reason (``status()``), and the first of each kind is logged
+to ``pynba``. ``stop()`` drains what the kernel already holds before it returns.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Final, Protocol
 
 from pynba_exporter.address import DEFAULT_PORT, parse_listen
 from pynba_exporter.collector._aggregate import Aggregator, Record
+from pynba_exporter.collector._text import printable
 from pynba_exporter.log import errors
 from pynba_exporter.wire import Packet, PinbaDecodeError, parse
 from pynba_exporter.wire._errors import (
@@ -45,7 +47,13 @@ __all__ = ["Collector", "CollectorError", "RecordStore", "invalid_reason"]
 
 DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
 _BATCH: Final = 512  # packets read before they are aggregated together (one lock)
+# Bytes of packets decoded before their records are kept (and their strings shared): a 60 KB
+# packet may decode to megabytes of objects before it is compacted, so a batch of them is not
+# decoded all at once.
+_CHUNK_BYTES: Final = 256 * 1024
 _RCVBUF: Final = 64 * 1024 * 1024
+#: Seconds ``stop()`` spends at most decoding what the socket still holds.
+DRAIN_SECONDS: Final = 1.0
 
 # A decode error's kind -> the name invalid packets of that kind are counted under (stable: they
 # are shown in reports and stored in SQL).
@@ -65,12 +73,12 @@ _COUNTED_AS: Final = {
 
 
 def invalid_reason(exc: PinbaDecodeError) -> str:
-    """The name an invalid packet is counted under."""
+    """The name an invalid packet is counted under (stable: shown in reports, stored in SQL)."""
     return _COUNTED_AS.get(exc.kind, "malformed")
 
 
 class RecordStore(Protocol):
-    """Where the collector hands every batch of records (the SQLite store is one)."""
+    """Where the collector hands the records it kept (the SQLite store is one)."""
 
     @property
     def dropped(self) -> int: ...
@@ -93,10 +101,13 @@ class Collector:
     for a free one; ``127.0.0.1:30002`` by default: all interfaces only when asked, with
     ``0.0.0.0:30002`` or ``[::]:30002``).
 
-    ``window``: seconds of requests kept for the reports (900). ``max_records``: requests kept
-    at most (200,000: about 0.7 KB each with a timer, so about 150 MB); ``max_keys``: distinct
-    keys per report before an ``<other>`` row; ``percentiles``: the percentile columns.
-    ``store``: a :class:`RecordStore`, fed with every batch (the SQLite store).
+    ``window``: seconds of requests kept for the reports (900). ``max_bytes``: estimated bytes
+    the window's requests and reports may hold (256 MiB; the oldest leave first, counted);
+    ``max_dictionary_bytes``: bytes of the shared strings (an eighth of ``max_bytes``);
+    ``max_records``: requests kept at most (no limit but the bytes by default); ``max_keys``:
+    distinct keys per report before an ``<other>`` row; ``percentiles``: the percentile
+    columns; ``timer_tags`` and ``request_tags``: the tag sets whose reports are kept up to
+    date. ``store``: a :class:`RecordStore`, fed with the records kept (the SQLite store).
     """
 
     def __init__(
@@ -104,23 +115,29 @@ class Collector:
         listen: str = DEFAULT_LISTEN,
         *,
         window: float = 900.0,
-        max_records: int = 200_000,
+        max_bytes: int = 256 * 1024 * 1024,
+        max_dictionary_bytes: int | None = None,
+        max_records: int | None = None,
         max_keys: int = 10_000,
         percentiles: Sequence[float] = (95.0, 99.0),
+        timer_tags: Sequence[Sequence[str]] = (("group",), ("group", "server")),
+        request_tags: Sequence[Sequence[str]] = (),
         store: RecordStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.listen = parse_listen(listen)
         self.aggregator = Aggregator(
-            window=window, max_records=max_records, max_keys=max_keys,
-            percentiles=percentiles, clock=clock,
+            window=window, max_bytes=max_bytes, max_dictionary_bytes=max_dictionary_bytes,
+            max_records=max_records, max_keys=max_keys, percentiles=percentiles,
+            timer_tags=timer_tags, request_tags=request_tags, clock=clock,
         )  # fmt: skip
         self.store = store
         self.clock = clock
         self.packets = 0
-        #: Called with each batch of records kept, from the receiving thread (the web page's
-        #: history and the Prometheus counters subscribe here); must be quick and not raise.
+        #: Called with each batch of records received, from the receiving thread (the web
+        #: page's history and the Prometheus counters subscribe here); must be quick.
         self.listeners: list[Callable[[Sequence[Record]], None]] = []
+        self.unread_at_stop = 0  # packets still in the socket when the drain ran out of time
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -184,15 +201,36 @@ class Collector:
         return self
 
     def stop(self) -> None:
-        """Stop receiving; what already arrived stays in the reports."""
+        """Stop receiving, take in what the kernel already holds (for up to ``DRAIN_SECONDS``;
+        what is left then is counted in ``unread_at_stop``), write it, close."""
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop.set()
             thread.join()
-        if self._sock is not None:
-            self._sock.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if thread is not None:
+                self._drain(sock)
+            sock.close()
         if self.store is not None:
             self.store.close()
+
+    def _drain(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        batch: list[bytes] = []
+        try:
+            while True:
+                batch.append(sock.recv(65535))
+                if len(batch) >= _BATCH:
+                    if time.monotonic() < deadline:
+                        self.handle(batch)
+                    else:
+                        self.unread_at_stop += len(batch)
+                    batch = []
+        except OSError:  # BlockingIOError: the socket is empty
+            pass
+        self.handle(batch)
 
     def __enter__(self) -> Collector:
         return self.start()
@@ -219,8 +257,11 @@ class Collector:
             batch = [first]
             sock.setblocking(False)
             try:
-                while len(batch) < _BATCH:
-                    batch.append(sock.recv(65535))
+                size = len(first)
+                while len(batch) < _BATCH and size < 4 * _CHUNK_BYTES:
+                    data = sock.recv(65535)
+                    batch.append(data)
+                    size += len(data)
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
@@ -234,6 +275,7 @@ class Collector:
         too). Never raises: invalid packets are counted by reason."""
         now = self.clock()
         records: list[Record] = []
+        pending = 0
         for data in packets:
             self.packets += 1
             try:
@@ -243,23 +285,35 @@ class Collector:
                 self.aggregator.add_invalid(kind)
                 errors.log(
                     ("collector-invalid", kind),
-                    f"pynba collector: invalid packet ({kind}): {exc.reason}",
+                    f"pynba collector: invalid packet ({kind}): {printable(exc.reason)}",
                 )
             except Exception as exc:  # a bug of ours must not stop the collector
                 self.aggregator.add_invalid("internal error")
-                errors.log(("collector", "bug"), f"pynba collector: {exc!r}", exc_info=exc)
+                errors.log(
+                    ("collector", "bug"), f"pynba collector: {printable(repr(exc))}", exc_info=exc
+                )
+            pending += len(data)
+            if pending >= _CHUNK_BYTES and records:
+                self._keep(records)
+                records = []
+                pending = 0
         if records:
-            self.aggregator.add(records)
-            if self.store is not None:
-                self.store.add(records)
-            for listener in self.listeners:
-                self._notify(listener, records)
+            self._keep(records)
+
+    def _keep(self, records: list[Record]) -> None:
+        kept = self.aggregator.add(records)
+        if self.store is not None and kept:
+            self.store.add(kept)
+        for listener in self.listeners:
+            self._notify(listener, records)
 
     def _notify(self, listener: Callable[[Sequence[Record]], None], records: list[Record]) -> None:
         try:
             listener(records)
         except Exception as exc:  # a listener's bug must not stop the collector
-            errors.log(("collector", "listener"), f"pynba collector: {exc!r}", exc_info=exc)
+            errors.log(
+                ("collector", "listener"), f"pynba collector: {printable(repr(exc))}", exc_info=exc
+            )
 
     # -- reports
 
@@ -280,6 +334,9 @@ class Collector:
     def status(self) -> dict[str, Any]:
         status = self.aggregator.status()
         status["packets_received"] = self.packets
+        if self.unread_at_stop:
+            status["unread_at_stop"] = self.unread_at_stop
         if self.store is not None:
             status["store_dropped"] = self.store.dropped
+            status["store_dropped_by_reason"] = dict(getattr(self.store, "dropped_by", {}))
         return status

@@ -4,8 +4,9 @@ Tables with pinba_engine's names and columns, so what Pinba users know works::
 
     sqlite3 pinba.db "select script_name, req_count, req_time_median from report_by_script_name"
 
-- raw data: ``request``, ``timer``, ``timertag``, ``tag`` (rows older than the window are
-  deleted);
+- raw data: ``request``, ``timer``, ``timertag``, ``tag``: the requests the collector holds
+  (``request.id`` follows the order they were kept in; rows of requests that left the window,
+  by age or by the memory budget, are deleted);
 - reports: ``report_by_script_name``, ``report_by_server_name``, ``report_by_hostname``,
   ``report_by_server_and_script``, ``report_by_hostname_and_script``, ``report_by_status``,
   ``report_by_script_and_status``, ``report_by_schema``; timer reports ``tag_info_<tags>`` and
@@ -14,8 +15,15 @@ Tables with pinba_engine's names and columns, so what Pinba users know works::
   each configured request tag group; ``info``; ``status`` (name, value rows).
 
 Writes happen in a thread of their own, in batched transactions (the receiving thread only
-queues), and the database is in WAL mode: readers never block the collector, the collector
-never blocks readers. Report tables are rebuilt every ``reports_interval`` seconds.
+queues, in a queue bounded in bytes), and the database is in WAL mode: readers never block the
+collector, the collector never blocks readers. Report tables are rebuilt every
+``reports_interval`` seconds.
+
+Every record that does not reach the database is counted in ``dropped_by`` by reason (``queue
+full``, ``database locked``, ``database full``, ``write failed``), the real SQLite error is
+logged (once a minute per reason), and the writer keeps trying with the next batch. The store
+refuses a database holding tables it does not own: it would rewrite ``info`` and ``status``
+and switch the file to WAL.
 """
 
 from __future__ import annotations
@@ -30,10 +38,19 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from pynba_exporter.collector._aggregate import REQUEST_REPORTS, Aggregator, Record
+from pynba_exporter.collector._aggregate import REPORTS, Aggregator, Record
+from pynba_exporter.collector._text import printable
 from pynba_exporter.log import errors
 
-__all__ = ["SqliteStore", "report_table"]
+__all__ = ["APPLICATION_ID", "SqliteStore", "StoreError", "report_table"]
+
+#: ``PRAGMA application_id`` of the databases the collector writes ("PYNB").
+APPLICATION_ID: Final = 0x50594E42
+
+# The tables a collector writes: a file holding any other is not ours to rewrite.
+_OURS: Final = re.compile(
+    r"(request|timer|timertag|tag|info|status|report_by_\w+|tag_info_\w+|tag_report_\w+)"
+)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS request (
@@ -51,6 +68,9 @@ CREATE TABLE IF NOT EXISTS timertag (timer_id INTEGER, tag_id INTEGER, value TEX
 CREATE INDEX IF NOT EXISTS timertag_timer ON timertag (timer_id);
 """
 
+# Counts by reason in the status table: "invalid_packets:truncated", "evicted_records:max_bytes".
+_PREFIX: Final = {"invalid_by_reason": "invalid_packets", "evicted_by_reason": "evicted_records"}
+
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -59,8 +79,47 @@ def report_table(kind: str, tag_names: Sequence[str]) -> str:
     return f"{kind}_" + "_".join(_IDENT.sub("_", name) for name in tag_names)
 
 
+class StoreError(PermissionError):
+    """A database the store cannot or must not write."""
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc).lower()
+    if code in (5, 6) or "locked" in text or "busy" in text:  # SQLITE_BUSY, SQLITE_LOCKED
+        return "database locked"
+    if code == 13 or "full" in text:  # SQLITE_FULL (disk full, max_page_count)
+        return "database full"
+    return "write failed"
+
+
+def _sql(s: str) -> str:
+    """``s`` as SQLite can hold it: a name with bytes that were not UTF-8 (kept by the decoder
+    as surrogates) gets U+FFFD in their place, instead of failing the whole batch."""
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return s
+
+
+def _sql_value(v: Any) -> Any:
+    return _sql(v) if isinstance(v, str) else v
+
+
+#: Tag names cached by the writer before the cache (and the ``tag`` table) are trimmed.
+_MAX_TAG_NAMES: Final = 50_000
+
+
 class SqliteStore:
-    """Keeps the collector's window in a SQLite file (or ``:memory:``)."""
+    """Keeps the collector's window in a SQLite file (or ``:memory:``).
+
+    ``max_pending_bytes``: records waiting for the writer, in their estimated bytes (64 MiB);
+    beyond, they are counted as dropped (``queue full``) and stay in the reports.
+    ``max_db_bytes``: the database's largest size (``PRAGMA max_page_count``; 0: no limit).
+    """
 
     def __init__(
         self,
@@ -71,7 +130,9 @@ class SqliteStore:
         request_tags: Sequence[Sequence[str]] = (),
         flush_interval: float = 0.25,
         reports_interval: float = 1.0,
-        max_pending: int = 200_000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        max_db_bytes: int = 0,
+        busy_timeout: float = 1.0,
     ) -> None:
         self.path = path
         self.aggregator = aggregator
@@ -79,55 +140,103 @@ class SqliteStore:
         self.request_tags = [tuple(t) for t in request_tags]
         self.flush_interval = flush_interval
         self.reports_interval = reports_interval
-        self.dropped = 0  # records not stored because the writer fell behind
-        # Records waiting for the writer, bounded in records (not batches: a batch may hold
-        # one packet or hundreds).
+        #: Records that did not reach the database, by reason.
+        self.dropped_by: dict[str, int] = {}
+        # Records waiting for the writer, bounded in bytes (a batch may hold one packet or
+        # hundreds, a record a few hundred bytes or megabytes).
         self._queue: queue.Queue[list[Record] | None] = queue.Queue()
-        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self._pending = 0
         self._count = threading.Lock()
         self._tags: dict[str, int] = {}
         # Opened here, so that an unwritable path is an error of the caller, not of a thread.
         directory = os.path.dirname(os.path.abspath(path)) if path != ":memory:" else "."
         if not os.access(directory, os.W_OK):
-            raise PermissionError(f"cannot write the database {path!r}: {directory} is read-only")
+            raise StoreError(f"cannot write the database {path!r}: {directory} is read-only")
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=busy_timeout
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the database {path!r}: {exc}") from None
+        try:
+            self._claim(path)
             if path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=OFF")
+            if max_db_bytes:
+                page = self._db.execute("PRAGMA page_size").fetchone()[0]
+                self._db.execute(f"PRAGMA max_page_count={max(1, max_db_bytes // page)}")
             self._db.executescript(_SCHEMA)
+            for tag_id, name in self._db.execute("SELECT id, name FROM tag"):
+                self._tags[name] = tag_id
+            # Request ids are the aggregator's serials past what an earlier run left, so the
+            # rows of requests that left memory are found by id.
+            last = self._db.execute("SELECT max(id) FROM request").fetchone()[0] or 0
+            self._last_timer_id = self._db.execute("SELECT max(id) FROM timer").fetchone()[0] or 0
         except sqlite3.Error as exc:
-            raise PermissionError(f"cannot write the database {path!r}: {exc}") from None
-        for tag_id, name in self._db.execute("SELECT id, name FROM tag"):
-            self._tags[name] = tag_id
-        # Go on after what an earlier run left in the file (its rows leave with the window).
-        self._last_request_id = self._db.execute("SELECT max(id) FROM request").fetchone()[0] or 0
-        self._last_timer_id = self._db.execute("SELECT max(id) FROM timer").fetchone()[0] or 0
+            self._db.close()
+            raise StoreError(f"cannot write the database {path!r}: {exc}") from None
+        except StoreError:
+            self._db.close()
+            raise
+        self._base = last - aggregator.serial
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pynba-sqlite", daemon=True)
         self._thread.start()
 
+    def _claim(self, path: str) -> None:
+        """Refuse a file that is not a database the collector wrote (before changing it)."""
+        db = self._db
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]  # fails on a non-database
+        if app_id == APPLICATION_ID:
+            return
+        tables = [r[0] for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )]  # fmt: skip
+        foreign = [t for t in tables if not _OURS.fullmatch(t)]
+        if app_id or foreign:
+            what = f"tables {', '.join(map(printable, foreign[:5]))}" if foreign else "its id"
+            raise StoreError(
+                f"{path!r} is not a pynba collector database ({what}): refusing to write"
+                " into it; give --db a new file"
+            )
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+
+    @property
+    def dropped(self) -> int:
+        """Records that did not reach the database."""
+        return sum(self.dropped_by.values())
+
+    def _drop(self, reason: str, n: int, message: str) -> None:
+        with self._count:
+            self.dropped_by[reason] = self.dropped_by.get(reason, 0) + n
+        errors.log(("store", reason), f"pynba collector: {n} records not stored: {message}")
+
     # -- the collector's side
 
     def add(self, records: list[Record]) -> None:
-        if self._pending + len(records) > self.max_pending:
-            self.dropped += len(records)
-            errors.log(("store", "full"), "pynba collector: the database falls behind; dropping")
-            return
+        size = sum(r.size for r in records)
         with self._count:
-            self._pending += len(records)
+            if self._pending + size > self.max_pending_bytes:
+                full = True
+            else:
+                full = False
+                self._pending += size
+        if full:
+            self._drop("queue full", len(records), "the database writer falls behind")
+            return
         self._queue.put_nowait(records)
 
     def close(self) -> None:
+        """Write what is queued and the reports (the writer does, as it stops), then close."""
         if self._stop.is_set():
             return
         self._stop.set()
         self._queue.put(None)
         self._thread.join()
         with self._lock:
-            self._write_reports()
             self._db.close()
 
     # -- the writer thread
@@ -148,28 +257,42 @@ class SqliteStore:
             except queue.Empty:
                 pass
             with self._count:
-                self._pending -= len(batch)
-            try:
-                with self._lock:
-                    if batch:
+                self._pending -= sum(r.size for r in batch)
+            with self._lock:
+                if batch:
+                    try:
                         self._insert(batch)
-                    if time.monotonic() >= next_reports:
-                        started = time.monotonic()
+                    except sqlite3.Error as exc:
+                        self._drop(_reason(exc), len(batch), f"SQLite: {exc}")
+                    except Exception as exc:  # a bug of ours must not end the writer
+                        self._drop("write failed", len(batch), repr(exc))
+                if time.monotonic() >= next_reports or stop:
+                    started = time.monotonic()
+                    try:
                         self._expire()
                         self._write_reports()
-                        took = time.monotonic() - started
-                        # With a big window, rebuilding every report takes a while: never spend
-                        # more than a fifth of the time on it (the receiving thread needs the
-                        # interpreter too).
-                        next_reports = time.monotonic() + max(self.reports_interval, 4 * took)
-            except sqlite3.Error as exc:
-                errors.log(("store", "write"), f"pynba collector: database write failed: {exc}")
+                    except Exception as exc:  # logged; the next rebuild tries again
+                        errors.log(
+                            ("store", "reports", type(exc).__name__),
+                            f"pynba collector: reports not written to the database: {exc!r}",
+                        )
+                    took = time.monotonic() - started
+                    # Never spend more than a fifth of the time on reports (the receiving
+                    # thread needs the interpreter too).
+                    next_reports = time.monotonic() + max(self.reports_interval, 4 * took)
             if stop:
                 return
 
     def _tag_id(self, name: str) -> int:
         tag_id = self._tags.get(name)
         if tag_id is None:
+            if len(self._tags) >= _MAX_TAG_NAMES:
+                # Distinct tag names without end (a hostile client): forget them, and the
+                # ones no timer of the window uses leave the table.
+                self._tags.clear()
+                self._db.execute(
+                    "DELETE FROM tag WHERE id NOT IN (SELECT DISTINCT tag_id FROM timertag)"
+                )
             cur = self._db.execute("INSERT OR IGNORE INTO tag (name) VALUES (?)", (name,))
             tag_id = cur.lastrowid
             if not tag_id:
@@ -183,23 +306,26 @@ class SqliteStore:
         # Ids are given here rather than read back row by row, so each table takes one
         # executemany: the rows of a whole batch go in at the speed of sqlite's C loop.
         db = self._db
-        request_id = self._last_request_id
+        base = self._base
         timer_id = self._last_timer_id
         requests = []
         timers = []
         timertags: list[tuple[int, int, str]] = []
         tag_id = self._tag_id
         for r in records:
-            request_id += 1
+            request_id = base + r.serial
             requests.append((
-                request_id, r.hostname, r.server_name, r.script_name, r.doc_size, r.mem_peak,
-                r.req_time, r.ru_utime, r.ru_stime, len(r.timers), r.status, r.memory_footprint,
-                r.schema, len(r.tags), ",".join(f"{k}={v}" for k, v in r.tags), r.timestamp,
+                request_id, _sql(r.hostname), _sql(r.server_name), _sql(r.script_name),
+                r.doc_size, r.mem_peak, r.req_time, r.ru_utime, r.ru_stime, len(r.timers),
+                r.status, r.memory_footprint, _sql(r.schema), len(r.tags),
+                _sql(",".join(f"{k}={v}" for k, v in r.tags)), r.timestamp,
             ))  # fmt: skip
             for t in r.timers:
                 timer_id += 1
                 timers.append((timer_id, request_id, t.hit_count, t.value, t.ru_utime, t.ru_stime))
-                timertags.extend((timer_id, tag_id(name), value) for name, value in t.tags)
+                timertags.extend(
+                    (timer_id, tag_id(_sql(name)), _sql(value)) for name, value in t.tags
+                )
         db.execute("BEGIN")
         try:
             db.executemany(
@@ -219,37 +345,44 @@ class SqliteStore:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may have rolled back already (disk full): a second ROLLBACK would hide
+            # the real error behind "cannot rollback - no transaction is active".
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
-        self._last_request_id = request_id
         self._last_timer_id = timer_id
 
     def _expire(self) -> None:
-        limit = self.aggregator.clock() - self.aggregator.window
+        """Raw rows of the requests the collector no longer holds (by age or by the memory
+        budget) leave the tables: the raw tables are the window."""
+        first = self._base + self.aggregator.first_serial
         db = self._db
         db.execute("BEGIN")
-        db.execute(
-            "DELETE FROM timertag WHERE timer_id IN (SELECT timer.id FROM timer JOIN request"
-            " ON timer.request_id = request.id WHERE request.timestamp < ?)",
-            (limit,),
-        )
-        db.execute(
-            "DELETE FROM timer WHERE request_id IN (SELECT id FROM request WHERE timestamp < ?)",
-            (limit,),
-        )
-        db.execute("DELETE FROM request WHERE timestamp < ?", (limit,))
-        db.execute("COMMIT")
+        try:
+            db.execute("DELETE FROM timer WHERE request_id < ?", (first,))
+            db.execute(
+                "DELETE FROM timertag WHERE timer_id < (SELECT coalesce(min(id), ?) FROM timer)",
+                (self._last_timer_id + 1,),
+            )
+            db.execute("DELETE FROM request WHERE id < ?", (first,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
 
     def _table(self, name: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         db = self._db
-        cols = ", ".join(f'"{c}"' for c in columns)
+        cols = ", ".join('"' + _sql(c).replace('"', '""') + '"' for c in columns)
         db.execute(f'DROP TABLE IF EXISTS "{name}"')
         db.execute(f'CREATE TABLE "{name}" ({cols})')
         if rows:
             marks = ", ".join("?" for _ in columns)
             db.executemany(
                 f'INSERT INTO "{name}" ({cols}) VALUES ({marks})',
-                [tuple(row.get(c) for c in columns) for row in rows],
+                [tuple(_sql_value(row.get(c)) for c in columns) for row in rows],
             )
 
     def _write_reports(self) -> None:
@@ -257,9 +390,9 @@ class SqliteStore:
         db = self._db
         db.execute("BEGIN")
         try:
-            for name, keys in REQUEST_REPORTS.items():
-                rows = a.request_report(keys)
-                self._table(name, rows, list(rows[0]) if rows else list(keys))
+            for spec in REPORTS:
+                rows = a.request_report(spec.keys)
+                self._table(spec.table, rows, list(rows[0]) if rows else list(spec.keys))
             for tags in self.timer_tags:
                 for kind, per_script in (("tag_info", False), ("tag_report", True)):
                     rows = a.timer_report(tags, per_script=per_script)
@@ -272,13 +405,21 @@ class SqliteStore:
             info = a.info()
             self._table("info", [info], list(info))
             status = a.status()
-            invalid = status.pop("invalid_by_reason")
-            pairs = [{"name": k, "value": str(v)} for k, v in status.items()]
-            pairs += [{"name": f"invalid_packets:{k}", "value": str(v)} for k, v in invalid.items()]
+            pairs = []
+            for k, v in status.items():
+                if isinstance(v, dict):
+                    prefix = _PREFIX.get(k, k)
+                    pairs += [{"name": f"{prefix}:{r}", "value": str(n)} for r, n in v.items()]
+                else:
+                    pairs.append({"name": k, "value": str(v)})
             pairs.append({"name": "store_dropped", "value": str(self.dropped)})
+            with self._count:
+                dropped = dict(self.dropped_by)
+            pairs += [{"name": f"store_dropped:{r}", "value": str(n)} for r, n in dropped.items()]
             self._table("status", pairs, ["name", "value"])
             db.execute("COMMIT")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise

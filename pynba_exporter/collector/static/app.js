@@ -396,9 +396,10 @@
     mount(root) { root.append(el("h1", null, "Health"), el("div", { id: "health" })); },
     update(d) {
       const s = d.status, m = d.memory;
-      const used = m.records_bound ? Math.min(100, (100 * m.records) / m.records_bound) : 0;
-      const bar = el("div", { class: "bar", role: "meter", "aria-valuemin": 0, "aria-valuemax": m.records_bound,
-        "aria-valuenow": m.records, "aria-label": "requests held against the bound" }, el("div"));
+      const used = m.bytes_bound ? Math.min(100, (100 * m.bytes) / m.bytes_bound) : 0;
+      const mib = (b) => num(b / 1048576, 3) + " MiB";
+      const bar = el("div", { class: "bar", role: "meter", "aria-valuemin": 0, "aria-valuemax": m.bytes_bound,
+        "aria-valuenow": m.bytes, "aria-label": "memory held against the bound" }, el("div"));
       bar.firstChild.style.width = used.toFixed(2) + "%";
       const pairs = (obj) => Object.entries(obj).map(([k, v]) => ({ k, v }));
       const kv = [{ key: "k", label: "name", render: (r) => el("td", { class: "name" }, r.k) },
@@ -412,7 +413,7 @@
           card("dropped by the database", count(s.store_dropped ?? 0), "store_dropped"),
           card("uptime", seconds(d.uptime), "uptime")),
         el("h2", null, "Memory"),
-        el("p", { id: "memory" }, `${count(m.records)} of ${count(m.records_bound)} requests held (${num(used)} %), window ${num(s.window)} s`),
+        el("p", { id: "memory" }, `${mib(m.bytes)} of ${mib(m.bytes_bound)} held (${num(used)} %) by ${count(m.records)} requests, window ${num(s.window)} s`),
         bar,
         el("h2", null, "Invalid packets by reason"),
         table(kv, pairs(s.invalid_by_reason), { id: "invalid", empty: "none" }),
