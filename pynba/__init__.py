@@ -12,6 +12,6 @@ Moving from the original: change ``from iscool_e.pynba import ...`` to ``from py
 
 from pynba._proxy import pynba
 from pynba._wsgi import PynbaMiddleware, monitor
-from pynba_exporter._spans import Timer
+from pynba_exporter.spans import Timer
 
 __all__ = ["PynbaMiddleware", "Timer", "monitor", "pynba"]

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pynba_exporter._wire import PinbaDecodeError, decode
 from pynba_exporter.collector import Collector, CollectorError, SqliteStore, report_table
+from pynba_exporter.wire import PinbaDecodeError, decode
 
 __all__ = ["main"]
 

@@ -21,8 +21,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from pynba._proxy import pynba
 from pynba._wsgi import PynbaMiddleware
-from pynba_exporter._spans import current_request
 from pynba_exporter.collector import Collector
+from pynba_exporter.spans import current_request
 
 __all__ = ["run_demo"]
 

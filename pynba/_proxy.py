@@ -21,8 +21,8 @@ import logging
 import math
 from typing import Any
 
-from pynba_exporter._log import errors, logger
-from pynba_exporter._spans import RequestSpan, Timer, TimerSpec, _safe_text, current_request
+from pynba_exporter.log import errors, logger
+from pynba_exporter.spans import MEASURE, RequestSpan, Timer, TimerSpec, current_request, safe_text
 
 __all__ = ["pynba"]
 
@@ -104,7 +104,7 @@ class _Pynba:
         if request is None:
             _outside(name)
         else:
-            setattr(request, attribute, _safe_text(value, name))
+            setattr(request, attribute, safe_text(value, name))
 
     @property
     def scriptname(self) -> str | None:
@@ -145,11 +145,16 @@ class _Pynba:
         if request is None:
             _outside(name)
         else:
-            setattr(request, name, _size(value, name))
+            size = _size(value, name)
+            setattr(request, name, MEASURE if size is None else size)
+
+    def _get_size(self, name: str) -> int | None:
+        size = self._get(name)
+        return None if size is None or size < 0 else int(size)
 
     @property
     def document_size(self) -> int | None:
-        return self._get("document_size")  # type: ignore[no-any-return]
+        return self._get_size("document_size")
 
     @document_size.setter
     def document_size(self, value: int) -> None:
@@ -157,7 +162,7 @@ class _Pynba:
 
     @property
     def memory_peak(self) -> int | None:
-        return self._get("memory_peak")  # type: ignore[no-any-return]
+        return self._get_size("memory_peak")
 
     @memory_peak.setter
     def memory_peak(self, value: int) -> None:
@@ -165,7 +170,7 @@ class _Pynba:
 
     @property
     def memory_footprint(self) -> int | None:
-        return self._get("memory_footprint")  # type: ignore[no-any-return]
+        return self._get_size("memory_footprint")
 
     @memory_footprint.setter
     def memory_footprint(self, value: int) -> None:

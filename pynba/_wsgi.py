@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeAlias
 
-from pynba_exporter import Transport, UdpTransport
-from pynba_exporter._log import errors
-from pynba_exporter._spans import RequestSpan, current_request, env_flag, report
-from pynba_exporter._spans import hostname as _hostname
-from pynba_exporter._transport import Address
+from pynba_exporter import Address, Transport, UdpTransport, config
+from pynba_exporter.log import errors
+from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
+from pynba_exporter.spans import hostname as _hostname
 
 __all__ = ["PynbaMiddleware", "monitor"]
 
@@ -102,10 +101,8 @@ class PynbaMiddleware:
         self.server_name: NameOption = server_name
         self.script_name = script_name
         self.schema = schema
-        self.timer_rusage = (
-            env_flag("PINBA_TIMER_RUSAGE", True) if timer_rusage is None else timer_rusage
-        )
-        self.enabled = env_flag("PINBA_ENABLED", True) if enabled is None else enabled
+        self.timer_rusage: bool = config.value("timer_rusage", timer_rusage)
+        self.enabled: bool = config.value("enabled", enabled)
         functools.update_wrapper(self, app, updated=())
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -175,9 +172,9 @@ class PynbaMiddleware:
         self._report(request, size)
 
     def _report(self, request: RequestSpan, size: int) -> None:
-        if request.document_size is None:
+        if request.document_size < 0:  # not set by the app: what was served
             request.document_size = size
-        report(request, self.reporter, "middleware")
+        finish_and_send(request, self.reporter, "middleware")
 
     def _failed(self, stage: str, exc: Exception) -> None:
         errors.log(

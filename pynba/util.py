@@ -26,16 +26,15 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from pynba_exporter import Transport, UdpTransport
-from pynba_exporter._spans import (
+from pynba_exporter import Address, Transport, UdpTransport, config
+from pynba_exporter.spans import (
+    MEASURE,
     RequestSpan,
     Timer,
     current_request,
-    env_flag,
+    finish_and_send,
     hostname,
-    report,
 )
-from pynba_exporter._transport import Address
 
 __all__ = ["ScriptMonitor"]
 
@@ -71,10 +70,8 @@ class ScriptMonitor:
         self.script_name = script_name or " ".join(sys.argv) or "python"
         self.schema = schema
         self.tags: dict[str, Any] = dict(tags or {})
-        self.timer_rusage = (
-            env_flag("PINBA_TIMER_RUSAGE", True) if timer_rusage is None else timer_rusage
-        )
-        self.enabled = env_flag("PINBA_ENABLED", True) if enabled is None else enabled
+        self.timer_rusage: bool = config.value("timer_rusage", timer_rusage)
+        self.enabled: bool = config.value("enabled", enabled)
         self._request = self._new()
         current_request.set(self._request)
 
@@ -116,17 +113,18 @@ class ScriptMonitor:
             request.status = status
         if not self.enabled:
             request.enabled = False
-        return report(request, self.reporter, "script-monitor")
+        return finish_and_send(request, self.reporter, "script-monitor")
 
     # Settable per unit of work, as pynba.* is inside a request.
 
     @property
     def document_size(self) -> int | None:
-        return self._request.document_size
+        size = self._request.document_size
+        return None if size == MEASURE else size
 
     @document_size.setter
-    def document_size(self, value: int) -> None:
-        self._request.document_size = value
+    def document_size(self, value: int | None) -> None:
+        self._request.document_size = MEASURE if value is None else value
 
     @property
     def status(self) -> int:

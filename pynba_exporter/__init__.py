@@ -5,23 +5,26 @@
   extension (the reference client), no I/O;
 - :class:`UdpTransport`, :class:`MemoryTransport`: sending, to one or many servers, never
   raising into the app, with counters in ``stats()``;
+- modules for those who build on the engine: ``wire`` (the codec), ``address``, ``config``
+  (every option), ``spans`` (the request model and its one way out), ``naming`` (bounded
+  script names), ``log`` (the ``pynba`` logger, repeats suppressed), ``collector``;
 - :class:`PinbaSpanProcessor`, :class:`PinbaSpanExporter`, :class:`PinbaSampler`: the
   OpenTelemetry bridge (``pynba_exporter.otel``, imported on first use).
 """
 
 from typing import TYPE_CHECKING, Any
 
-from pynba_exporter._log import internal_errors
-from pynba_exporter._model import PinbaRequest, PinbaTimer, TagValue
+from pynba_exporter._model import PinbaRequest, PinbaTimer, RequestLike, TagValue, TimerLike
 from pynba_exporter._transport import (
     MemoryTransport,
     PinbaSendError,
     Transport,
     TransportStats,
     UdpTransport,
-    parse_addresses,
 )
-from pynba_exporter._wire import PinbaDecodeError, PinbaEncodeError, decode, encode
+from pynba_exporter.address import Address, parse_addresses
+from pynba_exporter.log import internal_errors
+from pynba_exporter.wire import PinbaDecodeError, PinbaEncodeError, decode, encode
 
 if TYPE_CHECKING:
     from pynba_exporter.otel import PinbaSampler, PinbaSpanExporter, PinbaSpanProcessor
@@ -40,6 +43,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Address",
     "MemoryTransport",
     "PinbaDecodeError",
     "PinbaEncodeError",
@@ -49,7 +53,9 @@ __all__ = [
     "PinbaSpanExporter",
     "PinbaSpanProcessor",
     "PinbaTimer",
+    "RequestLike",
     "TagValue",
+    "TimerLike",
     "Transport",
     "TransportStats",
     "UdpTransport",

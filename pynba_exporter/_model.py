@@ -1,9 +1,13 @@
-"""The Pinba request and timer records: what one packet carries.
+"""What one packet carries: the request shape the encoder reads, and its plain records.
 
-These are plain immutable values, built by the classic API, by the OpenTelemetry bridge, by users'
-own code, and by :func:`pynba_exporter.decode` on the receiving side. They do no validation of
-their own: :func:`pynba_exporter.encode` checks and normalises everything when it builds a packet,
-so that building a record stays cheap on the request path.
+:class:`RequestLike` is the one shape ``encode`` takes. Two kinds of objects have it: the frozen
+records :class:`PinbaRequest`/:class:`PinbaTimer` (built by users' own code and by ``decode`` on
+the receiving side), and the span model's finished requests (``pynba_exporter.spans``), which the
+classic API and the OpenTelemetry bridge fill and which are encoded as they are, without a copy
+into a record (a frozen dataclass costs microseconds to build on every request).
+
+Neither does validation of its own: ``encode`` checks and normalises everything when it builds a
+packet, so that filling a request stays cheap on the request path.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
+from typing import Protocol
 
-__all__ = ["PinbaRequest", "PinbaTimer", "TagValue"]
+__all__ = ["PinbaRequest", "PinbaTimer", "RequestLike", "TagValue", "TimerLike"]
 
 #: What a tag value may be. Anything else with a working ``str()`` is accepted at run time too;
 #: numbers become text the way the reference client writes them (see ``encode``). A tuple (or
@@ -75,3 +80,53 @@ class PinbaRequest:
             _as_tuple(self, "timers")
         if type(self.requests) is not tuple:
             _as_tuple(self, "requests")
+
+
+class TimerLike(Protocol):
+    """What ``encode`` reads of a timer (read-only, so records and mutable lines both fit)."""
+
+    @property
+    def tags(self) -> Mapping[str, TagValue]: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def hit_count(self) -> int: ...
+    @property
+    def ru_utime(self) -> float: ...
+    @property
+    def ru_stime(self) -> float: ...
+
+
+class RequestLike(Protocol):
+    """What ``encode`` reads of a request: the fields of the packet, by their schema names."""
+
+    @property
+    def hostname(self) -> str: ...
+    @property
+    def server_name(self) -> str: ...
+    @property
+    def script_name(self) -> str: ...
+    @property
+    def request_count(self) -> int: ...
+    @property
+    def document_size(self) -> int: ...
+    @property
+    def memory_peak(self) -> int: ...
+    @property
+    def request_time(self) -> float: ...
+    @property
+    def ru_utime(self) -> float: ...
+    @property
+    def ru_stime(self) -> float: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def memory_footprint(self) -> int: ...
+    @property
+    def schema(self) -> str: ...
+    @property
+    def tags(self) -> Mapping[str, TagValue]: ...
+    @property
+    def timers(self) -> Sequence[TimerLike]: ...
+    @property
+    def requests(self) -> Sequence[PinbaRequest]: ...

@@ -30,14 +30,16 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
 
-from pynba_exporter._log import errors
-from pynba_exporter._model import PinbaRequest
-from pynba_exporter._wire import (
+from pynba_exporter import config
+from pynba_exporter._model import PinbaRequest, RequestLike
+from pynba_exporter.address import DEFAULT_PORT, Address, Endpoint, parse_addresses
+from pynba_exporter.log import errors
+from pynba_exporter.wire import (
     DEFAULT_MAX_PACKET_SIZE,
     MIN_PACKET_SIZE,
     PinbaEncodeError,
@@ -57,12 +59,6 @@ __all__ = [
     "parse_addresses",
 ]
 
-DEFAULT_PORT: Final = 30002
-DEFAULT_ADDRESS: Final = f"127.0.0.1:{DEFAULT_PORT}"
-DEFAULT_RESOLVE_INTERVAL: Final = 60.0
-
-#: What an address may be given as.
-Address: TypeAlias = "str | tuple[str, int] | Sequence[str | tuple[str, int]]"
 #: getaddrinfo's signature, for injecting a resolver in tests.
 Resolver: TypeAlias = Callable[..., list[tuple[Any, ...]]]
 
@@ -91,21 +87,6 @@ class TransportStats:
     errors: MappingProxyType[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else None
-
-
-def _env_number(name: str, kind: Callable[[str], Any]) -> Any:
-    value = _env(name)
-    if value is None:
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not a valid number") from None
-
-
 class Transport:
     """What every transport does: encode, keep within ``max_packet_size``, count, never raise.
 
@@ -120,15 +101,13 @@ class Transport:
         packed: bool | None = None,
         raise_on_fail: bool = False,
     ) -> None:
-        if max_packet_size is None:
-            max_packet_size = _env_number("PINBA_MAX_PACKET_SIZE", int) or DEFAULT_MAX_PACKET_SIZE
+        max_packet_size = config.value("max_packet_size", max_packet_size)
         if not MIN_PACKET_SIZE <= max_packet_size <= DEFAULT_MAX_PACKET_SIZE:
             raise ValueError(
                 f"max_packet_size must be between {MIN_PACKET_SIZE} and "
                 f"{DEFAULT_MAX_PACKET_SIZE}, got {max_packet_size}"
             )
-        if packed is None:
-            packed = (_env("PINBA_PACKED") or "0").lower() in ("1", "true", "yes", "on")
+        packed = config.value("packed", packed)
         self.max_packet_size = max_packet_size
         self.packed = packed
         #: Turn the library's failures into exceptions (for debugging, never in production).
@@ -144,7 +123,7 @@ class Transport:
 
     # -- what users call
 
-    def send(self, request: PinbaRequest) -> bool:
+    def send(self, request: RequestLike) -> bool:
         """Encode and send one request. True if every packet left for every server."""
         try:
             data = encode(request, packed=self.packed)
@@ -152,7 +131,7 @@ class Transport:
             return self._encode_failed(request, exc)
         if len(data) <= self.max_packet_size:
             return self._deliver(data, 1)
-        return self._send_fitted(request)
+        return self._send_fitted(request, data)
 
     def send_packet(self, data: bytes) -> bool:
         """Send bytes that already are a packet. True if they left for every server."""
@@ -180,9 +159,9 @@ class Transport:
 
     # -- shared machinery
 
-    def _send_fitted(self, request: PinbaRequest) -> bool:
+    def _send_fitted(self, request: RequestLike, data: bytes) -> bool:
         try:
-            fitted = fit(request, self.max_packet_size, packed=self.packed)
+            fitted = fit(request, self.max_packet_size, packed=self.packed, encoded=data)
         except Exception as exc:
             return self._encode_failed(request, exc)
         with self._lock:
@@ -199,8 +178,8 @@ class Transport:
                 "left out (tag pynba_truncated marks such requests)",
             )
         ok = True
-        for data in fitted.packets:
-            ok = self.send_packet(data) and ok
+        for packet in fitted.packets:
+            ok = self.send_packet(packet) and ok
         return ok
 
     def _encode_failed(self, request: object, exc: Exception) -> bool:
@@ -259,92 +238,6 @@ class MemoryTransport(Transport):
 
 
 # --------------------------------------------------------------------------------------------
-# Addresses
-
-
-@dataclass(frozen=True, slots=True)
-class _Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def _port(text: str, address: str, lowest: int = 1) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise ValueError(f"invalid port {text!r} in Pinba address {address!r}") from None
-    if not lowest <= port < 65536:
-        raise ValueError(f"port {port} out of range in Pinba address {address!r}")
-    return port
-
-
-def _parse_one(item: str, lowest_port: int = 1) -> _Endpoint:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
-    if item.startswith("["):
-        host, bracket, rest = item[1:].partition("]")
-        if not bracket or not host or (rest and not rest.startswith(":")):
-            raise ValueError(f"invalid Pinba address {item!r}")
-        port = _port(rest[1:], item, lowest_port) if rest[1:] else DEFAULT_PORT
-        return _Endpoint(host, port)
-    if item.count(":") > 1:  # a bare IPv6 address, as the reference client reads it
-        return _Endpoint(item, DEFAULT_PORT)
-    host, colon, port_text = item.partition(":")
-    if not host:
-        raise ValueError(f"invalid Pinba address {item!r}: no host")
-    return _Endpoint(host, _port(port_text, item, lowest_port) if colon else DEFAULT_PORT)
-
-
-def parse_listen(address: str) -> _Endpoint:
-    """One address to listen on: as a server address, and port 0 means any free port."""
-    parts = address.replace(",", " ").split()
-    if len(parts) != 1:
-        raise ValueError(f"listen on one address, not {address!r}")
-    return _parse_one(parts[0], lowest_port=0)
-
-
-def parse_addresses(address: Address | None) -> list[_Endpoint]:
-    """The servers an address names, in order, without duplicates.
-
-    ``None`` means the ``PINBA_SERVER`` environment variable, else ``127.0.0.1:30002``.
-    """
-    if address is None:
-        address = _env("PINBA_SERVER") or DEFAULT_ADDRESS
-    found: list[_Endpoint] = []
-
-    def add(item: object) -> None:
-        if (
-            isinstance(item, tuple)
-            and len(item) == 2
-            and isinstance(item[0], str)
-            and (isinstance(item[1], int) or (isinstance(item[1], str) and item[1].isdigit()))
-        ):
-            host, port = item
-            if isinstance(port, bool):
-                raise ValueError(f"invalid port {port!r} in Pinba address {item!r}")
-            ep = _Endpoint(host.strip("[]"), _port(str(port), str(item)))
-            if not ep.host:
-                raise ValueError(f"invalid Pinba address {item!r}: no host")
-            found.append(ep)
-        elif isinstance(item, str):
-            found.extend(_parse_one(part) for part in item.replace(",", " ").split())
-        elif isinstance(item, Iterable) and not isinstance(item, (bytes, bytearray)):
-            for sub in item:
-                add(sub)
-        else:
-            raise ValueError(
-                f"invalid Pinba address {item!r}: expected 'host:port', (host, port) or a list"
-            )
-
-    add(address)
-    if not found:
-        raise ValueError(f"no Pinba server in address {address!r}")
-    return list(dict.fromkeys(found))
-
-
-# --------------------------------------------------------------------------------------------
 # UDP
 
 _TRANSPORTS: weakref.WeakSet[UdpTransport] = weakref.WeakSet()
@@ -390,7 +283,7 @@ class _Server:
         "where",
     )
 
-    def __init__(self, endpoint: _Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.where = str(endpoint)
         self.lock = threading.Lock()
@@ -429,10 +322,7 @@ class UdpTransport(Transport):
         super().__init__(
             max_packet_size=max_packet_size, packed=packed, raise_on_fail=raise_on_fail
         )
-        if resolve_interval is None:
-            resolve_interval = _env_number("PINBA_RESOLVE_INTERVAL", float)
-            if resolve_interval is None:
-                resolve_interval = DEFAULT_RESOLVE_INTERVAL
+        resolve_interval = config.value("resolve_interval", resolve_interval)
         if not resolve_interval > 0:
             raise ValueError(f"resolve_interval must be positive, got {resolve_interval}")
         self.resolve_interval = float(resolve_interval)

@@ -42,17 +42,20 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
 from opentelemetry.util.types import Attributes
 
-from pynba_exporter._log import errors
-from pynba_exporter._spans import (
+from pynba_exporter import config
+from pynba_exporter._transport import Transport, UdpTransport
+from pynba_exporter.address import Address
+from pynba_exporter.log import errors
+from pynba_exporter.spans import (
+    MEASURE,
     CpuSample,
     RequestSpan,
     cpu_delta,
     current_request,
-    env_flag,
+    finish_and_send,
     hostname,
     thread_cpu,
 )
-from pynba_exporter._transport import Address, Transport, UdpTransport
 
 __all__ = [
     "PinbaSampler",
@@ -73,19 +76,21 @@ SCRIPT_NAME_ATTRIBUTE: Final = "pinba.script_name"
 # Configuration
 
 
-def _address(address: Address | None) -> Address | None:
-    """Argument, then OTEL_EXPORTER_PINBA_ENDPOINT, then PINBA_SERVER (the transport's)."""
+def _address(address: Address | None) -> Address:
+    """Argument, then OTEL_EXPORTER_PINBA_ENDPOINT, then PINBA_SERVER (see ``config``)."""
     if address is not None:
         return address
-    endpoint = os.environ.get("OTEL_EXPORTER_PINBA_ENDPOINT", "").strip()
-    if endpoint:
-        # Accept URL forms too ("udp://host:port"), as OTel endpoints usually are URLs.
-        return endpoint.split("://", 1)[-1].rstrip("/")
-    return None
+    endpoint: str = config.value("server")
+    # Accept URL forms too ("udp://host:port"), as OTel endpoints usually are URLs.
+    return endpoint.split("://", 1)[-1].rstrip("/")
 
 
 def _sdk_disabled() -> bool:
-    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    text = os.environ.get("OTEL_SDK_DISABLED", "")
+    try:
+        return bool(text.strip()) and config.parse_bool(text)
+    except ValueError:
+        return False  # as the SDK reads it: only a true value disables
 
 
 class _Sender:
@@ -99,10 +104,8 @@ class _Sender:
         timer_tags: TimerTags | None,
         transport_options: dict[str, Any],
     ) -> None:
-        self.enabled = (
-            (env_flag("PINBA_ENABLED", True) and not _sdk_disabled())
-            if enabled is None
-            else enabled
+        self.enabled: bool = (
+            (config.value("enabled") and not _sdk_disabled()) if enabled is None else enabled
         )
         self.transport: Transport = (
             transport
@@ -120,15 +123,13 @@ class _Sender:
             self.dropped[reason] = self.dropped.get(reason, 0) + count
         errors.log(("otel", reason), f"pynba: {count} span(s) not reported ({reason})")
 
-    def send(self, request: RequestSpan) -> bool:
-        # Our own sending must not be traced (an instrumented socket library would otherwise
-        # make a span per packet, and a packet per span...).
+    def send(self, request: RequestSpan, duration: float, *, cpu: bool) -> bool:
+        """Finish and send the request of a root span by the one path every request takes.
+        Our own sending must not be traced (an instrumented socket library would otherwise
+        make a span per packet, and a packet per span...)."""
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            return self.transport.send(request)  # type: ignore[arg-type]  # a span encodes as is
-        except Exception as exc:
-            errors.log(("otel", "send"), f"pynba: request not reported: {exc!r}", exc_info=exc)
-            return False
+            return finish_and_send(request, self.transport, "otel", duration=duration, cpu=cpu)
         finally:
             detach(token)
 
@@ -281,7 +282,7 @@ def _fill(
         "http.response_content_length",
         "http.response_content_length_uncompressed",
     )
-    if size is not None and request.document_size is None:
+    if size is not None and request.document_size == MEASURE:
         with contextlib.suppress(TypeError, ValueError):
             request.document_size = int(size)
 
@@ -340,9 +341,7 @@ class PinbaSpanProcessor(SpanProcessor):
         **transport_options: Any,
     ) -> None:
         self._sender = _Sender(address, transport, enabled, timer_tags, transport_options)
-        self.timer_rusage = (
-            env_flag("PINBA_TIMER_RUSAGE", True) if timer_rusage is None else timer_rusage
-        )
+        self.timer_rusage: bool = config.value("timer_rusage", timer_rusage)
         self.max_spans = max_spans
         self._spans: dict[int, _InFlight] = {}
 
@@ -422,12 +421,8 @@ class PinbaSpanProcessor(SpanProcessor):
                 current_request.reset(entry.token)
         request.serving = False
         _fill(request, span, own=True, initial=entry.initial)
-        if entry.thread != threading.get_ident():
-            request._thread = -1  # ended elsewhere: the starting thread's CPU cannot be taken
-        request.seal()
-        request.request_time = _duration(span)
-        if request.enabled:
-            self._sender.send(request)
+        # Ended on another thread than it started on: that thread's CPU says nothing of it.
+        self._sender.send(request, _duration(span), cpu=entry.thread == threading.get_ident())
 
     def shutdown(self) -> None:
         if not self._sender.shut_down:
@@ -503,11 +498,12 @@ class PinbaSpanExporter(SpanExporter):
             errors.log(("otel", "export"), f"pynba: batch not reported: {exc!r}", exc_info=exc)
             return SpanExportResult.FAILURE
         ok = True
-        for request in requests:
-            ok = sender.send(request) and ok
+        for request, duration in requests:
+            # No CPU in exporter mode: exported spans do not carry it.
+            ok = sender.send(request, duration, cpu=False) and ok
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
-    def _collect(self, spans: Sequence[ReadableSpan]) -> list[RequestSpan]:
+    def _collect(self, spans: Sequence[ReadableSpan]) -> list[tuple[RequestSpan, float]]:
         roots = []
         late = 0
         with self._lock:
@@ -527,7 +523,7 @@ class PinbaSpanExporter(SpanExporter):
                     trace = self._traces[span.context.trace_id] = _Trace()
                 trace.spans.append(span)
                 self._buffered += 1
-            requests = [self._request(root) for root in roots]
+            requests = [(self._request(root), _duration(root)) for root in roots]
             evicted = self._evict()
         if late:
             self._sender.drop("late", late)
@@ -562,9 +558,6 @@ class PinbaSpanExporter(SpanExporter):
             request.add_timer(tags(span), _duration(span))
             self._remember(span.context.span_id)
         self._remember(root.context.span_id)
-        request._thread = -1  # no CPU in exporter mode
-        request.seal()
-        request.request_time = _duration(root)
         return request
 
     def _remember(self, span_id: int) -> None:

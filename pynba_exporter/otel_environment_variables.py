@@ -1,56 +1,113 @@
-"""Environment variables read by pynba's OpenTelemetry exporter and processor.
+"""Environment variables read by pynba (the OpenTelemetry bridge and the classic API alike).
 
 Registered under the ``opentelemetry_environment_variables`` entry point group, as the SDK's own
-exporters register theirs. Precedence everywhere: constructor argument, then environment
-variable, then default.
+exporters register theirs, so that ``opentelemetry-instrument`` offers each ``OTEL_*`` one as a
+command-line flag. The table they come from is :data:`pynba_exporter.config.OPTIONS` (a test
+checks that the two agree); precedence everywhere: argument, then environment, then default.
 """
 
 OTEL_EXPORTER_PINBA_ENDPOINT = "OTEL_EXPORTER_PINBA_ENDPOINT"
 """
 .. envvar:: OTEL_EXPORTER_PINBA_ENDPOINT
 
-The Pinba server(s): ``host:port``, ``[v6]:port``, several separated by commas (a ``udp://``
-prefix is accepted). Before ``PINBA_SERVER``; default ``127.0.0.1:30002``.
+The Pinba server(s): host, host:port, [v6]:port, several separated by commas (option ``server``,
+default ``'127.0.0.1:30002'``).
 """
 
 PINBA_SERVER = "PINBA_SERVER"
 """
 .. envvar:: PINBA_SERVER
 
-The Pinba server(s), for every part of pynba (the classic API too).
+The Pinba server(s): host, host:port, [v6]:port, several separated by commas (option ``server``,
+default ``'127.0.0.1:30002'``). Alias of ``OTEL_EXPORTER_PINBA_ENDPOINT``.
+"""
+
+OTEL_EXPORTER_PINBA_ENABLED = "OTEL_EXPORTER_PINBA_ENABLED"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_ENABLED
+
+Report requests at all (0: a pass-through) (option ``enabled``, default ``True``).
 """
 
 PINBA_ENABLED = "PINBA_ENABLED"
 """
 .. envvar:: PINBA_ENABLED
 
-``0`` turns reporting off. ``OTEL_SDK_DISABLED=true`` does too.
+Report requests at all (0: a pass-through) (option ``enabled``, default ``True``). Alias of
+``OTEL_EXPORTER_PINBA_ENABLED``.
 """
 
-PINBA_MAX_PACKET_SIZE = "PINBA_MAX_PACKET_SIZE"
+OTEL_EXPORTER_PINBA_TIMER_RUSAGE = "OTEL_EXPORTER_PINBA_TIMER_RUSAGE"
 """
-.. envvar:: PINBA_MAX_PACKET_SIZE
+.. envvar:: OTEL_EXPORTER_PINBA_TIMER_RUSAGE
 
-Largest datagram, 256 to 65507 (default); requests that do not fit are shrunk, never split.
-"""
-
-PINBA_PACKED = "PINBA_PACKED"
-"""
-.. envvar:: PINBA_PACKED
-
-``1``: repeated fields packed (smaller packets, same content).
-"""
-
-PINBA_RESOLVE_INTERVAL = "PINBA_RESOLVE_INTERVAL"
-"""
-.. envvar:: PINBA_RESOLVE_INTERVAL
-
-Seconds a looked-up server address is kept (default 60).
+Measure each timer's CPU (two clock reads) (option ``timer_rusage``, default ``True``).
 """
 
 PINBA_TIMER_RUSAGE = "PINBA_TIMER_RUSAGE"
 """
 .. envvar:: PINBA_TIMER_RUSAGE
 
-``0``: do not measure each timer's CPU (the span processor's child spans included).
+Measure each timer's CPU (two clock reads) (option ``timer_rusage``, default ``True``). Alias of
+``OTEL_EXPORTER_PINBA_TIMER_RUSAGE``.
+"""
+
+OTEL_EXPORTER_PINBA_PACKED = "OTEL_EXPORTER_PINBA_PACKED"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_PACKED
+
+Write repeated fields packed: smaller packets (option ``packed``, default ``False``).
+"""
+
+PINBA_PACKED = "PINBA_PACKED"
+"""
+.. envvar:: PINBA_PACKED
+
+Write repeated fields packed: smaller packets (option ``packed``, default ``False``). Alias of
+``OTEL_EXPORTER_PINBA_PACKED``.
+"""
+
+OTEL_EXPORTER_PINBA_MAX_PACKET_SIZE = "OTEL_EXPORTER_PINBA_MAX_PACKET_SIZE"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_MAX_PACKET_SIZE
+
+Largest datagram (256 to 65507); larger shrink (option ``max_packet_size``, default ``65507``).
+"""
+
+PINBA_MAX_PACKET_SIZE = "PINBA_MAX_PACKET_SIZE"
+"""
+.. envvar:: PINBA_MAX_PACKET_SIZE
+
+Largest datagram (256 to 65507); larger shrink (option ``max_packet_size``, default ``65507``).
+Alias of ``OTEL_EXPORTER_PINBA_MAX_PACKET_SIZE``.
+"""
+
+OTEL_EXPORTER_PINBA_RESOLVE_INTERVAL = "OTEL_EXPORTER_PINBA_RESOLVE_INTERVAL"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_RESOLVE_INTERVAL
+
+Seconds a looked-up server address is kept (option ``resolve_interval``, default ``60.0``).
+"""
+
+PINBA_RESOLVE_INTERVAL = "PINBA_RESOLVE_INTERVAL"
+"""
+.. envvar:: PINBA_RESOLVE_INTERVAL
+
+Seconds a looked-up server address is kept (option ``resolve_interval``, default ``60.0``). Alias
+of ``OTEL_EXPORTER_PINBA_RESOLVE_INTERVAL``.
+"""
+
+OTEL_EXPORTER_PINBA_MAX_SCRIPT_NAMES = "OTEL_EXPORTER_PINBA_MAX_SCRIPT_NAMES"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_MAX_SCRIPT_NAMES
+
+Distinct script names per process (see naming) (option ``max_script_names``, default ``1000``).
+"""
+
+PINBA_MAX_SCRIPT_NAMES = "PINBA_MAX_SCRIPT_NAMES"
+"""
+.. envvar:: PINBA_MAX_SCRIPT_NAMES
+
+Distinct script names per process (see naming) (option ``max_script_names``, default ``1000``).
+Alias of ``OTEL_EXPORTER_PINBA_MAX_SCRIPT_NAMES``.
 """

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from pynba_exporter import PinbaRequest, decode
-from pynba_exporter._log import errors
+from pynba_exporter.log import errors
+from pynba_exporter.naming import script_names
 
 
 class UdpReceiver:
@@ -79,6 +80,7 @@ def pynba_log(request: pytest.FixtureRequest) -> Iterator[PynbaLog]:
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     errors.reset()  # every test sees first occurrences logged
+    script_names.reset()  # and a process that has reported no script name yet
     try:
         yield handler
     finally:

@@ -20,7 +20,7 @@ from conftest import UdpReceiver
 
 from pynba import PynbaMiddleware, monitor, pynba
 from pynba_exporter import MemoryTransport, PinbaRequest, PinbaSendError, internal_errors
-from pynba_exporter._spans import hostname
+from pynba_exporter.spans import hostname
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]

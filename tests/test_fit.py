@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pynba_exporter import PinbaRequest, PinbaTimer, decode, encode
-from pynba_exporter._wire import FOLDED_TIMER_TAGS, TRUNCATED_TAG, fit
+from pynba_exporter.wire import FOLDED_TIMER_TAGS, TRUNCATED_TAG, fit
 
 words = st.text(min_size=1, max_size=40) | st.sampled_from(["db", "cache", "x" * 300])
 big_requests = st.builds(

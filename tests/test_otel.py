@@ -38,13 +38,13 @@ from test_classic_wsgi import environ, serve
 from pynba import PynbaMiddleware, pynba
 from pynba.util import ScriptMonitor
 from pynba_exporter import MemoryTransport, PinbaRequest
-from pynba_exporter._spans import current_request, hostname
 from pynba_exporter.otel import (
     PinbaSampler,
     PinbaSpanExporter,
     PinbaSpanProcessor,
     default_timer_tags,
 )
+from pynba_exporter.spans import current_request, hostname
 
 Environ = dict[str, Any]
 

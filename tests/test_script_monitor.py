@@ -13,7 +13,7 @@ from conftest import UdpReceiver
 from pynba import pynba
 from pynba.util import ScriptMonitor
 from pynba_exporter import PinbaSendError
-from pynba_exporter._spans import current_request, hostname
+from pynba_exporter.spans import current_request, hostname
 
 
 @pytest.fixture(autouse=True)

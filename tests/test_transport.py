@@ -343,3 +343,32 @@ def test_memory_transport_applies_the_size_limit() -> None:
     assert t.send(PinbaRequest("h", "s", "/p", timers=timers))
     assert len(t.packets[0]) <= 512
     assert t.stats().shrunk == 1
+
+
+def test_every_option_is_registered_for_opentelemetry_instrument() -> None:
+    from pynba_exporter import config, otel_environment_variables  # noqa: PLC0415
+
+    names = {n for n in vars(otel_environment_variables) if n.isupper()}
+    assert names == {env for o in config.OPTIONS.values() for env in o.env}
+    assert all(getattr(otel_environment_variables, n) == n for n in names)
+
+
+@pytest.mark.parametrize("text", ["1", "true", "YES", " on "])
+def test_one_rule_for_true(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    from pynba_exporter import config  # noqa: PLC0415
+
+    monkeypatch.setenv("PINBA_PACKED", text)
+    assert config.value("packed") is True
+    monkeypatch.setenv("OTEL_EXPORTER_PINBA_PACKED", "off")  # the OTel name comes first
+    assert config.value("packed") is False
+
+
+def test_a_boolean_that_is_neither_is_an_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pynba_exporter import config  # noqa: PLC0415
+
+    monkeypatch.setenv("PINBA_ENABLED", "maybe")
+    with pytest.raises(config.ConfigError, match="PINBA_ENABLED"):
+        config.value("enabled")
+    assert config.value("enabled", False) is False  # an argument never reads the environment

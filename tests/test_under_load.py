@@ -29,9 +29,9 @@ pytest.importorskip("opentelemetry.sdk")
 from opentelemetry.sdk.trace import TracerProvider
 
 from pynba import pynba
-from pynba_exporter._spans import current_request
 from pynba_exporter.collector import Collector, Record
 from pynba_exporter.otel import PinbaSpanProcessor
+from pynba_exporter.spans import current_request
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from pynba_exporter import (
     PinbaEncodeError,
     PinbaRequest,
     PinbaTimer,
-    _wire,
     decode,
     encode,
 )
+from pynba_exporter.wire import _decode, _encode, _errors, _pure, _text
 
 # --------------------------------------------------------------------------------------------
 # Helpers: an independent description of what encode() promises
@@ -189,15 +189,15 @@ def _walk(data: bytes) -> list[tuple[int, int]]:
     """(field, wire type) of each top-level field."""
     out, pos = [], 0
     while pos < len(data):
-        key, pos = _wire._read_varint(data, pos)
+        key, pos = _pure._read_varint(data, pos)
         field, wire = key >> 3, key & 7
         out.append((field, wire))
         if wire == 0:
-            _, pos = _wire._read_varint(data, pos)
+            _, pos = _pure._read_varint(data, pos)
         elif wire == 5:
             pos += 4
         elif wire == 2:
-            n, pos = _wire._read_varint(data, pos)
+            n, pos = _pure._read_varint(data, pos)
             pos += n
     return out
 
@@ -297,8 +297,8 @@ def test_values_that_stringify_alike_merge_like_php() -> None:
     [
         (-1.0, 0.0),
         (math.nan, 0.0),
-        (math.inf, _wire.FLT_MAX),
-        (1e39, _wire.FLT_MAX),
+        (math.inf, _errors.FLT_MAX),
+        (1e39, _errors.FLT_MAX),
         (1e-40, 0.0),  # a float32 subnormal: pinba2 drops packets holding one
         (-0.0, 0.0),
         (3, 3.0),
@@ -445,14 +445,14 @@ def _split(data: bytes) -> list[bytes]:
     out, pos = [], 0
     while pos < len(data):
         start = pos
-        key, pos = _wire._read_varint(data, pos)
+        key, pos = _pure._read_varint(data, pos)
         wire = key & 7
         if wire == 0:
-            _, pos = _wire._read_varint(data, pos)
+            _, pos = _pure._read_varint(data, pos)
         elif wire == 5:
             pos += 4
         elif wire == 2:
-            n, pos = _wire._read_varint(data, pos)
+            n, pos = _pure._read_varint(data, pos)
             pos += n
         out.append(data[start:pos])
     return out
@@ -624,8 +624,8 @@ def test_decode_accepts_short_or_missing_timer_cpu_arrays() -> None:
 
 def test_decode_refuses_endless_nesting() -> None:
     data = encode(SIMPLE)
-    for _ in range(_wire.MAX_NESTING + 1):
-        data = encode(SIMPLE) + b"\x92\x01" + _wire._varint(len(data)) + data
+    for _ in range(_errors.MAX_NESTING + 1):
+        data = encode(SIMPLE) + b"\x92\x01" + _text.varint(len(data)) + data
     with pytest.raises(PinbaDecodeError, match="nested"):
         decode(data)
 
@@ -678,7 +678,7 @@ def test_round_trip(r: PinbaRequest, packed: bool) -> None:
 @given(requests)
 @settings(max_examples=200)
 def test_cached_layouts_give_the_same_bytes(r: PinbaRequest) -> None:
-    _wire._LAYOUTS.clear()
+    _encode._LAYOUTS.clear()
     careful = encode(r), encode(r, packed=True)
     fast = encode(r), encode(r, packed=True)  # second time: from the cached layout
     assert fast == careful
@@ -816,16 +816,16 @@ def test_a_tag_with_no_values_is_left_out() -> None:
         encode(PinbaRequest("h", "s", "/p", timers=[PinbaTimer({"none": ()})]))
 
 
-def _pure(data: bytes) -> Any:
+def _pure_only(data: bytes) -> Any:
     try:
-        return _wire._decode(data, 0)
+        return _pure.decode_packet(data, 0)
     except Exception:  # parse() reports any failure of the pure decoder as an invalid packet
         return "invalid"
 
 
 def _either(data: bytes) -> Any:
     try:
-        return _wire.parse(data)
+        return _decode.parse(data)
     except PinbaDecodeError:
         return "invalid"
 
@@ -833,7 +833,7 @@ def _either(data: bytes) -> Any:
 @given(requests, st.data())
 @settings(max_examples=300)
 def test_the_runtime_parser_and_the_pure_one_agree(r: PinbaRequest, data: st.DataObject) -> None:
-    if not _wire._runtime():
+    if not _decode._runtime():
         pytest.skip("the protobuf runtime is not installed")
     packet = bytearray(encode(r, packed=data.draw(st.booleans())))
     for _ in range(data.draw(st.integers(0, 3))):
@@ -842,25 +842,25 @@ def test_the_runtime_parser_and_the_pure_one_agree(r: PinbaRequest, data: st.Dat
             packet[pos] ^= 1 << data.draw(st.integers(0, 7))
         else:
             packet[pos:pos] = data.draw(st.binary(min_size=1, max_size=3))
-    assert _either(bytes(packet)) == _pure(bytes(packet))
+    assert _either(bytes(packet)) == _pure_only(bytes(packet))
 
 
 @given(requests, st.booleans())
 @settings(max_examples=150)
 def test_round_trip_through_the_pure_decoder(r: PinbaRequest, packed: bool) -> None:
-    saved = _wire._RUNTIME
-    _wire._RUNTIME = False  # as on a machine without the protobuf runtime
+    saved = _decode._RUNTIME
+    _decode._RUNTIME = False  # as on a machine without the protobuf runtime
     try:
         assert decode(encode(r, packed=packed)) == normalised(r)
     finally:
-        _wire._RUNTIME = saved
+        _decode._RUNTIME = saved
 
 
 @pytest.mark.parametrize(("name", "data", "reason"), REJECTED, ids=[c[0] for c in REJECTED])
 def test_the_pure_decoder_rejects_the_same(
     name: str, data: bytes, reason: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_wire, "_RUNTIME", False)
+    monkeypatch.setattr(_decode, "_RUNTIME", False)
     with pytest.raises(PinbaDecodeError) as info:
         decode(data)
     assert reason in info.value.reason

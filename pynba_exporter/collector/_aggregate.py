@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from pynba_exporter._model import PinbaRequest
-from pynba_exporter._wire import Packet
+from pynba_exporter.wire import Packet
 
 __all__ = ["REQUEST_REPORTS", "Aggregator", "Record", "TimerRecord"]
 

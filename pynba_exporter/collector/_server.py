@@ -21,40 +21,61 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from pynba_exporter._log import errors
-from pynba_exporter._transport import DEFAULT_PORT, parse_listen
-from pynba_exporter._wire import Packet, PinbaDecodeError, parse
+from pynba_exporter.address import DEFAULT_PORT, parse_listen
 from pynba_exporter.collector._aggregate import Aggregator, Record
+from pynba_exporter.log import errors
+from pynba_exporter.wire import Packet, PinbaDecodeError, parse
+from pynba_exporter.wire._errors import (
+    INDEX_RANGE,
+    INVALID_FLOAT,
+    MALFORMED,
+    MISSING_FIELD,
+    NESTED,
+    REQUEST_TAG_COUNTS,
+    TIMER_ARRAYS,
+    TIMER_TAG_COUNTS,
+    TRUNCATED,
+    WIRE_TYPE,
+    ZERO_HITS,
+)
 
-__all__ = ["Collector", "CollectorError", "invalid_reason"]
+__all__ = ["Collector", "CollectorError", "RecordStore", "invalid_reason"]
 
 DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
 _BATCH: Final = 512  # packets read before they are aggregated together (one lock)
 _RCVBUF: Final = 64 * 1024 * 1024
 
-# The reason of a decode error -> the kind it is counted under.
-_KINDS: Final = (
-    ("missing required", "missing required fields"),
-    ("timer arrays differ", "timer arrays of different lengths"),
-    ("add up", "timer tag counts"),
-    ("request tag names but", "request tag counts"),
-    ("out of range", "dictionary index out of range"),
-    ("hit_count 0", "zero hit count"),
-    ("float", "invalid float"),
-    ("truncated", "truncated"),
-    ("wire type", "invalid wire type"),
-    ("nested", "invalid nested request"),
-)
+# A decode error's kind -> the name invalid packets of that kind are counted under (stable: they
+# are shown in reports and stored in SQL).
+_COUNTED_AS: Final = {
+    TRUNCATED: "truncated",
+    WIRE_TYPE: "invalid wire type",
+    MISSING_FIELD: "missing required fields",
+    INVALID_FLOAT: "invalid float",
+    TIMER_ARRAYS: "timer arrays of different lengths",
+    TIMER_TAG_COUNTS: "timer tag counts",
+    REQUEST_TAG_COUNTS: "request tag counts",
+    INDEX_RANGE: "dictionary index out of range",
+    ZERO_HITS: "zero hit count",
+    NESTED: "invalid nested request",
+    MALFORMED: "malformed",
+}
 
 
 def invalid_reason(exc: PinbaDecodeError) -> str:
-    """The kind of an invalid packet, for counting (a few stable names)."""
-    for needle, kind in _KINDS:
-        if needle in exc.reason:
-            return kind
-    return "malformed"
+    """The name an invalid packet is counted under."""
+    return _COUNTED_AS.get(exc.kind, "malformed")
+
+
+class RecordStore(Protocol):
+    """Where the collector hands every batch of records (the SQLite store is one)."""
+
+    @property
+    def dropped(self) -> int: ...
+    def add(self, records: list[Record]) -> None: ...
+    def close(self) -> None: ...
 
 
 class CollectorError(OSError):
@@ -75,8 +96,7 @@ class Collector:
     ``window``: seconds of requests kept for the reports (900). ``max_records``: requests kept
     at most (200,000: about 0.7 KB each with a timer, so about 150 MB); ``max_keys``: distinct
     keys per report before an ``<other>`` row; ``percentiles``: the percentile columns.
-    ``store``: something with ``add(records)`` and ``close()``, fed with every batch (the SQLite
-    store).
+    ``store``: a :class:`RecordStore`, fed with every batch (the SQLite store).
     """
 
     def __init__(
@@ -87,7 +107,7 @@ class Collector:
         max_records: int = 200_000,
         max_keys: int = 10_000,
         percentiles: Sequence[float] = (95.0, 99.0),
-        store: Any = None,
+        store: RecordStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.listen = parse_listen(listen)
@@ -250,5 +270,5 @@ class Collector:
         status = self.aggregator.status()
         status["packets_received"] = self.packets
         if self.store is not None:
-            status["store_dropped"] = getattr(self.store, "dropped", 0)
+            status["store_dropped"] = self.store.dropped
         return status

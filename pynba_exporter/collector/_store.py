@@ -30,8 +30,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from pynba_exporter._log import errors
 from pynba_exporter.collector._aggregate import REQUEST_REPORTS, Aggregator, Record
+from pynba_exporter.log import errors
 
 __all__ = ["SqliteStore", "report_table"]
 

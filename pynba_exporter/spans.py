@@ -1,10 +1,12 @@
-"""The internal span model: one Pinba request in the making, and the timers under it.
+"""The span model: one Pinba request in the making, the timers under it, and the one way out.
 
 Every source of data writes here: the classic WSGI middleware and ``ScriptMonitor`` open a
 :class:`RequestSpan` (the local root) and make it current in a context variable; ``pynba.timer()``
-and the OpenTelemetry bridge add timers to the current one. When the root ends,
-:meth:`RequestSpan.to_request` turns it into one :class:`PinbaRequest`, whichever API produced its
-pieces, and a transport sends it: one request, one packet.
+and the OpenTelemetry bridge add timers to the current one. When the root ends, every source
+calls :func:`finish_and_send` with what differs between them (the time if it measured it itself,
+CPU or not): the request is finished, sealed into the shape the encoder reads
+(:class:`pynba_exporter.RequestLike`, no copy), named within the cardinality guard and sent:
+one request, one packet, one path.
 
 Timers are aggregated as they stop, keyed by what they were made from: the calls of a decorated
 function, or the uses of one ``Timer``, add up in one line (value, hits, CPU) instead of piling up
@@ -16,206 +18,50 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
-import resource
-import socket
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Final
 
-from pynba_exporter._log import errors, logger
-from pynba_exporter._model import PinbaRequest, PinbaTimer
-from pynba_exporter._wire import PinbaEncodeError, _text
+from pynba_exporter._model import PinbaRequest
+from pynba_exporter._probes import (
+    CpuSample,
+    cpu_delta,
+    hostname,
+    process_cpu,
+    process_memory,
+    thread_cpu,
+)
+from pynba_exporter._tags import expand_tags, safe_text
+from pynba_exporter._transport import Transport
+from pynba_exporter.log import errors, logger
+from pynba_exporter.naming import script_names
 
+# What the API adapters (the classic API in ``pynba``, the OpenTelemetry bridge) build on; the
+# probes and tag rules are re-exported so that they need nothing private.
 __all__ = [
+    "MEASURE",
+    "CpuSample",
     "RequestSpan",
     "Timer",
     "TimerSpec",
     "cpu_delta",
     "current_request",
     "expand_tags",
+    "finish_and_send",
     "hostname",
-    "process_cpu",
-    "process_memory",
-    "report",
+    "safe_text",
     "thread_cpu",
 ]
 
 #: The request being served in this context (thread, task, greenlet), if any.
 current_request: ContextVar[RequestSpan | None] = ContextVar("pynba_request", default=None)
 
+#: A size not given by the app: measured when the request finishes.
+MEASURE: Final = -1
+
 _perf_counter = time.perf_counter
-_getrusage = resource.getrusage
-# CPU of the calling thread where the OS can tell (Linux); of the process elsewhere.
-_RUSAGE_THREAD: Final = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
-
-
-# A CPU sample: (precise CPU seconds, user seconds, system seconds). The kernel keeps a thread's
-# total CPU time precisely (clock_gettime) but splits it into user and system by sampling ticks,
-# which for a few milliseconds often reads 0 (seen here: a 2 ms computation measured as 0.00005 s
-# of user time). So a duration's CPU is the precise total, split in the proportion getrusage saw.
-CpuSample = tuple[float, float, float]
-_thread_time = time.thread_time
-_process_time = time.process_time
-
-
-def thread_cpu() -> CpuSample:
-    """A CPU sample of the calling thread."""
-    ru = _getrusage(_RUSAGE_THREAD)
-    return _thread_time(), ru.ru_utime, ru.ru_stime
-
-
-def process_cpu() -> CpuSample:
-    """A CPU sample of the whole process."""
-    ru = _getrusage(resource.RUSAGE_SELF)
-    return _process_time(), ru.ru_utime, ru.ru_stime
-
-
-def cpu_delta(a: CpuSample, b: CpuSample) -> tuple[float, float]:
-    """(user, system) CPU seconds between two samples."""
-    total = b[0] - a[0]
-    if total <= 0.0:
-        return 0.0, 0.0
-    user = b[1] - a[1]
-    system = b[2] - a[2]
-    if user <= 0.0 and system <= 0.0:
-        return total, 0.0  # no tick seen: Python's own CPU is user time
-    if system <= 0.0:
-        return total, 0.0
-    if user <= 0.0:
-        return 0.0, total
-    u = total * user / (user + system)
-    return u, total - u
-
-
-# -- memory: peak RSS from getrusage, current RSS from /proc/self/statm (Linux)
-
-_PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-# ru_maxrss is in kilobytes on Linux, bytes on macOS.
-_MAXRSS_UNIT: Final = 1 if sys.platform == "darwin" else 1024
-_statm_fd: int | None = None
-_statm_open = False
-# Memory is a property of the process, not of a request, and changes slowly: under load it is
-# read at most every _MEMORY_TTL seconds (two system calls and a parse saved per request).
-_MEMORY_TTL: Final = 0.01
-_memory_at = -1.0
-_memory: tuple[int, int] = (0, 0)
-
-
-def _forget_memory() -> None:
-    # /proc/self is resolved when opened: a forked child must open its own, and measure anew.
-    global _statm_fd, _statm_open, _memory_at
-    if _statm_fd is not None:
-        os.close(_statm_fd)
-    _statm_fd, _statm_open, _memory_at = None, False, -1.0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_memory)
-
-
-def _current_rss() -> int:
-    global _statm_fd, _statm_open
-    if not _statm_open:
-        _statm_open = True
-        try:
-            _statm_fd = os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            _statm_fd = None
-    if _statm_fd is None:
-        return 0
-    try:
-        return int(os.pread(_statm_fd, 64, 0).split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def process_memory() -> tuple[int, int]:
-    """(peak RSS, current RSS) of the process, in bytes; 0 where the OS does not say."""
-    global _memory_at, _memory
-    now = _perf_counter()
-    if now - _memory_at > _MEMORY_TTL:
-        peak = _getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
-        _memory = (peak, _current_rss())
-        _memory_at = now
-    return _memory
-
-
-_HOSTNAME: str | None = None
-
-
-def hostname() -> str:
-    """This machine's host name (looked up once)."""
-    global _HOSTNAME
-    if _HOSTNAME is None:
-        _HOSTNAME = socket.gethostname() or "unknown"
-    return _HOSTNAME
-
-
-def env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return default
-    return value not in ("0", "false", "no", "off")
-
-
-# --------------------------------------------------------------------------------------------
-# Tags as the classic API takes them
-
-
-def _safe_text(value: object, where: str) -> str:
-    if value is None:
-        return ""  # as PHP turns null into a string
-    try:
-        return _text(value, where)
-    except PinbaEncodeError as exc:
-        errors.log(("tag", where), f"pynba: tag value replaced by '?': {exc}")
-        return "?"
-
-
-def expand_tags(tags: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
-    """Tags of the classic API as the encoder takes them.
-
-    A mapping gives dotted names (``{"qux": {"map1": "v"}}`` -> ``qux.map1``, at any depth); a
-    sequence or other iterable gives the tag once per element; a callable is called (now, so
-    call this when the request is sent); ``None`` is the empty string; anything else becomes text
-    as the reference client writes it. Never raises: what cannot be read is logged and left out.
-    """
-    out: dict[str, Any] = {}
-    try:
-        items = list(tags.items())
-    except Exception as exc:
-        errors.log(("tags", type(tags).__name__), f"pynba: tags ignored, not a mapping: {exc!r}")
-        return out
-    for key, given in items:
-        name = prefix + _safe_text(key, "tag name")
-        value = given
-        if callable(value):
-            try:
-                value = value()
-            except Exception as exc:
-                errors.log(("tag-callable", name), f"pynba: tag {name!r}: callable raised {exc!r}")
-                continue
-        if type(value) is str:
-            out[name] = value
-        elif isinstance(value, Mapping):
-            out.update(expand_tags(value, name + "."))
-        elif isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Iterable):
-            out[name] = _safe_text(value, name)
-        else:
-            try:
-                values = tuple(_safe_text(v, name) for v in value)
-            except Exception as exc:
-                errors.log(("tag-iter", name), f"pynba: tag {name!r}: iteration raised {exc!r}")
-                continue
-            if len(values) == 1:
-                out[name] = values[0]
-            elif values:
-                out[name] = values
-    return out
 
 
 class TimerSpec:
@@ -272,8 +118,8 @@ _SPECS: dict[tuple[tuple[str, Any], ...], TimerSpec] = {}
 class RequestSpan:
     """One Pinba request in the making (the local root span).
 
-    Fields left ``None`` are measured when the request finishes: ``document_size`` by whoever
-    serves the body, ``memory_peak``/``memory_footprint`` from the process. ``timer_rusage``
+    Sizes left at :data:`MEASURE` are measured when the request finishes: ``document_size`` by
+    whoever serves the body, ``memory_peak``/``memory_footprint`` from the process. ``timer_rusage``
     says whether timers measure their own CPU (two getrusage calls per timer).
     """
 
@@ -323,9 +169,9 @@ class RequestSpan:
         self.schema = schema
         self.status = 0
         self.tags: dict[str, Any] = {} if tags is None else tags
-        self.document_size: int | None = None
-        self.memory_peak: int | None = None
-        self.memory_footprint: int | None = None
+        self.document_size: int = MEASURE
+        self.memory_peak: int = MEASURE
+        self.memory_footprint: int = MEASURE
         self.enabled = True
         self.finished = False
         #: True while the middleware that opened it is inside the app call (for nesting).
@@ -380,30 +226,33 @@ class RequestSpan:
 
     # -- the end
 
-    def finish(self, now: float | None = None) -> None:
-        """Stop running timers, take the time and the CPU. Idempotent."""
+    def finish(self, now: float | None = None, *, cpu: bool = True) -> None:
+        """Stop running timers, take the time and (unless ``cpu`` is False) the CPU.
+        Idempotent."""
         if self.finished:
             return
         end = _perf_counter() if now is None else now
         for timer in list(self._running.values()):
             timer._stop_at(end)
         self.request_time = end - self._start
-        if self._thread is None:
+        if not cpu:
+            pass
+        elif self._thread is None:
             self.ru_utime, self.ru_stime = cpu_delta(self._cpu0, process_cpu())
         elif self._thread == threading.get_ident():
             self.ru_utime, self.ru_stime = cpu_delta(self._cpu0, thread_cpu())
         # else: finished on another thread, whose CPU would say nothing about this request
-        if self.memory_peak is None or self.memory_footprint is None:
+        if self.memory_peak < 0 or self.memory_footprint < 0:
             peak, rss = process_memory()
-            if self.memory_peak is None:
+            if self.memory_peak < 0:
                 self.memory_peak = peak
-            if self.memory_footprint is None:
+            if self.memory_footprint < 0:
                 self.memory_footprint = rss
         self.finished = True
 
     def seal(self) -> RequestSpan:
-        """Finish, and make the request ready to encode as it is: the span has the attributes
-        of a PinbaRequest (``timers`` are its lines, tags expanded), so no copy is made."""
+        """Finish, and make the request ready to encode as it is: the span has the shape of a
+        PinbaRequest (``timers`` are its lines, tags expanded), so no copy is made."""
         self.finish()
         timers = []
         for line in self._lines.values():
@@ -412,43 +261,39 @@ class RequestSpan:
                 if line.tags:
                     timers.append(line)
         self.timers = timers
-        if self.document_size is None:
-            self.document_size = 0
+        self.document_size = max(self.document_size, 0)
         if self.tags:
             self.tags = expand_tags(self.tags)
         return self
 
-    def to_request(self) -> PinbaRequest:
-        """The Pinba request as a record (for tests and inspection; sending uses the span)."""
-        self.seal()
-        return PinbaRequest(
-            self.hostname,
-            self.server_name,
-            self.script_name,
-            document_size=self.document_size or 0,
-            memory_peak=self.memory_peak or 0,
-            memory_footprint=self.memory_footprint or 0,
-            request_time=self.request_time,
-            ru_utime=self.ru_utime,
-            ru_stime=self.ru_stime,
-            status=self.status,
-            schema=self.schema,
-            tags=dict(self.tags),
-            timers=[
-                PinbaTimer(t.tags, t.value, t.hit_count, t.ru_utime, t.ru_stime)
-                for t in self.timers
-            ],
-        )
 
+def finish_and_send(
+    request: RequestSpan,
+    transport: Transport,
+    where: str,
+    *,
+    duration: float | None = None,
+    cpu: bool = True,
+) -> bool:
+    """The one way a request leaves, whichever source made it.
 
-def report(request: RequestSpan, transport: Any, where: str) -> bool:
-    """Seal the request and send it, unless it was disabled. The library's failures are logged
-    (``where`` names the caller) and never raised, unless ``transport.raise_on_fail``."""
+    Finishes the request (running timers stopped, time, CPU unless ``cpu`` is False, memory),
+    takes ``duration`` as its time when the source measured it itself (an OpenTelemetry span's
+    own start and end), seals it, puts its script name through the cardinality guard
+    (:mod:`pynba_exporter.naming`) and sends it, unless it was disabled. True if it left.
+
+    The library's own failures are logged (``where`` names the caller) and counted, never
+    raised, unless ``transport.raise_on_fail``; the app's code never runs here.
+    """
     try:
+        request.finish(cpu=cpu)
+        if duration is not None:
+            request.request_time = duration
         request.seal()
         if not request.enabled:
             return False
-        return bool(transport.send(request))  # a span encodes as is
+        request.script_name = script_names.guard(request.script_name)
+        return transport.send(request)
     except Exception as exc:
         if transport.raise_on_fail:
             raise

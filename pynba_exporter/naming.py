@@ -1,0 +1,79 @@
+"""Script names with bounded cardinality: what keeps Pinba's reports useful.
+
+Pinba groups requests by script name, so a name must say *what ran*, not which URL was asked
+for: route templates (``/product/<id>``), never raw paths. Two fixed names and one cap keep a
+process from flooding its servers with names, whatever its traffic:
+
+- :data:`UNMATCHED`: the name of a request that matched no route (integrations give it to
+  scanners' ``/wp-admin/setup.php`` and to 404s);
+- a per-process cap on distinct script names (option ``max_script_names``, 1000 by default):
+  beyond it every new name is reported as :data:`OVERFLOW`, and counted;
+- the guard is applied where every request is sent, for the classic API and the OpenTelemetry
+  bridge alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Final
+
+from pynba_exporter import config
+from pynba_exporter.log import errors
+
+__all__ = ["OVERFLOW", "UNMATCHED", "ScriptNames", "script_names"]
+
+#: The script name of a request that matched no route of its app.
+UNMATCHED: Final = "<unmatched>"
+#: The script name of requests whose own name came after the cap was reached.
+OVERFLOW: Final = "<other>"
+
+
+class ScriptNames:
+    """The distinct script names a process has reported, up to ``limit`` (None: the
+    ``max_script_names`` option, read when first needed)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self._limit = limit
+        self._seen: set[str] = {UNMATCHED, OVERFLOW}
+        self._lock = threading.Lock()
+        #: Requests reported under OVERFLOW instead of their own name.
+        self.overflowed = 0
+
+    @property
+    def limit(self) -> int:
+        if self._limit is None:
+            self._limit = max(0, int(config.value("max_script_names")))
+        return self._limit
+
+    def guard(self, name: str) -> str:
+        """``name`` while the cap allows it (names seen before always pass), else OVERFLOW."""
+        seen = self._seen
+        if name in seen:  # the common case: no lock
+            return name
+        with self._lock:
+            if len(seen) - 2 < self.limit:
+                seen.add(name)
+                return name
+            self.overflowed += 1
+        errors.log(
+            ("script-names", "overflow"),
+            f"pynba: more than {self.limit} distinct script names in this process: new ones "
+            f"are reported as {OVERFLOW!r} (option max_script_names; name routes by template)",
+        )
+        return OVERFLOW
+
+    def stats(self) -> dict[str, int]:
+        """``distinct``: names admitted; ``overflowed``: requests renamed to OVERFLOW."""
+        with self._lock:
+            return {"distinct": len(self._seen) - 2, "overflowed": self.overflowed}
+
+    def reset(self) -> None:
+        """Forget the names seen (tests; a long-running process after a deploy)."""
+        with self._lock:
+            self._seen = {UNMATCHED, OVERFLOW}
+            self.overflowed = 0
+            self._limit = None
+
+
+#: The process's guard, used on the one path every request leaves by.
+script_names = ScriptNames()

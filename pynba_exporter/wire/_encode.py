@@ -1,0 +1,537 @@
+"""``encode``: a request -> the bytes of one packet, as the reference client builds them.
+
+The request may be a :class:`PinbaRequest` or anything of the :class:`RequestLike` shape (the span
+model's finished requests are encoded as they are, without a copy).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import mul, truediv
+from typing import Any, Final
+
+from pynba_exporter._model import PinbaRequest, RequestLike
+from pynba_exporter.wire._errors import FLT_MAX, FLT_MIN_NORMAL, UINT32_MAX, PinbaEncodeError
+from pynba_exporter.wire._text import (
+    SMALL_VARINTS,
+    php_text,
+    seconds,
+    str_bytes,
+    u32,
+    usec,
+    utf8,
+    varint,
+)
+
+__all__ = ["encode"]
+
+
+# Encoding
+#
+# encode() runs on every request of the host app, so the common case is made cheap by caching
+# what repeats between requests. An app sends the same few shapes of request over and over: the
+# same names, the same request tag names, the same timer tag sets in the same order. The
+# "layout" of a request (its dictionary and every index field: 12, 13, 14, 15, 20, 21, plus how
+# its timers merge) depends only on that shape, so it is computed once by the careful path and
+# then found by one dict lookup; only the numbers (fields 4-11, 16-17, 22-23) are written anew.
+# A layout is cached only when every tag name and value was a plain str: then equality of the
+# raw shape implies equality of the text (False == 0, but "" != "0").
+
+_CACHE_MAX: Final = 4096
+_CACHEABLE_LEN: Final = 256
+_US: Final = 1000000
+
+
+def _cache_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()  # a burst of new shapes: start over rather than grow or track recency
+    cache[key] = value
+
+
+# (hostname, server_name, script_name) -> fields 1 to 3.
+_NAMES_CACHE: dict[tuple[object, object, object], bytes] = {}
+
+
+def _names(r: RequestLike) -> bytes:
+    """Fields 1 to 3."""
+    key = (r.hostname, r.server_name, r.script_name)
+    try:
+        cached = _NAMES_CACHE.get(key)
+    except TypeError:  # unhashable: _str_bytes below says what is wrong
+        cached = None
+    if cached is not None:
+        return cached
+    host = str_bytes(r.hostname, "hostname")
+    server = str_bytes(r.server_name, "server_name")
+    script = str_bytes(r.script_name, "script_name")
+    out = b"".join(
+        (b"\x0a", varint(len(host)), host, b"\x12", varint(len(server)), server,
+         b"\x1a", varint(len(script)), script)
+    )  # fmt: skip
+    if len(out) <= 3 * _CACHEABLE_LEN and all(type(x) is str for x in key):
+        _cache_put(_NAMES_CACHE, key, out)
+    return out
+
+
+_HEAD_FLOATS: Final = struct.Struct("<BfBfBf")
+_STRUCTS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _interleaved(keylen: int, n: int) -> struct.Struct:
+    """A struct writing n floats, each after ``keylen`` key bytes (0: packed, no keys)."""
+    st = _STRUCTS.get((keylen, n))
+    if st is None:
+        st = struct.Struct("<" + ("B" * keylen + "f") * n)
+        if n <= 256:
+            _STRUCTS[(keylen, n)] = st
+    return st
+
+
+def _rep_varints(key: bytes, values: list[int], packed: bool) -> bytes:
+    """A repeated uint32 field, unpacked (one key per value) or packed."""
+    small = max(values) < 0x80
+    if packed:
+        payload = bytes(values) if small else b"".join(map(varint, values))
+        size = varint(len(payload))
+        # Packed costs a length and saves a key per value after the first: pack only when
+        # that makes the field smaller (never for one value).
+        if len(size) < (len(values) - 1) * len(key):
+            return _PACKED_KEY[key] + size + payload
+        key = _UNPACKED_KEY[key]
+    if small and len(key) == 1:
+        out = [key[0]] * (2 * len(values))
+        out[1::2] = values
+        return bytes(out)
+    return b"".join([key + varint(v) for v in values])
+
+
+def _rep_floats(key: bytes, values: list[float], packed: bool) -> bytes:
+    """A repeated float field, unpacked (one key per value) or packed."""
+    n = len(values)
+    if packed:
+        size = varint(4 * n)
+        if len(size) < (n - 1) * len(key):
+            st = _STRUCTS.get((0, n)) or _interleaved(0, n)
+            return _PACKED_KEY[key] + size + st.pack(*values)
+        key = _UNPACKED_KEY[key]
+    k = len(key)
+    st = _STRUCTS.get((k, n)) or _interleaved(k, n)
+    args: list[Any] = [*key, 0.0] * n
+    args[k :: k + 1] = values
+    return st.pack(*args)
+
+
+# Keys of the repeated fields: (unpacked, packed)
+_K10 = (b"\x50", b"\x52")
+_K11 = (b"\x5d", b"\x5a")
+_K12 = (b"\x60", b"\x62")
+_K13 = (b"\x68", b"\x6a")
+_K14 = (b"\x70", b"\x72")
+_K20 = (b"\xa0\x01", b"\xa2\x01")
+_K21 = (b"\xa8\x01", b"\xaa\x01")
+_K22 = (b"\xb5\x01", b"\xb2\x01")
+_K23 = (b"\xbd\x01", b"\xba\x01")
+_FIELD_KEYS = (_K10, _K11, _K12, _K13, _K14, _K20, _K21, _K22, _K23)
+# Either key of a repeated field -> its packed key, its unpacked key.
+_PACKED_KEY: Final = {k: pair[1] for pair in _FIELD_KEYS for k in pair}
+_UNPACKED_KEY: Final = {k: pair[0] for pair in _FIELD_KEYS for k in pair}
+
+_Pairs = tuple[tuple[str, str], ...]
+
+
+class _Layout:
+    """What a request's shape decides: fields 12 to 15, fields 20 and 21, how timers merge."""
+
+    __slots__ = (
+        "cpu_args",
+        "cpu_struct",
+        "dictionary",
+        "n",
+        "plan",
+        "request_tags",
+        "timer_args",
+        "timer_struct",
+    )
+
+    def __init__(self, dictionary: bytes, request_tags: bytes, n: int, plan: list[int] | None):
+        self.dictionary = dictionary  # fields 12, 13, 14, 15
+        self.request_tags = request_tags  # fields 20, 21
+        self.n = n  # timers after merging
+        self.plan = plan  # merged slot of each timer; None when no two timers merge
+        self.cpu_struct: struct.Struct | None = None  # fields 22 and 23 unpacked, in one go
+        self.cpu_args: list[Any] = []
+        self.timer_struct: struct.Struct | None = None  # fields 10 and 11 unpacked, in one go
+        self.timer_args: list[Any] = []
+
+
+def _make_layout(
+    request_tags: Sequence[tuple[str, str]], keys: Sequence[_Pairs], plan: list[int] | None,
+    packed: bool,
+) -> _Layout:  # fmt: skip
+    """The dictionary in order of first use: request tags (value, then name), then timer tags
+    (name, then value); and the index fields that point into it."""
+    index: dict[str, int] = {}
+    words: list[str] = []
+    for name, value in request_tags:
+        words.append(value)
+        words.append(name)
+    n_req = len(words)
+    for key in keys:
+        for name, value in key:
+            words.append(name)
+            words.append(value)
+    for w in words:
+        if w not in index:
+            index[w] = len(index)
+    ids = [index[w] for w in words]
+    p = 1 if packed else 0
+    parts = []
+    if keys:
+        parts.append(_rep_varints(_K12[p], [len(k) for k in keys], packed))
+        parts.append(_rep_varints(_K13[p], ids[n_req::2], packed))
+        parts.append(_rep_varints(_K14[p], ids[n_req + 1 :: 2], packed))
+    parts.extend(map(_entry, index))
+    tags = b""
+    if n_req:
+        tags = _rep_varints(_K20[p], ids[1:n_req:2], packed) + _rep_varints(
+            _K21[p], ids[0:n_req:2], packed
+        )
+    return _Layout(b"".join(parts), tags, len(keys), plan)
+
+
+def _entry(s: str) -> bytes:
+    raw = utf8(s)
+    return b"\x7a" + varint(len(raw)) + raw
+
+
+# (packed, raw request tag items, raw timer tag items of each timer) -> _Layout
+_LAYOUTS: dict[tuple[bool, tuple[Any, ...], tuple[Any, ...]], _Layout] = {}
+_DICT_ITEMS = dict.items
+
+
+def _tag_pairs(tags: object, where: str) -> list[tuple[str, str]]:
+    """Tags as text, sorted by name."""
+    try:
+        items = list(tags.items())  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise PinbaEncodeError(
+            where, f"expected a mapping of tag names to values, got {type(tags).__name__}"
+        ) from exc
+    pairs: list[tuple[str, str]] = []
+    for name, value in items:
+        if type(name) is str and type(value) is str:
+            pairs.append((name, value))
+        elif isinstance(value, (tuple, list)):
+            # A tag with several values: the name once per value, as the original pynba sent it.
+            text = php_text(name, f"{where} name {name!r}")
+            pairs.extend((text, php_text(v, f"{where}[{name!r}]")) for v in value)
+        else:
+            pairs.append(
+                (php_text(name, f"{where} name {name!r}"), php_text(value, f"{where}[{name!r}]"))
+            )
+    items = pairs
+    # By UTF-8 bytes, as the reference client's strcmp(); code point order is the same except
+    # for surrogate-escaped bytes.
+    items.sort(key=lambda pair: (utf8(pair[0]), utf8(pair[1])))
+    return items
+
+
+def _all_str(items: Iterable[tuple[object, object]]) -> bool:
+    return all(type(a) is str and type(b) is str for a, b in items)
+
+
+class _Merged:
+    """A request's timers after merging, as columns; times in whole microseconds."""
+
+    __slots__ = ("cacheable", "hits", "keys", "plan", "ru_stime", "ru_utime", "values")
+
+    def __init__(self) -> None:
+        self.keys: list[_Pairs] = []
+        self.hits: list[int] = []
+        self.values: list[int] = []
+        self.ru_utime: list[int] = []
+        self.ru_stime: list[int] = []
+        self.plan: list[int] | None = None
+        self.cacheable = True
+
+
+# A timer is anything with these attributes: PinbaTimer, or the span model's timer lines, which
+# the classic API hands over as they are rather than copying them into records first.
+_TIMER_ATTRIBUTES: Final = ("tags", "value", "hit_count", "ru_utime", "ru_stime")
+
+
+def _merge(timers: object) -> _Merged:
+    """The careful path: every timer checked and converted, identical tag sets merged."""
+    if isinstance(timers, (str, bytes, Mapping)) or not isinstance(timers, Iterable):
+        raise PinbaEncodeError("timers", f"expected a sequence of PinbaTimer, got {timers!r}")
+    m = _Merged()
+    slots: dict[_Pairs, int] = {}
+    plan = []
+    for i, t in enumerate(timers):
+        if not all(hasattr(t, a) for a in _TIMER_ATTRIBUTES):
+            raise PinbaEncodeError(f"timers[{i}]", f"expected a PinbaTimer, got {t!r}")
+        key = tuple(_tag_pairs(t.tags, f"timers[{i}].tags"))
+        if not key:
+            raise PinbaEncodeError(f"timers[{i}].tags", "a timer needs at least one tag")
+        if m.cacheable and not (type(t.tags) is dict and _all_str(t.tags.items())):
+            m.cacheable = False
+        hits = u32(t.hit_count, f"timers[{i}].hit_count") or 1
+        us = usec(t.value, f"timers[{i}].value")
+        u = usec(t.ru_utime, f"timers[{i}].ru_utime")
+        s = usec(t.ru_stime, f"timers[{i}].ru_stime")
+        slot = slots.get(key)
+        if slot is None:
+            slot = slots[key] = len(m.keys)
+            m.keys.append(key)
+            m.hits.append(hits)
+            m.values.append(us)
+            m.ru_utime.append(u)
+            m.ru_stime.append(s)
+        else:
+            m.hits[slot] = min(m.hits[slot] + hits, UINT32_MAX)
+            m.values[slot] += us
+            m.ru_utime[slot] += u
+            m.ru_stime[slot] += s
+        plan.append(slot)
+    if len(m.keys) < len(plan):
+        m.plan = plan
+    return m
+
+
+def _usecs(col: Sequence[Any]) -> list[int] | None:
+    """float_to_timeval() of the reference client (truncation to whole microseconds) over a
+    column of plain numbers; None when one needs the careful path (negative, NaN, huge...)."""
+    n = len(col)
+    if not any(col):
+        return [0] * n
+    total = sum(col)
+    if not (total < 4294967296.0 and min(col) >= 0):  # NaN and inf fail the first test
+        return None
+    if max(col) < 1.0:  # tv_sec == 0, so (v - tv_sec) * 1e6 is v * 1e6
+        return list(map(int, map(mul, col, repeat(1000000.0, n))))
+    return [int(v) * _US + int((v - int(v)) * 1000000.0) for v in col]
+
+
+def _summed(plan: list[int], n: int, col: list[int]) -> list[int]:
+    out = [0] * n
+    for slot, v in zip(plan, col):
+        out[slot] += v
+    return out
+
+
+def _f32s(usecs: list[int]) -> list[float]:
+    # timeval_to_float(): (float)tv_sec + (float)tv_usec / 1000000.0, computed in double. Below
+    # one second that is exactly us / 1e6.
+    n = len(usecs)
+    if not any(usecs):
+        return [0.0] * n
+    if max(usecs) < _US:
+        return list(map(truediv, usecs, repeat(1000000.0, n)))
+    return [us // _US + (us % _US) / 1000000.0 for us in usecs]
+
+
+def _head(r: RequestLike) -> bytes:
+    """Fields 4 to 9."""
+    rc, ds, mp = r.request_count, r.document_size, r.memory_peak
+    if type(rc) is not int or not 0 <= rc < 0x80:
+        rc = u32(rc, "request_count")
+    if type(ds) is not int or not 0 <= ds <= UINT32_MAX:
+        ds = u32(ds, "document_size")
+    if type(mp) is not int or not 0 <= mp <= UINT32_MAX:
+        mp = u32(mp, "memory_peak")
+    rt, ru, rs = r.request_time, r.ru_utime, r.ru_stime
+    if not (type(rt) is float and FLT_MIN_NORMAL <= rt <= FLT_MAX):
+        rt = seconds(rt, "request_time")
+    if not (type(ru) is float and FLT_MIN_NORMAL <= ru <= FLT_MAX):
+        ru = seconds(ru, "ru_utime")
+    if not (type(rs) is float and FLT_MIN_NORMAL <= rs <= FLT_MAX):
+        rs = seconds(rs, "ru_stime")
+    return b"".join(
+        (b"\x20", SMALL_VARINTS[rc] if rc < 0x80 else varint(rc),
+         b"\x28", SMALL_VARINTS[ds] if ds < 0x80 else varint(ds),
+         b"\x30", SMALL_VARINTS[mp] if mp < 0x80 else varint(mp),
+         _HEAD_FLOATS.pack(0x3D, rt, 0x45, ru, 0x4D, rs))
+    )  # fmt: skip
+
+
+def _timer_fields(layout: _Layout, hits: list[int], values: list[float]) -> bytes:
+    """Fields 10 and 11 unpacked, by one struct call, for hit counts below 128 (one byte)."""
+    st = layout.timer_struct
+    n = layout.n
+    if st is None:
+        st = layout.timer_struct = struct.Struct("<" + "BB" * n + "Bf" * n)
+        layout.timer_args = [0x50, 1] * n + [0x5D, 0.0] * n
+    args = layout.timer_args.copy()
+    args[1 : 2 * n : 2] = hits
+    args[2 * n + 1 :: 2] = values
+    return st.pack(*args)
+
+
+def _cpu_fields(layout: _Layout, ru_utime: list[float], ru_stime: list[float]) -> bytes:
+    """Fields 22 and 23 unpacked, by one struct call (they are the last fields, and the
+    reference client always writes both)."""
+    st = layout.cpu_struct
+    n = layout.n
+    if st is None:
+        st = layout.cpu_struct = struct.Struct("<" + "BBf" * (2 * n))
+        layout.cpu_args = [0xB5, 0x01, 0.0] * n + [0xBD, 0x01, 0.0] * n
+    args = layout.cpu_args.copy()
+    args[2 : 3 * n : 3] = ru_utime
+    args[3 * n + 2 :: 3] = ru_stime
+    return st.pack(*args)
+
+
+def _assemble(  # noqa: PLR0917 - internal, called from two places with every column
+    r: RequestLike,
+    names: bytes,
+    layout: _Layout,
+    hits: list[int],
+    values: list[float],
+    ru_utime: list[float],
+    ru_stime: list[float],
+    packed: bool,
+) -> bytes:
+    """The packet, in field order: 1-3 ``names``, 4-9 from r, 10-11 the timers' numbers, 12-15
+    the layout's, 16-19 from r, 20-21 the layout's, 22-23 the timers' CPU."""
+    p = 1 if packed else 0
+    parts = [names, _head(r)]
+    if layout.n:
+        if packed or max(hits) >= 0x80:
+            parts.append(_rep_varints(_K10[p], hits, packed))
+            parts.append(_rep_floats(_K11[p], values, packed))
+        else:
+            parts.append(_timer_fields(layout, hits, values))
+    parts.append(layout.dictionary)
+    st, fp = r.status, r.memory_footprint
+    if type(st) is not int or not 0 <= st <= UINT32_MAX:
+        st = u32(st, "status")
+    if type(fp) is not int or not 0 <= fp <= UINT32_MAX:
+        fp = u32(fp, "memory_footprint")
+    parts.append(b"\x80\x01")
+    parts.append(SMALL_VARINTS[st] if st < 0x80 else varint(st))
+    parts.append(b"\x88\x01")
+    parts.append(SMALL_VARINTS[fp] if fp < 0x80 else varint(fp))
+    if r.requests:
+        parts.extend(_nested(r.requests, packed))
+    if r.schema:
+        schema = str_bytes(r.schema, "schema")
+        parts.append(b"\x9a\x01" + varint(len(schema)) + schema)
+    parts.append(layout.request_tags)
+    if layout.n:
+        if packed:
+            parts.append(_rep_floats(_K22[1], ru_utime, True))
+            parts.append(_rep_floats(_K23[1], ru_stime, True))
+        else:
+            parts.append(_cpu_fields(layout, ru_utime, ru_stime))
+    return b"".join(parts)
+
+
+def _nested(requests: object, packed: bool) -> list[bytes]:
+    if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Iterable):
+        raise PinbaEncodeError("requests", "expected a sequence of PinbaRequest")
+    parts = []
+    for i, sub in enumerate(requests):
+        if not isinstance(sub, PinbaRequest):
+            raise PinbaEncodeError(
+                f"requests[{i}]", f"expected a PinbaRequest, got {type(sub).__name__}"
+            )
+        data = encode(sub, packed=packed)
+        parts.append(b"\x92\x01" + varint(len(data)))
+        parts.append(data)
+    return parts
+
+
+def _seconds_col(col: Sequence[Any]) -> list[float] | None:
+    """What the reference client writes for a column of durations: float_to_timeval() then
+    timeval_to_float(), i.e. whole microseconds; None when a value needs the careful path."""
+    if not any(col):
+        return [0.0] * len(col)
+    if min(col) >= 0 and max(col) < 1.0:
+        # tv_sec == 0, so the reference's (v - tv_sec) * 1e6 is v * 1e6. A NaN that slipped
+        # past min() and max() makes int() raise, and the caller takes the careful path.
+        return [int(v * 1000000.0) / 1000000.0 for v in col]
+    us_list = _usecs(col)
+    return None if us_list is None else _f32s(us_list)
+
+
+def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
+    """The packet from a cached layout, or None when there is none or a value is unusual."""
+    tags, timers = r.tags, r.timers
+    raw_tags: tuple[Any, ...] = tuple(_DICT_ITEMS(tags)) if tags else ()  # type: ignore[arg-type]  # TypeError unless a dict
+    if not timers:
+        layout = _LAYOUTS.get((packed, raw_tags, ()))
+        if layout is None:
+            return None
+        return _assemble(r, names, layout, [], [], [], [], packed)
+    # Columns by comprehension: cheaper than zip(*map(attrgetter(...))) for small requests.
+    raw_keys = tuple([tuple(t.tags.items()) for t in timers])
+    layout = _LAYOUTS.get((packed, raw_tags, raw_keys))
+    if layout is None:
+        return None
+    hits = [t.hit_count for t in timers]
+    if not (min(hits) > 0 and max(hits) <= UINT32_MAX):
+        return None
+    value_col = [t.value for t in timers]
+    ru_u_col = [t.ru_utime for t in timers]
+    ru_s_col = [t.ru_stime for t in timers]
+    plan = layout.plan
+    if plan is None:
+        # One conversion over the three columns at once: fewer passes than one per column.
+        n = len(hits)
+        both = _seconds_col(value_col + ru_u_col + ru_s_col)
+        if both is None:
+            return None
+        return _assemble(r, names, layout, hits, both[:n], both[n : 2 * n], both[2 * n :], packed)
+    us = _usecs(value_col)
+    u = _usecs(ru_u_col)
+    s = _usecs(ru_s_col)
+    if us is None or u is None or s is None:
+        return None
+    n = layout.n
+    hits = [min(h, UINT32_MAX) for h in _summed(plan, n, hits)]
+    return _assemble(
+        r, names, layout, hits,
+        _f32s(_summed(plan, n, us)), _f32s(_summed(plan, n, u)), _f32s(_summed(plan, n, s)),
+        packed,
+    )  # fmt: skip
+
+
+def _encode_careful(r: RequestLike, names: bytes, packed: bool) -> bytes:
+    """Every value checked and converted; the layout computed, and cached when it may be."""
+    tags, timers = r.tags, r.timers
+    request_tags = _tag_pairs(tags, "tags") if tags else []
+    m = _merge(timers) if timers else _Merged()
+    layout = _make_layout(request_tags, m.keys, m.plan, packed)
+    if m.cacheable and (not tags or (type(tags) is dict and _all_str(tags.items()))):
+        raw_tags = tuple(tags.items()) if tags else ()
+        raw_keys = tuple(tuple(t.tags.items()) for t in timers) if timers else ()
+        if sum(map(len, raw_keys)) <= 1024:
+            _cache_put(_LAYOUTS, (packed, raw_tags, raw_keys), layout)
+    return _assemble(
+        r, names, layout, m.hits, _f32s(m.values), _f32s(m.ru_utime), _f32s(m.ru_stime), packed
+    )
+
+
+def encode(request: RequestLike, *, packed: bool = False) -> bytes:
+    """The Pinba packet for ``request``: byte for byte the reference client's when not ``packed``.
+
+    Raises :class:`PinbaEncodeError` (a ``ValueError`` and a ``TypeError``) naming the field when
+    the request holds something that has no text form or is not of the expected kind.
+    """
+    # The span model's finished requests are encoded as they are (see RequestLike); anything
+    # else without the attributes is refused here, naming what it was.
+    try:
+        names = _names(request)
+    except AttributeError:
+        raise PinbaEncodeError(
+            "request", f"expected a PinbaRequest, got {type(request).__name__}"
+        ) from None
+    try:
+        data = _encode_fast(request, names, packed)
+    except Exception:  # anything unusual in the shape or the numbers: the careful path decides
+        data = None
+    if data is None:
+        data = _encode_careful(request, names, packed)
+    return data

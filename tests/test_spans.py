@@ -1,0 +1,131 @@
+"""Unit tests of the span model and of the one way a request leaves (no sockets, no server).
+
+The packets are real (encoded, then decoded from the bytes a MemoryTransport kept); what is
+tested is the model's own rules: finishing, sealing, the cardinality guard, the error path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pynba_exporter import MemoryTransport, Transport
+from pynba_exporter.naming import OVERFLOW, UNMATCHED, ScriptNames, script_names
+from pynba_exporter.spans import (
+    MEASURE,
+    RequestSpan,
+    Timer,
+    current_request,
+    finish_and_send,
+)
+
+
+def _request(script: str = "/p", **options: object) -> RequestSpan:
+    return RequestSpan("h", "s", script, **options)  # type: ignore[arg-type]
+
+
+def test_a_finished_request_leaves_once_with_its_timers_and_sizes() -> None:
+    memory = MemoryTransport()
+    request = _request(tags={"app": "shop"})
+    token = current_request.set(request)
+    try:
+        with Timer({"group": "db"}):
+            pass
+        running = Timer({"group": "left-running"}).start()
+    finally:
+        current_request.reset(token)
+    assert finish_and_send(request, memory, "test")
+    assert finish_and_send(request, memory, "test")  # a second call sends the same request
+    first, second = memory.requests
+    assert first == second
+    assert first.tags == {"app": "shop"}
+    assert {t.tags["group"] for t in first.timers} == {"db", "left-running"}
+    assert not running.started  # finishing stopped it
+    assert first.document_size == 0  # nobody measured a body
+    assert first.memory_peak >= first.memory_footprint > 0
+
+
+def test_the_source_may_give_the_time_and_leave_out_the_cpu() -> None:
+    memory = MemoryTransport()
+    request = _request()
+    deadline = time.thread_time() + 0.01
+    while time.thread_time() < deadline:  # some CPU that would otherwise be counted
+        pass
+    finish_and_send(request, memory, "test", duration=1.5, cpu=False)
+    (got,) = memory.requests
+    assert got.request_time == 1.5
+    assert (got.ru_utime, got.ru_stime) == (0.0, 0.0)
+
+
+def test_cpu_is_that_of_the_thread_that_ran_the_request() -> None:
+    memory = MemoryTransport()
+    request = _request()
+    deadline = time.thread_time() + 0.02
+    while time.thread_time() < deadline:
+        pass
+    finish_and_send(request, memory, "test")
+    assert memory.requests[0].ru_utime + memory.requests[0].ru_stime >= 0.015
+
+    other = _request()
+    done = threading.Thread(target=finish_and_send, args=(other, memory, "test"))
+    done.start()
+    done.join()
+    # Finished on another thread: that thread's CPU says nothing of this request.
+    assert (memory.requests[1].ru_utime, memory.requests[1].ru_stime) == (0.0, 0.0)
+
+
+def test_sizes_set_by_the_app_are_kept_and_the_others_measured() -> None:
+    memory = MemoryTransport()
+    request = _request()
+    request.document_size = 123
+    request.memory_footprint = 7
+    assert request.memory_peak == MEASURE
+    finish_and_send(request, memory, "test")
+    (got,) = memory.requests
+    assert (got.document_size, got.memory_footprint) == (123, 7)
+    assert got.memory_peak > 7
+
+
+def test_a_disabled_request_is_not_sent() -> None:
+    memory = MemoryTransport()
+    request = _request()
+    request.enabled = False
+    assert finish_and_send(request, memory, "test") is False
+    assert memory.packets == []
+
+
+class _Broken(Transport):
+    def _deliver(self, data: bytes, requests: int) -> bool:
+        raise RuntimeError("a bug in a transport")
+
+
+@pytest.mark.expect_pynba_errors
+def test_the_library_failures_are_logged_not_raised(pynba_log: object) -> None:
+    assert finish_and_send(_request(), _Broken(), "test") is False
+    broken = _Broken(raise_on_fail=True)
+    with pytest.raises(RuntimeError, match="a bug in a transport"):
+        finish_and_send(_request(), broken, "test")
+
+
+@pytest.mark.expect_pynba_errors
+def test_script_names_beyond_the_cap_go_under_one_name() -> None:
+    guard = ScriptNames(limit=2)
+    assert [guard.guard(n) for n in ("/a", "/b", "/a", "/c", "/d", "/b")] == [
+        "/a", "/b", "/a", OVERFLOW, OVERFLOW, "/b",
+    ]  # fmt: skip
+    assert guard.guard(UNMATCHED) == UNMATCHED  # the fixed names never count against the cap
+    assert guard.stats() == {"distinct": 2, "overflowed": 2}
+
+
+@pytest.mark.expect_pynba_errors
+def test_the_cap_applies_on_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PINBA_MAX_SCRIPT_NAMES", "3")
+    script_names.reset()
+    memory = MemoryTransport()
+    for i in range(5):
+        finish_and_send(_request(f"/product/{i}"), memory, "test")
+    names = [r.script_name for r in memory.requests]
+    assert names == ["/product/0", "/product/1", "/product/2", OVERFLOW, OVERFLOW]
+    assert script_names.stats()["overflowed"] == 2
