@@ -41,14 +41,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import SpanKind
-from pynba_exporter.naming import OVERFLOW_NAME, UNMATCHED_NAME, ScriptNames
 from test_classic_wsgi import environ, hello, serve
 from werkzeug.serving import make_server
 
 from pynba import PynbaMiddleware
 from pynba_exporter import PinbaRequest
-from pynba_exporter import naming as naming_module
 from pynba_exporter import otel as otel_module
+from pynba_exporter.naming import OVERFLOW, UNMATCHED, script_names
 from pynba_exporter.otel import (
     PinbaConfigurator,
     PinbaSampler,
@@ -120,7 +119,11 @@ def otel(receiver: UdpReceiver, sampler: Sampler | None = None, **options: Any) 
     memory = InMemorySpanExporter()
     provider.add_span_processor(processor)
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    instrumentors = [SQLite3Instrumentor(), RequestsInstrumentor(), ThreadingInstrumentor()]
+    instrumentors: list[Any] = [  # BaseInstrumentor: untyped
+        SQLite3Instrumentor(),
+        RequestsInstrumentor(),
+        ThreadingInstrumentor(),
+    ]
     for instrumentor in instrumentors:
         instrumentor.instrument(tracer_provider=provider)
     try:
@@ -134,7 +137,7 @@ def otel(receiver: UdpReceiver, sampler: Sampler | None = None, **options: Any) 
 @contextmanager
 def flask_served(setup: Otel) -> Iterator[str]:
     app = flask_app.make_app()
-    FlaskInstrumentor.instrument_app(app, tracer_provider=setup.provider)
+    FlaskInstrumentor.instrument_app(app, tracer_provider=setup.provider)  # type: ignore[no-untyped-call]
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -144,7 +147,7 @@ def flask_served(setup: Otel) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
-        FlaskInstrumentor.uninstrument_app(app)
+        FlaskInstrumentor.uninstrument_app(app)  # type: ignore[no-untyped-call]
 
 
 @contextmanager
@@ -233,9 +236,9 @@ def fields(r: PinbaRequest) -> tuple[Any, ...]:
 @pytest.fixture(autouse=True)
 def fresh_script_names() -> Iterator[None]:
     """Each test starts with an empty process-wide set of script names."""
-    naming_module.default_guard().reset()
+    script_names.reset()
     yield
-    naming_module.default_guard().reset()
+    script_names.reset()
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +307,7 @@ def test_2_done_when_flask_traceidratio_one_packet_per_request(receiver: UdpRece
                 sent["/product/<int:pid>"] += 1
             for i in range(15):
                 assert get(f"{app.url}/wp-admin/setup{i}.php")[0] == 404
-                sent[UNMATCHED_NAME] += 1
+                sent[UNMATCHED] += 1
             for _ in range(5):
                 assert get(f"{app.url}/boom")[0] == 500
                 sent["/boom"] += 1
@@ -313,7 +316,7 @@ def test_2_done_when_flask_traceidratio_one_packet_per_request(receiver: UdpRece
             packets = all_packets(receiver, sum(sent.values()))
     assert Counter(r.script_name for r in packets) == sent
     assert {r.status for r in packets if r.script_name == "/boom"} == {500}
-    assert {r.status for r in packets if r.script_name == UNMATCHED_NAME} == {404}
+    assert {r.status for r in packets if r.script_name == UNMATCHED} == {404}
     products = [r for r in packets if r.script_name == "/product/<int:pid>"]
     assert {r.server_name for r in products} == {"127.0.0.1"}
     assert all(groups(r) == Counter({"db::SELECT": 3}) for r in products)
@@ -353,6 +356,7 @@ def test_2_exporter_route_warns_once_that_sampling_hides_requests(
 
 
 CONFIGURE = """
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pynba_exporter.otel import PinbaConfigurator, PinbaSampler
 
@@ -394,9 +398,9 @@ def test_3_client_and_internal_roots_are_not_requests(receiver: UdpReceiver) -> 
     with otel(receiver) as setup, plain_http_server() as outside:
         flask_app.query("select 1")  # a query at startup
         requests.get(outside, timeout=10)  # a poller's call
-        done = threading.Event()
-        threading.Thread(target=lambda: (flask_app.query("select 2"), done.set())).start()
-        assert done.wait(30)
+        worker = threading.Thread(target=flask_app.query, args=("select 2",))  # no context
+        worker.start()
+        worker.join(30)
         tracer = setup.provider.get_tracer("tests")
         with tracer.start_as_current_span("housekeeping"):  # INTERNAL, unmarked
             pass
@@ -429,30 +433,29 @@ def test_4_unmatched_requests_share_one_name(receiver: UdpReceiver) -> None:
         for i in range(20):
             assert get(f"{url}/nope/{i}")[0] == 404
         packets = all_packets(receiver, 20)
-    assert {(r.script_name, r.status) for r in packets} == {(UNMATCHED_NAME, 404)}
+    assert {(r.script_name, r.status) for r in packets} == {(UNMATCHED, 404)}
 
 
-def test_4_script_names_are_capped_per_process(receiver: UdpReceiver) -> None:
-    guard = ScriptNames(limit=2)
-    with otel(receiver, script_names=guard) as setup, flask_served(setup) as url:
+@pytest.mark.expect_pynba_errors  # the cap says once that it renames
+def test_4_script_names_are_capped_per_process_for_otel_and_classic_alike(
+    receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch, pynba_log: PynbaLog
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_PINBA_MAX_SCRIPT_NAMES", "2")
+    script_names.reset()  # the limit is read again
+    with otel(receiver) as setup, flask_served(setup) as url:
         for path in ("/product/1", "/product/2", "/boom", "/sized", "/pool", "/nope"):
             get(url + path)
         packets = all_packets(receiver, 6)
+        serve(PynbaMiddleware(hello, receiver.address), environ("/classic/one"))
+        classic = receiver.request()
     names = [r.script_name for r in packets]
     assert names == [
-        "/product/<int:pid>", "/product/<int:pid>", "/boom", OVERFLOW_NAME, OVERFLOW_NAME,
-        UNMATCHED_NAME,
+        "/product/<int:pid>", "/product/<int:pid>", "/boom", OVERFLOW, OVERFLOW,
+        UNMATCHED,
     ]  # fmt: skip
-    assert guard.stats() == {"names": 2, "overflowed": 2}
-
-
-def test_4_the_cap_is_shared_with_the_classic_api(receiver: UdpReceiver) -> None:
-    guard = naming_module.default_guard()
-    for i in range(guard.limit):
-        guard.guard(f"/seen/{i}")
-    app = PynbaMiddleware(hello, receiver.address)
-    serve(app, environ("/classic/one"))
-    assert receiver.request().script_name == OVERFLOW_NAME
+    assert classic.script_name == OVERFLOW
+    assert script_names.stats() == {"distinct": 2, "overflowed": 3}
+    assert [m for m in pynba_log.problems if OVERFLOW in m]
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,7 +471,7 @@ def test_5_fastapi_requests_without_asgi_event_timers(receiver: UdpReceiver) -> 
     assert product.script_name == "/product/{pid}"
     assert groups(product) == Counter({"db::SELECT": 3})
     assert (unmatched.script_name, unmatched.status, groups(unmatched)) == (
-        UNMATCHED_NAME, 404, Counter(),
+        UNMATCHED, 404, Counter(),
     )  # fmt: skip
     assert (boom.script_name, boom.status) == ("/boom", 500)
 
@@ -595,7 +598,7 @@ def test_7_every_option_has_an_otel_name_and_a_pinba_alias() -> None:
     from pynba_exporter import config  # noqa: PLC0415
     from pynba_exporter import otel_environment_variables as documented  # noqa: PLC0415
 
-    for option in config.OPTIONS:
+    for option in config.OPTIONS.values():
         names = option.env
         assert names[0].startswith("OTEL_EXPORTER_PINBA_"), names
         assert any(n.startswith("PINBA_") for n in names[1:]), names
@@ -675,7 +678,7 @@ def test_8_django_zero_code(receiver: UdpReceiver) -> None:
             assert get(f"{app.url}/boom")[0] == 500
             packets = all_packets(receiver, 4)
     assert [(r.script_name, r.status) for r in packets] == [
-        ("/product/<int:pid>", 200), ("/product/<int:pid>", 200), (UNMATCHED_NAME, 404),
+        ("/product/<int:pid>", 200), ("/product/<int:pid>", 200), (UNMATCHED, 404),
         ("/boom", 500),
     ]  # fmt: skip
     assert groups(packets[0]) == Counter({"db::SELECT": 3})
@@ -687,7 +690,7 @@ def test_8_fastapi_zero_code(receiver: UdpReceiver) -> None:
         assert get(f"{app.url}/nope")[0] == 404
         packets = all_packets(receiver, 2)
     assert [(r.script_name, groups(r)) for r in packets] == [
-        ("/product/{pid}", Counter({"db::SELECT": 3})), (UNMATCHED_NAME, Counter()),
+        ("/product/{pid}", Counter({"db::SELECT": 3})), (UNMATCHED, Counter()),
     ]  # fmt: skip
 
 
@@ -718,7 +721,7 @@ def test_8_docs_python_snippets_run_as_written(receiver: UdpReceiver, tmp_path: 
 
 
 def test_8_docs_zero_code_command_runs_as_written(receiver: UdpReceiver, tmp_path: Path) -> None:
-    (command,) = [b for b in doc_blocks("sh") if "opentelemetry-instrument" in b]
+    (command,) = [b for b in doc_blocks("sh") if "OTEL_PYTHON_CONFIGURATOR" in b]
     line = " ".join(command.replace("\\\n", " ").split())
     words = line.split()
     assignments = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))

@@ -8,7 +8,9 @@ serves with wsgiref on 127.0.0.1 (see ``_serve``).
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -44,8 +46,11 @@ def main() -> None:
     from wsgiref.simple_server import WSGIRequestHandler, make_server  # noqa: PLC0415
 
     import django  # noqa: PLC0415
-    from _serve import outside_any_request, serve_until_stdin_closes  # noqa: PLC0415
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from django.core.wsgi import get_wsgi_application  # noqa: PLC0415
+
+    from apps._serve import outside_any_request, serve_until_stdin_closes  # noqa: PLC0415
 
     class Quiet(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:

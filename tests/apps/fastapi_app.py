@@ -55,8 +55,8 @@ def serve_in_thread(app: FastAPI) -> tuple[int, Callable[[], None]]:
 
 
 def main() -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _serve import outside_any_request, serve_until_stdin_closes  # noqa: PLC0415
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from apps._serve import outside_any_request, serve_until_stdin_closes  # noqa: PLC0415
 
     outside_any_request()
     port, stop = serve_in_thread(make_app())

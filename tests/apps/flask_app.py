@@ -51,9 +51,10 @@ def make_app() -> Flask:
 
 
 def main() -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _serve import outside_any_request, serve_until_stdin_closes  # noqa: PLC0415
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from werkzeug.serving import make_server  # noqa: PLC0415
+
+    from apps._serve import outside_any_request, serve_until_stdin_closes  # noqa: PLC0415
 
     outside_any_request()
     server = make_server("127.0.0.1", 0, make_app(), threaded=True)
