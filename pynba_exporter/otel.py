@@ -1,19 +1,26 @@
-"""OpenTelemetry -> Pinba: every local root span is a Pinba request, its descendants its timers.
+"""OpenTelemetry -> Pinba: each request span is a Pinba request, the spans under it its timers.
 
-Two ways in, both constructible with no arguments (configuration from the environment):
+A request is a local root span (no parent, or a remote one) of kind SERVER or CONSUMER, or one
+the app marks with the attribute ``pinba.script_name``. Other roots (a query at startup, a
+poller's HTTP call) are counted and dropped. Names keep a bounded cardinality: the route
+template, one name for requests that matched no route, and the per-process cap of
+:mod:`pynba_exporter.naming`. The user documentation is ``docs/opentelemetry.md``.
+
+Ways in, each constructible with no arguments (configuration from the environment, see
+:mod:`pynba_exporter.config`; a bad value is logged once and turns Pinba off, never raises):
 
 - :class:`PinbaSpanProcessor`: add it to a ``TracerProvider``. It sees spans start and end, so it
   measures CPU (of the thread, during the root; of each child that starts and ends on one
-  thread), makes the request current so that classic ``pynba.timer()`` calls inside land in the
-  same packet, and turns OpenTelemetry spans inside a classic request (``monitor``,
-  ``ScriptMonitor``) into timers of that request. One packet when the local root ends.
-- :class:`PinbaSpanExporter`: a ``SpanExporter`` for the SDK's ``BatchSpanProcessor`` (what
-  ``OTEL_TRACES_EXPORTER=pinba`` gives). Spans arrive in batches, children before their root;
-  they are buffered per trace, bounded in count and age, and each local root leaves as one
-  packet with its descendants. Same packets as the processor, without CPU.
-
-:class:`PinbaSampler` wraps the app's sampler so that every span records (Pinba needs every
-request) while exporters still only get the spans the app's sampler chose.
+  thread), lets classic ``pynba.timer()`` calls inside a request land in its packet (the request
+  is found through the current span), and turns OpenTelemetry spans inside a classic request
+  (``monitor``, ``ScriptMonitor``) into timers of that request. One packet when the root ends.
+- :class:`PinbaSampler` wraps the app's sampler so that every span records (Pinba needs every
+  request) while exporters still only get the spans the app's sampler chose.
+- :class:`PinbaConfigurator` (``OTEL_PYTHON_CONFIGURATOR=pinba``): zero-code, the two above
+  set up by ``opentelemetry-instrument`` around whatever the ``OTEL_*`` variables configure.
+- :class:`PinbaSpanExporter`: a ``SpanExporter`` (what ``OTEL_TRACES_EXPORTER=pinba`` gives
+  with another configurator). Spans arrive in batches, children before their root; they are
+  buffered per trace, bounded in count and age. It sees only sampled traces and no CPU.
 
 This is the only module of the project that imports ``opentelemetry``.
 """
@@ -140,18 +147,24 @@ class _Sender:
         self.counts: dict[str, int] = {}
         self.enabled = False
         self.asgi_events = False
-        # Until a transport is made (and if the options are bad): one that is never used.
-        self.transport: Transport = transport or MemoryTransport(
-            max_packet_size=DEFAULT_MAX_PACKET_SIZE, packed=False
-        )
+        self.transport: Transport
         try:
             self.enabled = (
                 (config.value("enabled") and not _sdk_disabled()) if enabled is None else enabled
             )
             self.asgi_events = config.value("asgi_events", asgi_events)
-            if transport is None:
-                self.transport = UdpTransport(_address(address), **transport_options)
+            self.transport = (
+                transport
+                if transport is not None
+                else UdpTransport(_address(address), **transport_options)
+            )
         except (ValueError, TypeError) as exc:
+            # Pinba is off; a transport that is never used keeps the attribute typed.
+            self.transport = (
+                transport
+                if transport is not None
+                else MemoryTransport(max_packet_size=DEFAULT_MAX_PACKET_SIZE, packed=False)
+            )
             self.disable(exc)
 
     def disable(self, exc: Exception) -> None:
@@ -348,21 +361,15 @@ def _fill(
 #: (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE`` includes ``content-length``).
 CONTENT_LENGTH_ATTRIBUTE: Final = "http.response.header.content_length"
 
-#: Instrumentations of frameworks that route: a server span of theirs without ``http.route``
-#: matched no route.
-_ROUTING_SCOPES: Final = frozenset(
-    f"opentelemetry.instrumentation.{name}"
-    for name in (
-        "flask", "django", "fastapi", "starlette", "falcon", "pyramid", "tornado",
-        "aiohttp_server", "bottle",
-    )
-)  # fmt: skip
+#: What frameworks answer a request that matched none of their routes (Flask, Django,
+#: FastAPI/Starlette alike); their instrumentations then record no ``http.route``.
+_NO_ROUTE_STATUSES: Final = frozenset(("404", "405"))
 
 
 def _script_name(span: ReadableSpan, a: Mapping[str, Any]) -> str:
     """A request's name with bounded cardinality: the route template with a leading ``/``;
-    :data:`UNMATCHED` when an HTTP request matched no route; the path for apps without
-    a router; else the span name."""
+    :data:`UNMATCHED` for an HTTP request without a route answered 404 or 405 (it matched no
+    route: a scanner, a typo); the path for apps without a router; else the span name."""
     route = _first(a, "http.route")
     if route is not None:
         route = str(route)
@@ -370,8 +377,7 @@ def _script_name(span: ReadableSpan, a: Mapping[str, Any]) -> str:
     method = _first(a, "http.request.method", "http.method")
     if span.kind == SpanKind.SERVER and method is not None:
         status = _first(a, "http.response.status_code", "http.status_code")
-        scope = span.instrumentation_scope.name if span.instrumentation_scope else ""
-        if str(status) in ("404", "405") or scope in _ROUTING_SCOPES:
+        if str(status) in _NO_ROUTE_STATUSES:
             return UNMATCHED
     path = _first(a, "url.path", "http.target", "http.url")
     if path is not None:

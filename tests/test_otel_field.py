@@ -676,10 +676,11 @@ def test_8_django_zero_code(receiver: UdpReceiver) -> None:
             assert get(f"{app.url}/product/8", UNSAMPLED)[0] == 200
             assert get(f"{app.url}/wp-login.php")[0] == 404
             assert get(f"{app.url}/boom")[0] == 500
-            packets = all_packets(receiver, 4)
+            assert get(f"{app.url}/")[0] == 200  # the empty route: not recorded, not unmatched
+            packets = all_packets(receiver, 5)
     assert [(r.script_name, r.status) for r in packets] == [
         ("/product/<int:pid>", 200), ("/product/<int:pid>", 200), (UNMATCHED, 404),
-        ("/boom", 500),
+        ("/boom", 500), ("/", 200),
     ]  # fmt: skip
     assert groups(packets[0]) == Counter({"db::SELECT": 3})
 

@@ -35,11 +35,15 @@ def product(request: HttpRequest, pid: int) -> HttpResponse:
     return HttpResponse(f"product {pid}")
 
 
+def home(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("home")
+
+
 def boom(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("the app's own error")
 
 
-urlpatterns = [path("product/<int:pid>", product), path("boom", boom)]
+urlpatterns = [path("", home), path("product/<int:pid>", product), path("boom", boom)]
 
 
 def main() -> None:
