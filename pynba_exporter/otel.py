@@ -531,11 +531,16 @@ class PinbaSpanProcessor(SpanProcessor):
         """Forget the unfinished spans older than ``max_age`` (oldest first: the dict keeps
         the order of starts). Their requests are abandoned, counted, never sent."""
         spans = self._spans
-        if not spans or not self._evicting.acquire(blocking=False):
-            return
+        limit = _now() - self.max_age
         try:
-            limit = _now() - self.max_age
-            evicted = 0
+            if next(iter(spans.values())).born >= limit:
+                return  # the common case: the oldest span is young enough
+        except (StopIteration, RuntimeError):  # empty, or changed meanwhile by another thread
+            return
+        if not self._evicting.acquire(blocking=False):
+            return  # another thread is at it
+        evicted = 0
+        try:
             while spans:
                 try:
                     span_id = next(iter(spans))

@@ -233,14 +233,6 @@ def fields(r: PinbaRequest) -> tuple[Any, ...]:
     return (r.script_name, r.server_name, r.hostname, r.schema, r.status, tags)
 
 
-@pytest.fixture(autouse=True)
-def fresh_script_names() -> Iterator[None]:
-    """Each test starts with an empty process-wide set of script names."""
-    script_names.reset()
-    yield
-    script_names.reset()
-
-
 # --------------------------------------------------------------------------------------------
 # 1. The sampler wrapper keeps the span's own start attributes
 
