@@ -36,6 +36,7 @@ from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
 from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
 from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -237,15 +238,48 @@ def fields(r: PinbaRequest) -> tuple[Any, ...]:
 # 1. The sampler wrapper keeps the span's own start attributes
 
 
-def test_1_unsampled_requests_give_the_same_row_as_sampled_ones(receiver: UdpReceiver) -> None:
-    with otel(receiver) as setup, flask_served(setup) as url:
-        assert get(f"{url}/product/1", SAMPLED)[0] == 200
-        sampled = receiver.request()
-        assert get(f"{url}/product/2", UNSAMPLED)[0] == 200
-        unsampled = receiver.request()
+@contextmanager
+def wsgi_served(setup: Otel, outside: str) -> Iterator[str]:
+    """A bare WSGI app (no framework) under the WSGI instrumentation, which records the
+    request's attributes only when the span starts; each request calls ``outside`` with
+    ``requests`` (whose client span also has its attributes from the start only)."""
+    import requests  # noqa: PLC0415
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        requests.get(outside, timeout=10)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"product"]
+
+    traced = OpenTelemetryMiddleware(app, tracer_provider=setup.provider)
+    server = make_server("127.0.0.1", 0, traced, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("framework", ["wsgi", "flask"])
+def test_1_unsampled_requests_give_the_same_row_as_sampled_ones(
+    receiver: UdpReceiver, framework: str
+) -> None:
+    with plain_http_server() as outside, otel(receiver) as setup:
+        serving = wsgi_served(setup, outside) if framework == "wsgi" else flask_served(setup)
+        with serving as url:
+            assert get(f"{url}/product/42", SAMPLED)[0] == 200
+            sampled = receiver.request()
+            assert get(f"{url}/product/42", UNSAMPLED)[0] == 200
+            unsampled = receiver.request()
     assert fields(unsampled) == fields(sampled)
-    assert sampled.script_name == "/product/<int:pid>"
-    assert (sampled.server_name, sampled.schema) == ("127.0.0.1", "http")
+    name = "/product/42" if framework == "wsgi" else "/product/<int:pid>"
+    assert (sampled.script_name, sampled.server_name, sampled.schema) == (name, "127.0.0.1", "http")
+    if framework == "wsgi":
+        assert [t.tags for t in sampled.timers] == [
+            {"group": "http::GET", "category": "http", "server": "127.0.0.1"}
+        ]
     # The backend saw the sampled request only.
     servers = [s for s in setup.spans.get_finished_spans() if s.kind == SpanKind.SERVER]
     assert len(servers) == 1
