@@ -12,6 +12,7 @@ import sqlite3
 import sys
 import urllib.request
 from collections.abc import Callable
+from contextlib import closing
 
 
 def outside_any_request() -> None:
@@ -22,7 +23,7 @@ def outside_any_request() -> None:
         import requests  # noqa: PLC0415 - only the apps that are told to call out need it
 
         requests.get(url, timeout=10)
-    with sqlite3.connect(":memory:") as db:
+    with closing(sqlite3.connect(":memory:")) as db:
         db.cursor().execute("select 1")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ LOGGING_CONFIG = None  # Django's own logging setup would print every 404 and 50
 
 
 def product(request: HttpRequest, pid: int) -> HttpResponse:
-    with sqlite3.connect(":memory:") as db:
+    with closing(sqlite3.connect(":memory:")) as db:
         cursor = db.cursor()
         for statement in ("select 1", "SELECT 2", "Select 3"):
             cursor.execute(statement)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import uvicorn
@@ -22,7 +23,7 @@ def make_app() -> FastAPI:
 
     @app.get("/product/{pid}")
     def product(pid: int) -> dict[str, int]:
-        with sqlite3.connect(":memory:") as db:
+        with closing(sqlite3.connect(":memory:")) as db:
             cursor = db.cursor()
             for statement in ("select 1", "SELECT 2", "Select 3"):
                 cursor.execute(statement)

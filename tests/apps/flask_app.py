@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 from flask import Flask, Response
@@ -18,7 +19,7 @@ BODY_SIZE = 1234
 
 
 def query(*statements: str) -> None:
-    with sqlite3.connect(":memory:") as db:
+    with closing(sqlite3.connect(":memory:")) as db:
         cursor = db.cursor()
         for statement in statements:
             cursor.execute(statement)
