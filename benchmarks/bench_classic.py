@@ -1,4 +1,4 @@
-"""The classic middleware's overhead against one raw UDP send, measured in the same run.
+"""The classic middleware's overhead against one connected UDP send, in interleaved rounds.
 
     python benchmarks/bench_classic.py
 
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
-from _common import draining_listener, measure, raw_send, table
+from _common import connected_send, draining_listener, header, ratios, rounds, row, table
 
 from pynba import PynbaMiddleware, pynba
 
@@ -72,23 +72,28 @@ def main() -> None:
                 PynbaMiddleware(with_timers(10), target, timer_rusage=True)
             ),
         }
-        base, times = measure(cases, raw_send(address))
-    overhead0 = times["monitored, 0 timers"] - times["bare app, 0 timers"]
-    # What one more timer costs the app: creating, starting, stopping and recording it, and its
-    # share of encoding (an app without pynba would have no timer at all).
-    per_timer = (times["monitored, 10 timers, timer CPU off"] - times["monitored, 0 timers"]) / 10
-    per_timer_cpu = (
-        times["monitored, 10 timers, timer CPU on"] - times["monitored, 0 timers"]
-    ) / 10
-    derived = {
-        "middleware overhead, 0 timers": overhead0,
-        "each extra timer, CPU off": per_timer,
-        "each extra timer, CPU on": per_timer_cpu,
+        units, times = rounds(cases, connected_send(address))
+    print(f"Python {sys.version.split()[0]}, ratios to one connected send\n")
+    print(table(units, times))
+    print("\nDerived, per round:\n")
+    print(header())
+    for name, value in derived(times).items():
+        print(row(name, ratios(units, value)))
+
+
+def derived(times: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Per-round differences: what the middleware adds to a bare app, and what one more timer
+    costs the app (creating, starting, stopping and recording it, and its share of encoding;
+    an app without pynba would have no timer at all)."""
+    bare = times["bare app, 0 timers"]
+    zero = times["monitored, 0 timers"]
+    off = times["monitored, 10 timers, timer CPU off"]
+    on = times["monitored, 10 timers, timer CPU on"]
+    return {
+        "middleware overhead, 0 timers": [z - b for z, b in zip(zero, bare)],
+        "each extra timer, timer CPU on (the default)": [(t - z) / 10 for t, z in zip(on, zero)],
+        "each extra timer, timer CPU off": [(t - z) / 10 for t, z in zip(off, zero)],
     }
-    print(f"Python {sys.version.split()[0]}, ratios to one raw send\n")
-    print(table(base, {**times, **derived}, {
-        "middleware overhead, 0 timers": 2.5, "each extra timer, CPU off": 0.15,
-    }))  # fmt: skip
 
 
 if __name__ == "__main__":

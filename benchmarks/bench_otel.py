@@ -1,4 +1,4 @@
-"""The OpenTelemetry bridge's cost, measured in the same run.
+"""The OpenTelemetry bridge's cost, in interleaved rounds with a connected UDP send as the unit.
 
     python benchmarks/bench_otel.py
 
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from _common import draining_listener, measure, raw_send, table
+from _common import Figure, connected_send, draining_listener, header, rounds, row, table
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -65,17 +65,17 @@ def main() -> None:
                 BatchSpanProcessor(PinbaSpanExporter(target), max_queue_size=1_000_000)
             ),
         }
-        base, times = measure(cases, raw_send(address))
+        units, times = rounds(cases, connected_send(address))
         for provider in PROVIDERS:  # flush the batch exporter while the listener still runs
             provider.shutdown()
     sdk = times["SDK + no-op SimpleSpanProcessor (baseline)"]
-    print(f"Python {sys.version.split()[0]}, a root span with 5 children; ratios to one raw send\n")
-    print(table(base, times))
-    print()
-    for name, t in times.items():
-        print(
-            f"{name}: {t / sdk:.2f}x the SDK with a no-op processor ({(t / sdk - 1) * 100:+.0f}%)"
-        )
+    print(f"Python {sys.version.split()[0]}, a root span with 5 children; ratios to one send\n")
+    print(table(units, times))
+    print("\nOver the SDK with a no-op processor, per round:\n")
+    print(header())
+    for name, values in times.items():
+        over = Figure(tuple((t / s - 1) * 100 for t, s in zip(values, sdk)))
+        print(row(name, over, unit="%"))
 
 
 if __name__ == "__main__":

@@ -7,11 +7,19 @@
 - :data:`pynba`: the current request (timers, tags, names, sizes, the ``enabled`` switch);
 - :class:`pynba.util.ScriptMonitor`: report the units of work of a script or worker.
 
-Moving from the original: change ``from iscool_e.pynba import ...`` to ``from pynba import ...``.
+Code written for the predecessors runs unchanged: pynba 0.4.3's modules (``pynba.middleware``,
+``pynba.globals``, ``pynba.util``, ``pynba.reporter``, ``pynba.collector``, ``pynba.ctx``,
+``pynba.local``, ``pynba.log``, ``pynba.message``) and 0.5.5's (``pynba.wsgi``, ``pynba.core``,
+``pynba.stacked``) are here; ``docs/migration.md`` lists what differs on purpose. ASGI apps:
+:mod:`pynba.asgi`; Django, Flask, Starlette/FastAPI: :mod:`pynba.django`, :mod:`pynba.flask`,
+:mod:`pynba.starlette` (requests named by route).
 """
 
 from pynba._proxy import pynba
 from pynba._wsgi import PynbaMiddleware, monitor
 from pynba_exporter.spans import Timer
 
-__all__ = ["PynbaMiddleware", "Timer", "monitor", "pynba"]
+#: The version of the distribution (the successor of pynba 0.5.5 on the package index).
+__version__ = "1.0.0.dev0"
+
+__all__ = ["PynbaMiddleware", "Timer", "__version__", "monitor", "pynba"]

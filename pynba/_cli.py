@@ -1,9 +1,10 @@
 """The ``pynba`` command: collect, report, decode, demo.
 
-pynba collect [--listen HOST:PORT] [--db FILE] [--window S] [--interval S] [--json]
+pynba collect [--listen HOST:PORT] [--http HOST:PORT] [--db FILE] [--window S] [--interval S]
+              [--json]
 pynba report --db FILE [--by script|server|host|status|schema|timer:TAGS] [--json]
 pynba decode FILE|-
-pynba demo
+pynba demo [--http HOST:PORT] [--serve]
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pynba_exporter.collector import Collector, CollectorError, SqliteStore, report_table
+from pynba_exporter.collector import (
+    Collector,
+    CollectorError,
+    SqliteStore,
+    WebServer,
+    report_table,
+)
 from pynba_exporter.wire import PinbaDecodeError, decode
 
 __all__ = ["main"]
@@ -137,9 +144,21 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
         collector.store = SqliteStore(
             args.db, collector.aggregator, timer_tags=timer_tags, request_tags=request_tags
         )
+    web = None
+    if args.http:
+        web = WebServer(
+            collector, args.http, timer_tags=timer_tags, request_tags=request_tags
+        )  # before start: it counts from the first packet
     collector.start()
     print(f"pynba collector listening on {collector.address_text}"
           + (f", writing {args.db}" if args.db else ""), file=sys.stderr, flush=True)  # fmt: skip
+    if web is not None:
+        try:
+            web.start()
+        except CollectorError:
+            collector.stop()
+            raise
+        print(f"pynba collector: live page at {web.url}", file=sys.stderr, flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     try:
@@ -156,6 +175,8 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if web is not None:
+            web.stop()
         collector.stop()
     if args.json:
         print(json.dumps(reports_json(collector, timer_tags, request_tags)), file=out, flush=True)
@@ -227,8 +248,13 @@ def cmd_decode(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from pynba._demo import run_demo  # noqa: PLC0415 - only for this command
 
+    def serving(url: str) -> None:
+        print(f"pynba demo: live page at {url}"
+              + ("" if args.serve else " while the demo runs (--serve keeps it up)"),
+              file=out, flush=True)  # fmt: skip
+
     started = time.monotonic()
-    collector = run_demo(args.requests)
+    collector = run_demo(args.requests, http=args.http, on_serving=serving, serve=args.serve)
     took = time.monotonic() - started
     print(f"pynba demo: {args.requests} HTTP requests to a monitored shop app, reported to an "
           f"embedded collector in {took:.1f} s\n", file=out)  # fmt: skip
@@ -245,6 +271,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("collect", help="run the collector and show live reports")
     p.add_argument("--listen", default="127.0.0.1:30002", help="HOST:PORT (default %(default)s)")
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve a live page, its JSON API and /metrics there, e.g. 127.0.0.1:8080 "
+        "(a bare PORT is on 127.0.0.1; other interfaces only when named)",
+    )
     p.add_argument("--db", help="keep raw data and reports in this SQLite file")
     p.add_argument("--window", type=float, default=900.0, help="seconds of data kept (900)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between reports (5)")
@@ -268,6 +300,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     p.add_argument("file", help="a file holding one packet, or - for standard input")
     p = sub.add_parser("demo", help="collector, monitored app, traffic and reports, in seconds")
     p.add_argument("--requests", type=int, default=300)
+    p.add_argument(
+        "--http", metavar="HOST:PORT", default="127.0.0.1:0",
+        help="where the live page is served while the demo runs (a free local port)",
+    )  # fmt: skip
+    p.add_argument(
+        "--serve", action="store_true",
+        help="after the first requests, keep the app busy and the page up until Ctrl-C",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if getattr(args, "window", 1) <= 0 or getattr(args, "interval", 1) <= 0:
         parser.error("--window and --interval must be positive")

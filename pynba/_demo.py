@@ -4,10 +4,13 @@ A collector listens on a free local port; a small shop app runs on a real local 
 (wsgiref, threaded), monitored by the classic middleware, with OpenTelemetry spans inside when
 the SDK is installed (``pynba[otel]``); a client drives a few hundred requests with a realistic
 mix (fast pages, slow ones, errors, database and cache timers); then the reports are printed.
+While it runs, the collector's live page is served (``http``; ``serve`` keeps the app busy and
+the page up until Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import random
@@ -21,7 +24,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from pynba._proxy import pynba
 from pynba._wsgi import PynbaMiddleware
-from pynba_exporter.collector import Collector
+from pynba_exporter.collector import Collector, History, WebServer
 from pynba_exporter.spans import current_request
 
 __all__ = ["run_demo"]
@@ -134,20 +137,61 @@ def _drive(port: int, paths: list[str]) -> int:
         return len(list(pool.map(get, paths)))
 
 
-def run_demo(requests: int = 300, seed: int = 1) -> Collector:
-    """Run the demo; the collector (stopped) holds the reports."""
-    collector = Collector("127.0.0.1:0").start()
+def _keep_busy(port: int, rng: random.Random, sent: int) -> None:
+    # Until Ctrl-C: a few requests a second, so that the live page's charts move.
+    while True:
+        _drive(port, _paths(rng, 10, sent))
+        sent += 10
+        time.sleep(1.0)
+
+
+def _paths(rng: random.Random, count: int, first: int = 0) -> list[str]:
+    choices = ["/product/"] * 10 + ["/search"] * 4 + ["/checkout"] * 2 + ["/health", "/nowhere"]
+    paths = []
+    for i in range(first, first + count):
+        path = rng.choice(choices)
+        paths.append(f"{path}{i}" if path == "/product/" else path)
+    return paths
+
+
+def run_demo(
+    requests: int = 300,
+    seed: int = 1,
+    *,
+    http: str | None = None,
+    on_serving: Callable[[str], None] | None = None,
+    after_traffic: Callable[[WebServer], None] | None = None,
+    serve: bool = False,
+) -> Collector:
+    """Run the demo; the collector (stopped) holds the reports.
+
+    ``http``: where to serve the live page meanwhile (``127.0.0.1:0``: a free port); its URL is
+    given to ``on_serving`` before the traffic starts, and ``after_traffic`` is called with the
+    web server once the requests are in. ``serve``: then keep sending a few requests a second,
+    the page up, until Ctrl-C.
+    """
+    collector = Collector("127.0.0.1:0")
+    web = None
+    if http:
+        # Charts per second: the demo's traffic lasts seconds, not minutes.
+        history = History(interval=1.0, size=300, clock=collector.clock)
+        web = WebServer(collector, http, request_tags=[("user_type",)], history=history)
+    collector.start()
+    if web is not None:
+        try:
+            web.start()
+        except BaseException:
+            collector.stop()
+            raise
+        if on_serving is not None:
+            on_serving(web.url)
     provider, tracer = _otel_tracer(collector)
     rng = random.Random(seed)
     app = PynbaMiddleware(shop_app(tracer, rng), collector.address_text, tags={"app": "shop"})
     server = make_server("127.0.0.1", 0, app, _Server, _Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    choices = ["/product/"] * 10 + ["/search"] * 4 + ["/checkout"] * 2 + ["/health", "/nowhere"]
-    paths = []
-    for i in range(requests):
-        path = rng.choice(choices)
-        paths.append(f"{path}{i}" if path == "/product/" else path)
+    paths = _paths(rng, requests)
     try:
         _drive(server.server_port, paths)
         if tracer is not None:
@@ -164,7 +208,14 @@ def run_demo(requests: int = 300, seed: int = 1) -> Collector:
         deadline = time.monotonic() + 10
         while collector.aggregator.requests_total < expected and time.monotonic() < deadline:
             time.sleep(0.02)
+        if web is not None and after_traffic is not None:
+            after_traffic(web)
+        if serve:
+            with contextlib.suppress(KeyboardInterrupt):
+                _keep_busy(server.server_port, rng, requests)
     finally:
+        if web is not None:
+            web.stop()
         server.shutdown()
         server.server_close()
         if provider is not None:

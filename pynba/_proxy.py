@@ -22,7 +22,7 @@ import math
 from typing import Any
 
 from pynba_exporter.log import errors, logger
-from pynba_exporter.spans import MEASURE, RequestSpan, Timer, TimerSpec, current_request, safe_text
+from pynba_exporter.spans import MEASURE, RequestSpan, Timer, current_request, safe_text
 
 __all__ = ["pynba"]
 
@@ -56,7 +56,20 @@ class _Pynba:
 
     def timer(self, **tags: Any) -> Timer:
         """A timer with these tags, in the current request (see :class:`pynba.Timer`)."""
-        return Timer(tags, spec=TimerSpec(tags))  # kwargs are a fresh dict: no copy needed
+        return Timer(tags)
+
+    @property
+    def timers(self) -> set[Timer]:
+        """The timers made by :meth:`timer` in the current request (empty outside any), as
+        the original's ``pynba.timers``."""
+        request = current_request.get()
+        return set(request.handles) if request is not None else set()
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds since the current request started (None outside any)."""
+        request = current_request.get()
+        return request.elapsed if request is not None else None
 
     @property
     def request(self) -> RequestSpan | None:

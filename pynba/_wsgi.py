@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
-from pynba_exporter import Address, Transport, UdpTransport, config
-from pynba_exporter.log import errors
+from pynba._legacy import ReporterOption, call_reporter, split_reporter
+from pynba_exporter import Address, Transport, UdpTransport
+from pynba_exporter.config import value as config_value
+from pynba_exporter.log import errors, from_signal_handler, logger
 from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
 from pynba_exporter.spans import hostname as _hostname
 
@@ -58,27 +62,43 @@ def _path(environ: Mapping[str, Any]) -> str:
         return str(path)
 
 
+# The keyword arguments that configure the transport; any other unknown keyword is kept in
+# ``config`` and ignored, as the original middlewares did with their ``**config``.
+_TRANSPORT_OPTIONS: Final = frozenset(
+    name
+    for name, p in inspect.signature(UdpTransport.__init__).parameters.items()
+    if p.kind is p.KEYWORD_ONLY
+)
+
+
 class PynbaMiddleware:
     """Reports every request of ``app`` to Pinba.
 
     ``address``: the Pinba server(s), in any form :class:`pynba_exporter.UdpTransport` takes
     (``None``: ``$PINBA_SERVER``, else 127.0.0.1:30002); or give a ready ``transport``.
-    ``prefix`` is put before ``PATH_INFO`` to make the script name. ``tags`` are request tags
+    ``reporter`` (0.5.5's third argument): a transport, a :class:`pynba.reporter.Reporter`, or
+    a callable taking the original reporter's arguments, called instead of sending.
+    ``prefix`` is put before the script name when the request is sent (``PATH_INFO``, or what
+    the app set in ``pynba.scriptname``), as in the originals. ``tags`` are request tags
     added to every request (a callable value is called per request). ``hostname``,
     ``server_name``, ``script_name`` and ``schema`` replace what is taken from the machine and
     the request: a string, or a callable taking the WSGI environ. ``timer_rusage`` (default
     ``$PINBA_TIMER_RUSAGE``, on) measures each timer's CPU; ``enabled`` (default
-    ``$PINBA_ENABLED``, on) turns the whole thing into a pass-through. Other keyword arguments
-    go to the transport (``max_packet_size``, ``packed``, ``resolve_interval``...).
+    ``$PINBA_ENABLED``, on) turns the whole thing into a pass-through. The transport's keyword
+    arguments (``max_packet_size``, ``packed``, ``resolve_interval``...) go to it; any other
+    keyword is kept in ``config`` and ignored, as the originals' ``**config`` was.
 
-    ``reporter`` is the transport: ``app.reporter.raise_on_fail = True`` turns the library's
-    failures into exceptions (for debugging), ``app.reporter.stats()`` counts what was sent.
+    ``reporter`` is the transport unless one was given: ``app.reporter.raise_on_fail = True``
+    turns the library's failures into exceptions (for debugging), ``app.reporter.stats()``
+    counts what was sent.
     """
 
     def __init__(
         self,
         app: WSGIApp,
         address: Address | None = None,
+        reporter: ReporterOption | None = None,
+        ctx_factory: object = None,
         *,
         prefix: str = "",
         tags: Mapping[str, Any] | None = None,
@@ -89,20 +109,37 @@ class PynbaMiddleware:
         timer_rusage: bool | None = None,
         enabled: bool | None = None,
         transport: Transport | None = None,
-        **transport_options: Any,
+        **config: Any,
     ) -> None:
         self.app = app
-        self.reporter: Transport = (
+        self.address = address
+        transport_options = {k: v for k, v in config.items() if k in _TRANSPORT_OPTIONS}
+        given, self._call = split_reporter(reporter)
+        if transport is None:
+            transport = given
+        self.transport: Transport = (
             transport if transport is not None else UdpTransport(address, **transport_options)
         )
+        self.reporter: Any = reporter if reporter is not None else self.transport
+        if ctx_factory is not None:
+            errors.log(
+                ("middleware", "ctx_factory"),
+                "pynba: PynbaMiddleware(ctx_factory=...) is not supported and is ignored; "
+                "see docs/migration.md",
+            )
         self.prefix = prefix
         self.tags: dict[str, Any] = dict(tags or {})
+        #: The keyword arguments as the originals kept them (``prefix``, ``tags`` and others).
+        self.config: dict[str, Any] = {"prefix": prefix, "tags": self.tags, **config}
+        ignored = sorted(set(config) - _TRANSPORT_OPTIONS)
+        if ignored:
+            logger.info("pynba: PynbaMiddleware keyword arguments ignored: %s", ignored)
         self.hostname: NameOption = hostname
         self.server_name: NameOption = server_name
         self.script_name = script_name
         self.schema = schema
-        self.timer_rusage: bool = config.value("timer_rusage", timer_rusage)
-        self.enabled: bool = config.value("enabled", enabled)
+        self.timer_rusage: bool = config_value("timer_rusage", timer_rusage)
+        self.enabled: bool = config_value("enabled", enabled)
         functools.update_wrapper(self, app, updated=())
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -118,24 +155,34 @@ class PynbaMiddleware:
         try:
             request = self._open(environ)
         except Exception as exc:  # our bug: the app still runs, unmonitored
+            if from_signal_handler(exc):
+                raise  # a request timeout that fired here: the app's, not ours
             self._failed("open", exc)
             return self.app(environ, start_response)
-        token = current_request.set(request)
-
-        def observing_start_response(status: str, headers: Any, *exc_info: Any) -> Any:
-            request.status = _status_code(status)
-            return start_response(status, headers, *exc_info)
-
+        # One object per request observes start_response and then wraps the response: no
+        # closure and no second wrapper to build on every request.
+        response = _Response(request, start_response, current_request.set(request), self)
         request.serving = True
         try:
-            result = self.app(environ, observing_start_response)
+            result = response.result = self.app(environ, response)
         except BaseException:
+            # Whatever it is (a timeout raised by a signal handler included), the app's
+            # exception goes on unchanged; the request is reported first.
             request.serving = False
             request.status = 500
-            self._close(request, token, 0)
+            response.done()
+            self._close(request, response.token, 0)
             raise
         request.serving = False
-        return _Response(result, request, token, self)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is not None and (
+            isinstance(wrapper, type)
+            and isinstance(result, wrapper)
+            and _hook_file_wrapper(result, request, response.token, self)
+        ):
+            response.done()
+            return result
+        return response.started()
 
     @staticmethod
     def _value(option: NameOption, environ: dict[str, Any]) -> str | None:
@@ -151,7 +198,7 @@ class PynbaMiddleware:
             return RequestSpan(
                 _hostname(),
                 host if ":" not in host else _server_name(environ),
-                self.prefix + (path if path.isascii() else _path(environ)),
+                path if path.isascii() else _path(environ),
                 schema=self._value(self.schema, environ) or environ.get("wsgi.url_scheme") or "",
                 tags=dict(self.tags) if self.tags else None,
                 timer_rusage=self.timer_rusage,
@@ -159,7 +206,7 @@ class PynbaMiddleware:
         return RequestSpan(
             self._value(self.hostname, environ) or _hostname(),
             self._value(self.server_name, environ) or _server_name(environ),
-            self._value(self.script_name, environ) or self.prefix + _path(environ),
+            self._value(self.script_name, environ) or _path(environ),
             schema=self._value(self.schema, environ) or environ.get("wsgi.url_scheme") or "",
             tags=dict(self.tags) if self.tags else None,
             timer_rusage=self.timer_rusage,
@@ -174,7 +221,12 @@ class PynbaMiddleware:
     def _report(self, request: RequestSpan, size: int) -> None:
         if request.document_size < 0:  # not set by the app: what was served
             request.document_size = size
-        finish_and_send(request, self.reporter, "middleware")
+        if self.prefix:
+            request.script_name = self.prefix + request.script_name
+        if self._call is not None:
+            call_reporter(self._call, request, "middleware")
+        else:
+            finish_and_send(request, self.transport, "middleware")
 
     def _failed(self, stage: str, exc: Exception) -> None:
         errors.log(
@@ -185,29 +237,84 @@ class PynbaMiddleware:
         )
 
 
-class _Response:
-    """The app's response iterable, counted and closed: the request ends in ``close()``."""
+def _length(chunk: object) -> int:
+    try:
+        return len(chunk)  # type: ignore[arg-type]
+    except TypeError:  # not bytes: the server will complain, not us
+        return 0
 
-    __slots__ = ("_closed", "_iter", "_middleware", "_request", "_result", "_size", "_token")
+
+class _Body:
+    """The app's start_response observed, then its response iterable counted and closed: the
+    request ends in ``close()``.
+
+    Made as a :class:`_Response` before the app is called (it is the app's start_response), and
+    made a :class:`_SizedResponse` when the app's iterable has a length; ``close()`` turns it
+    into this class, which has no destructor: once closed, nothing of the library runs when the
+    server drops it (Python ignores exceptions raised in destructors, a request timeout
+    included). A list or tuple body (most apps' answer) is measured up front and iterated by
+    its own C iterator; only other iterables are counted chunk by chunk."""
+
+    __slots__ = (
+        "_closed",
+        "_iter",
+        "_middleware",
+        "_request",
+        "_size",
+        "_start_response",
+        "_upfront",
+        "result",
+        "token",
+    )
 
     def __init__(
-        self, result: Iterable[bytes], request: RequestSpan, token: Any, mw: PynbaMiddleware
+        self, request: RequestSpan, start_response: StartResponse, token: Any, mw: PynbaMiddleware
     ) -> None:
-        self._result = result
-        self._iter: Iterator[bytes] | None = None
         self._request = request
-        self._token = token
+        self._start_response = start_response
+        self.token = token
         self._middleware = mw
-        self._size = 0
+        self.result: Iterable[bytes] = ()
+        self._iter: Iterator[bytes] | None = None
+        self._size = 0  # bytes of the body
+        self._upfront = False  # measured before iterating (a list or tuple)
         self._closed = False
 
+    def __call__(self, status: str, headers: Any, *exc_info: Any) -> Any:
+        """start_response, as the app calls it: the status is the request's."""
+        code = status[:3]
+        self._request.status = int(code) if code.isdigit() else _status_code(status)
+        return self._start_response(status, headers, *exc_info)
+
+    def started(self) -> _Body:
+        """The app has returned its iterable: keep its length, measure it now if it is a plain
+        sequence."""
+        result = self.result
+        if type(result) is list or type(result) is tuple:
+            try:
+                self._size = sum(map(len, result))
+                self._upfront = True
+            except TypeError:  # not bytes: the server will complain, not us
+                pass
+            self.__class__ = _SizedResponse
+        elif hasattr(result, "__len__"):
+            self.__class__ = _SizedResponse
+        return self
+
+    def done(self) -> None:
+        """Reported without this object (the app raised, or a file wrapper took over)."""
+        self._closed = True
+        self.__class__ = _Body
+
     def __iter__(self) -> Iterator[bytes]:
+        if self._upfront:
+            return iter(self.result)
         return self
 
     def __next__(self) -> bytes:
         it = self._iter
         if it is None:
-            it = self._iter = iter(self._result)
+            it = self._iter = iter(self.result)
         try:
             chunk = next(it)
         except StopIteration:
@@ -215,20 +322,26 @@ class _Response:
         except BaseException:
             self._request.status = 500  # the body failed: so did the request
             raise
-        with contextlib.suppress(TypeError):  # not bytes: the server will complain, not us
-            self._size += len(chunk)
+        self._size += len(chunk) if type(chunk) is bytes else _length(chunk)
         return chunk
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self.__class__ = _Body  # closed: no destructor any more
         try:
-            close = getattr(self._result, "close", None)
+            close = getattr(self.result, "close", None)
             if close is not None:
                 close()
         finally:
-            self._middleware._close(self._request, self._token, self._size)
+            self._middleware._close(self._request, self.token, self._size)
+
+
+class _Response(_Body):
+    """A response not closed yet."""
+
+    __slots__ = ()
 
     def __del__(self) -> None:
         # A server that never calls close() (against PEP 3333) must not lose the request.
@@ -236,6 +349,52 @@ class _Response:
             self._closed = True
             with contextlib.suppress(Exception):  # raise_on_fail cannot reach anyone here
                 self._middleware._report(self._request, self._size)
+
+
+class _SizedResponse(_Response):
+    """The same, for an app's iterable that has a length: servers read ``len()`` of the
+    response (wsgiref sets ``Content-Length`` for a one-element list), so it keeps one."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self.result)  # type: ignore[arg-type]
+
+
+def _file_size(wrapper: Any) -> int:
+    """Bytes left to send in a ``wsgi.file_wrapper``'s file (0 if it cannot tell)."""
+    filelike: Any = getattr(wrapper, "filelike", None)
+    try:
+        size = int(os.fstat(filelike.fileno()).st_size - filelike.tell())
+    except (AttributeError, OSError, ValueError, TypeError):
+        return 0
+    return max(size, 0)
+
+
+def _hook_file_wrapper(result: Any, request: RequestSpan, token: Any, mw: PynbaMiddleware) -> bool:
+    """Give the server the app's own ``wsgi.file_wrapper`` object, so that it can still
+    ``sendfile()`` it (servers recognise it by its type), with the request ending in its
+    ``close()``. False if the object does not let its ``close`` be replaced."""
+    size = _file_size(result)
+    original = getattr(result, "close", None)
+    closed = False
+
+    def close() -> None:
+        nonlocal closed
+        if closed:
+            return
+        closed = True
+        try:
+            if original is not None:
+                original()
+        finally:
+            mw._close(request, token, size)
+
+    try:
+        result.close = close
+    except (AttributeError, TypeError):
+        return False
+    return True
 
 
 def monitor(address: Address | None = None, **options: Any) -> Callable[[WSGIApp], PynbaMiddleware]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pynba_exporter.log import errors
+from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.wire import PinbaEncodeError, php_text
 
 __all__ = ["expand_tags", "safe_text"]
@@ -43,6 +43,8 @@ def expand_tags(tags: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
             try:
                 value = value()
             except Exception as exc:
+                if from_signal_handler(exc):
+                    raise
                 errors.log(("tag-callable", name), f"pynba: tag {name!r}: callable raised {exc!r}")
                 continue
         if type(value) is str:
@@ -55,6 +57,8 @@ def expand_tags(tags: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
             try:
                 values = tuple(safe_text(v, name) for v in value)
             except Exception as exc:
+                if from_signal_handler(exc):
+                    raise
                 errors.log(("tag-iter", name), f"pynba: tag {name!r}: iteration raised {exc!r}")
                 continue
             if len(values) == 1:

@@ -38,7 +38,7 @@ from typing import Any, Final, TypeAlias
 from pynba_exporter import config
 from pynba_exporter._model import PinbaRequest, RequestLike
 from pynba_exporter.address import DEFAULT_PORT, Address, Endpoint, parse_addresses
-from pynba_exporter.log import errors
+from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.wire import (
     DEFAULT_MAX_PACKET_SIZE,
     MIN_PACKET_SIZE,
@@ -183,6 +183,8 @@ class Transport:
         return ok
 
     def _encode_failed(self, request: object, exc: Exception) -> bool:
+        if from_signal_handler(exc):
+            raise exc  # the app's (a request timeout), not an encoding failure
         with self._lock:
             self._requests += 1
             self._encode_errors += 1
@@ -280,6 +282,7 @@ class _Server:
         "resolving",
         "sock",
         "sockaddr",
+        "waited",
         "where",
     )
 
@@ -294,6 +297,10 @@ class _Server:
         self.expires = 0.0  # monotonic time after which the name is looked up again
         self.resolving: threading.Event | None = None  # set when a lookup in flight finishes
         self.resolved = False  # a lookup has finished at least once (success or not)
+        # A send has waited for the first lookup: no other ever will, even if that lookup is
+        # still running (a name that takes 5 s to resolve must not slow every request by
+        # resolve_timeout until it does).
+        self.waited = False
 
 
 class UdpTransport(Transport):
@@ -424,13 +431,15 @@ class UdpTransport(Transport):
             return sock
 
     def _refresh(self, srv: _Server) -> None:
-        """Start a lookup in the background if none is running; the first one is waited for
-        up to ``resolve_timeout``, so the first packet to "localhost" still goes out."""
+        """Start a lookup in the background if none is running; the very first send waits for
+        it up to ``resolve_timeout``, so the first packet to "localhost" still goes out; no
+        other send ever waits."""
         with srv.lock:
             if not srv.expires <= time.monotonic():
                 return
             event = srv.resolving
-            first = not srv.resolved
+            first = not srv.resolved and not srv.waited
+            srv.waited = True
             if event is None:
                 event = srv.resolving = threading.Event()
                 thread = threading.Thread(

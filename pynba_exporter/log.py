@@ -9,11 +9,12 @@ most once per ``interval`` seconds with the number of repeats that were not logg
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Hashable
 
-__all__ = ["ErrorLog", "errors", "internal_errors", "logger"]
+__all__ = ["ErrorLog", "errors", "from_signal_handler", "internal_errors", "logger"]
 
 logger = logging.getLogger("pynba")
 
@@ -72,3 +73,37 @@ def internal_errors() -> dict[str, int]:
 
 #: The process-wide instance used by the library's components.
 errors = ErrorLog()
+
+
+def _handler_codes() -> set[object]:
+    codes: set[object] = set()
+    for number in signal.valid_signals():
+        try:
+            handler = signal.getsignal(number)
+        except (OSError, ValueError):
+            continue
+        # A function, a bound method, a functools.partial of either.
+        func = getattr(handler, "func", handler)
+        func = getattr(func, "__func__", func)
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return codes
+
+
+def from_signal_handler(exc: BaseException) -> bool:
+    """True if ``exc`` was raised by a Python signal handler (a request timeout, an alarm)
+    while the library's code ran: it is the app's, not the library's, and must reach the app
+    unchanged. The library catches its own failures with ``except Exception`` and asks this
+    before swallowing one; only that path pays for it."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    codes = _handler_codes()
+    if not codes:
+        return False
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False

@@ -391,11 +391,15 @@ def _script_name(span: ReadableSpan, a: Mapping[str, Any]) -> str:
 
 
 def _is_request(span: ReadableSpan) -> bool:
-    """A local root is a request if it serves (SERVER), consumes (CONSUMER) or is marked."""
+    """A local root is a request if it serves (SERVER), consumes (CONSUMER) or is marked:
+    ``pinba.script_name``, or an INTERNAL root naming the route it serves (``http.route``: a
+    request span made by hand). Never a CLIENT or PRODUCER root: an outgoing call."""
     if span.kind in (SpanKind.SERVER, SpanKind.CONSUMER):
         return True
     a = _attributes(span)
-    return any(a.get(name) for name in SCRIPT_NAME_ATTRIBUTES)
+    if any(a.get(name) for name in SCRIPT_NAME_ATTRIBUTES):
+        return True
+    return span.kind == SpanKind.INTERNAL and bool(a.get("http.route"))
 
 
 def _is_asgi_event(span: ReadableSpan) -> bool:

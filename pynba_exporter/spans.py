@@ -35,7 +35,7 @@ from pynba_exporter._probes import (
 )
 from pynba_exporter._tags import expand_tags, safe_text
 from pynba_exporter._transport import Transport
-from pynba_exporter.log import errors, logger
+from pynba_exporter.log import errors, from_signal_handler, logger
 from pynba_exporter.naming import script_names
 
 # What the API adapters (the classic API in ``pynba``, the OpenTelemetry bridge) build on; the
@@ -132,12 +132,29 @@ class TimerSpec:
             self._static = tags
         return tags
 
+    @staticmethod
+    def of(tags: Mapping[Any, Any]) -> TimerSpec:
+        """The spec of these tags, shared process-wide by every timer with equal tags: the
+        same ``pynba.timer(group=..., server=...)`` call site makes no new objects per call,
+        its tags are expanded once, and its uses add up in one line of each request."""
+        try:
+            key = tuple(tags.items())
+            spec = _SPECS.get(key)
+        except TypeError:  # unhashable values: a spec of its own
+            return TimerSpec(tags)
+        if spec is None:
+            spec = TimerSpec(tags)
+            if len(_SPECS) >= _MAX_SPECS:
+                _SPECS.clear()  # a flood of distinct tag sets: start over rather than grow
+            _SPECS[key] = spec
+        return spec
+
 
 class _Line:
     """One timer line of a request: what the uses of one spec added up to. It has the
     attributes of a PinbaTimer, so the encoder takes it as it is."""
 
-    __slots__ = ("hit_count", "ru_stime", "ru_utime", "spec", "tags", "value")
+    __slots__ = ("cpu", "hit_count", "ru_stime", "ru_utime", "spec", "tags", "value")
 
     def __init__(self, spec: TimerSpec) -> None:
         self.spec = spec
@@ -146,10 +163,16 @@ class _Line:
         self.hit_count = 0
         self.ru_utime = 0.0
         self.ru_stime = 0.0
+        #: CPU seconds of the thread's clock, split into user and system when sealed.
+        self.cpu = 0.0
 
 
-# Timer specs by tag content, for timers given by their tags (see RequestSpan.add_timer).
-_SPECS: dict[tuple[tuple[str, Any], ...], TimerSpec] = {}
+# Timer specs by tag content (see TimerSpec.of).
+_SPECS: dict[tuple[tuple[Any, Any], ...], TimerSpec] = {}
+_MAX_SPECS: Final = 4096
+# Timer objects a request keeps for pynba.timers (their measurements add up in lines anyway).
+_MAX_HANDLES: Final = 1000
+_thread_time = time.thread_time
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,6 +196,7 @@ class RequestSpan:
         "document_size",
         "enabled",
         "finished",
+        "handles",
         "hostname",
         "memory_footprint",
         "memory_peak",
@@ -223,11 +247,21 @@ class RequestSpan:
         self.ru_stime = 0.0
         self._lines: dict[TimerSpec, _Line] = {}
         self.timers: list[_Line] = []
-        self._running: dict[int, Timer] = {}
+        self._running: set[Timer] = set()
+        #: The timer objects made in this request (``pynba.timers``, as the original had it),
+        #: the first thousand: a long unit of work must not keep every timer it ever made.
+        self.handles: list[Timer] = []
         # The thread whose CPU is counted; None: the process's (ScriptMonitor).
         self._thread = None if process_cpu_time else threading.get_ident()
         self._cpu0 = process_cpu() if process_cpu_time else thread_cpu()
         self._start = _perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the request started; its time once finished."""
+        if self.finished:
+            return self.request_time
+        return _perf_counter() - self._start
 
     # -- timers
 
@@ -252,18 +286,7 @@ class RequestSpan:
 
         Timers with the same tags share one spec, process-wide, so they add up in one line of
         the request (and the tags are expanded once, not per timer)."""
-        try:
-            key = tuple(tags.items())
-            spec = _SPECS.get(key)
-        except TypeError:  # unhashable values: a spec of its own
-            key, spec = None, None
-        if spec is None:
-            spec = TimerSpec(tags)
-            if key is not None:
-                if len(_SPECS) >= 4096:
-                    _SPECS.clear()
-                _SPECS[key] = spec
-        self.add(spec, value, hits, ru_utime, ru_stime)
+        self.add(TimerSpec.of(tags), value, hits, ru_utime, ru_stime)
 
     # -- the end
 
@@ -273,7 +296,7 @@ class RequestSpan:
         if self.finished:
             return
         end = _perf_counter() if now is None else now
-        for timer in list(self._running.values()):
+        for timer in list(self._running):
             timer._stop_at(end)
         self.request_time = end - self._start
         if not cpu:
@@ -294,12 +317,26 @@ class RequestSpan:
     def seal(self) -> RequestSpan:
         """Finish, and make the request ready to encode as it is: the span has the shape of a
         PinbaRequest (``timers`` are its lines, tags expanded), so no copy is made."""
-        self.finish()
+        if not self.finished:
+            self.finish()
         timers = []
+        user_share = -1.0
         for line in self._lines.values():
             if line.hit_count > 0:
-                line.tags = line.spec.expanded()
+                spec = line.spec
+                tags = spec._static
+                line.tags = tags if tags is not None else spec.expanded()
                 if line.tags:
+                    cpu = line.cpu
+                    if cpu > 0.0:
+                        # Timers read only the thread's precise CPU clock (one call per edge);
+                        # its user/system split is the request's own.
+                        if user_share < 0.0:
+                            total = self.ru_utime + self.ru_stime
+                            user_share = self.ru_utime / total if total > 0.0 else 1.0
+                        line.ru_utime += cpu * user_share
+                        line.ru_stime += cpu - cpu * user_share
+                        line.cpu = 0.0
                     timers.append(line)
         self.timers = timers
         self.document_size = max(self.document_size, 0)
@@ -327,7 +364,8 @@ def finish_and_send(
     raised, unless ``transport.raise_on_fail``; the app's code never runs here.
     """
     try:
-        request.finish(cpu=cpu)
+        if not request.finished:
+            request.finish(cpu=cpu)
         if duration is not None:
             request.request_time = duration
         request.seal()
@@ -336,7 +374,7 @@ def finish_and_send(
         request.script_name = script_names.guard(request.script_name)
         return transport.send(request)
     except Exception as exc:
-        if transport.raise_on_fail:
+        if transport.raise_on_fail or from_signal_handler(exc):
             raise
         errors.log(
             (where, type(exc).__name__),
@@ -380,13 +418,25 @@ class Timer:
         spec: TimerSpec | None = None,
         home: Callable[[], RequestSpan | None] | None = None,
     ) -> None:
-        self.spec = spec if spec is not None else TimerSpec(dict(tags))
+        if spec is None:
+            # TimerSpec.of, inlined for pynba.timer(): this runs for every timer.
+            try:
+                spec = _SPECS.get(tuple(tags.items()))
+            except TypeError:
+                spec = None
+            if spec is None:
+                spec = TimerSpec.of(dict(tags))  # a copy: the caller may change its dict
+        self.spec = spec
         # Where the timer records: the request current in its context, or its owner's (a
         # ScriptMonitor's timers record into the monitor's unit of work, from any thread).
         self._home = home
-        self._request = current_request.get() if home is None else home()
+        request = self._request = current_request.get() if home is None else home()
+        if request is not None:
+            handles = request.handles
+            if len(handles) < _MAX_HANDLES:  # a unit of work timing a million items: bounded
+                handles.append(self)
         self._start: float | None = None
-        self._cpu: CpuSample | None = None
+        self._cpu = -1.0  # the thread's CPU clock at start; negative: not measured
         self.elapsed_total = 0.0
         self.runs = 0
         #: Free slot for the app's own data, as the reference client's timer data.
@@ -418,8 +468,8 @@ class Timer:
             request = self._request = current_request.get() if home is None else home()
         if request is not None:
             if request.timer_rusage:
-                self._cpu = thread_cpu()
-            request._running[id(self)] = self
+                self._cpu = _thread_time()
+            request._running.add(self)
         self._start = _perf_counter()
         return self
 
@@ -443,13 +493,8 @@ class Timer:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("pynba: timer %r ran outside any request: not recorded", self.tags)
             return
-        request._running.pop(id(self), None)
+        request._running.discard(self)
         if request.finished:
-            return
-        cpu0 = self._cpu
-        if cpu0 is not None:
-            self._cpu = None
-            request.add(self.spec, value, 1, *cpu_delta(cpu0, thread_cpu()))
             return
         # RequestSpan.add, inlined: this runs for every timer of every request.
         spec = self.spec
@@ -458,6 +503,12 @@ class Timer:
             line = request._lines[spec] = _Line(spec)
         line.value += value
         line.hit_count += 1
+        cpu0 = self._cpu
+        if cpu0 >= 0.0:
+            self._cpu = -1.0
+            cpu = _thread_time() - cpu0
+            if cpu > 0.0:  # stopped on another thread than it started on: nothing to say
+                line.cpu += cpu
 
     def clone(self) -> Timer:
         """A new, stopped timer with the same tags, in the current request."""
@@ -468,7 +519,7 @@ class Timer:
         request = self._request
         if request is None:
             return
-        request._running.pop(id(self), None)
+        request._running.discard(self)
         self._start = None
         line = request._lines.get(self.spec)
         if line is not None and not request.finished:
@@ -481,8 +532,34 @@ class Timer:
     __enter__ = start
 
     def __exit__(self, *exc: object) -> None:
-        if self._start is not None:
-            self._stop_at(_perf_counter())
+        # _stop_at, inlined for the common case (a `with` block inside its request): this
+        # runs for every timer of every request.
+        end = _perf_counter()
+        start = self._start
+        request = self._request
+        if start is None or request is None or request.finished:
+            if start is not None:
+                self._stop_at(end)
+            return
+        self._start = None
+        value = end - start
+        self.elapsed_total += value
+        self.runs += 1
+        request._running.discard(self)
+        spec = self.spec
+        line = request._lines.get(spec)
+        if line is None:
+            line = request._lines[spec] = _Line(spec)
+        line.value += value
+        line.hit_count += 1
+        cpu0 = self._cpu
+        if cpu0 >= 0.0:
+            self._cpu = -1.0
+            cpu = _thread_time() - cpu0
+            if cpu > 0.0:
+                line.cpu += cpu
+
+    __hash__ = object.__hash__  # by identity: running timers are kept in a set
 
     def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Time every call of ``func`` into the request current at that call."""
@@ -514,18 +591,17 @@ class Timer:
         return f"<Timer {dict(self.spec.tags)!r} {state}>"
 
 
-_NO_REQUEST: Final = (None, 0.0, None)
+_NO_REQUEST: Final = (None, 0.0, -1.0)
 
 
-def _begin() -> tuple[RequestSpan | None, float, CpuSample | None]:
+def _begin() -> tuple[RequestSpan | None, float, float]:
     request = current_request.get()
     if request is None:
         return _NO_REQUEST
-    cpu = thread_cpu() if request.timer_rusage else None
-    return request, _perf_counter(), cpu
+    return request, _perf_counter(), _thread_time() if request.timer_rusage else -1.0
 
 
-def _end(spec: TimerSpec, token: tuple[RequestSpan | None, float, CpuSample | None]) -> None:
+def _end(spec: TimerSpec, token: tuple[RequestSpan | None, float, float]) -> None:
     request, start, cpu0 = token
     if request is None:
         if logger.isEnabledFor(logging.DEBUG):
@@ -534,7 +610,12 @@ def _end(spec: TimerSpec, token: tuple[RequestSpan | None, float, CpuSample | No
     value = _perf_counter() - start
     if request.finished:
         return
-    if cpu0 is not None:
-        request.add(spec, value, 1, *cpu_delta(cpu0, thread_cpu()))
-    else:
-        request.add(spec, value)
+    line = request._lines.get(spec)
+    if line is None:
+        line = request._lines[spec] = _Line(spec)
+    line.value += value
+    line.hit_count += 1
+    if cpu0 >= 0.0:
+        cpu = _thread_time() - cpu0
+        if cpu > 0.0:  # an async call resumed on another thread: nothing to say
+            line.cpu += cpu

@@ -88,3 +88,23 @@ def pynba_log(request: pytest.FixtureRequest) -> Iterator[PynbaLog]:
         logger.setLevel(old_level)
     if request.node.get_closest_marker("expect_pynba_errors") is None and handler.problems:
         pytest.fail(f"the library logged unexpected problems: {handler.problems}")
+
+
+# -- slow tests: `pytest -m "not slow"` is the quick run (seconds) while working on the code.
+# Whole modules that start servers, subprocesses or fuzzers, and every property-based test, are
+# slow by rule here, so that a new test of that kind needs no marker to be in the right run.
+_SLOW_MODULES = (
+    "test_under_load",
+    "test_fuzz",
+    "test_reference_client",
+    "test_examples",
+    "test_web_browser",
+    "test_otel_field",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        function = getattr(item, "obj", None)
+        if item.path.stem in _SLOW_MODULES or getattr(function, "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.slow)

@@ -423,6 +423,7 @@ class QuietHandler(WSGIRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_concurrent_requests_in_threads_keep_their_own_timers(receiver: UdpReceiver) -> None:
     @monitor(receiver.address)
     def app(env: Environ, start_response: StartResponse) -> list[bytes]:

@@ -303,6 +303,7 @@ def test_cli_decode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "not a valid Pinba packet" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_collect_then_report(tmp_path: Path) -> None:
     db = tmp_path / "pinba.db"
     proc = subprocess.Popen(
@@ -347,6 +348,7 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         cli(["collect", "--window", "-1"])
 
 
+@pytest.mark.slow
 def test_cli_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["demo", "--requests", "60"]) == 0
     out = capsys.readouterr().out
@@ -356,6 +358,7 @@ def test_cli_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert "invalid_packets=0" in out
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_a_final_report(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pynba._cli", "collect", "--listen", "127.0.0.1:0",
@@ -400,6 +403,7 @@ def test_a_huge_dictionary_is_fine() -> None:
     assert len(c.timer_report(("group",))) == 3000
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_with_100000_distinct_script_names() -> None:
     # Documented: about 0.7 KB per request kept (with one timer); reports keep max_keys rows.
     c = Collector("127.0.0.1:0", max_records=100_000, max_keys=1000)

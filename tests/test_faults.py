@@ -102,7 +102,7 @@ def test_a_full_socket_buffer(receiver: UdpReceiver) -> None:
     for _ in range(3000):
         assert serve(monitored) == ("200 OK", b"fine")
         if sock is None:  # make the send buffer tiny once the socket exists
-            sock = monitored.reporter._servers[0].sock  # type: ignore[attr-defined]
+            sock = monitored.reporter._servers[0].sock
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024)
     stats = monitored.reporter.stats()
     assert stats.requests == 3000

@@ -505,6 +505,7 @@ def test_entry_points_are_registered() -> None:
 
 
 @pytest.mark.parametrize("how", ["--traces_exporter pinba", "OTEL_TRACES_EXPORTER=console,pinba"])
+@pytest.mark.slow
 def test_opentelemetry_instrument_with_the_pinba_exporter(
     receiver: UdpReceiver, tmp_path: Any, how: str
 ) -> None:

@@ -372,3 +372,33 @@ def test_a_boolean_that_is_neither_is_an_error_naming_the_variable(
     with pytest.raises(config.ConfigError, match="PINBA_ENABLED"):
         config.value("enabled")
     assert config.value("enabled", False) is False  # an argument never reads the environment
+
+
+@pytest.mark.expect_pynba_errors
+def test_only_the_first_send_ever_waits_for_a_slow_name(receiver: UdpReceiver) -> None:
+    # A name whose lookup takes long (here: until released): the first send waits for it, up
+    # to resolve_timeout; the sends made meanwhile do not wait at all, they drop their packet.
+    release = threading.Event()
+
+    def resolver(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
+        if kw.get("flags"):
+            raise socket.gaierror(socket.EAI_NONAME, "not numeric")
+        release.wait(30)
+        return socket.getaddrinfo("127.0.0.1", receiver.port, type=socket.SOCK_DGRAM)
+
+    t = UdpTransport(f"slow.test:{receiver.port}", resolver=resolver, resolve_timeout=30)
+    first: list[bool] = []
+    waiting = threading.Thread(target=lambda: first.append(t.send(REQ)))
+    waiting.start()
+    while t._servers[0].waited is False:  # the first send is now waiting for the lookup
+        time.sleep(0.001)
+    others = threading.Thread(target=lambda: [t.send(REQ) for _ in range(6)])
+    others.start()
+    others.join(10)  # they would take 6 x 30 s if each waited
+    assert not others.is_alive()
+    assert t.stats().errors["unresolved"] == 6
+    assert first == []  # the first one is still waiting
+    release.set()
+    waiting.join(10)
+    assert first == [True]
+    assert decode(receiver.packet()).script_name == "/index"

@@ -118,6 +118,9 @@ class Collector:
         self.store = store
         self.clock = clock
         self.packets = 0
+        #: Called with each batch of records kept, from the receiving thread (the web page's
+        #: history and the Prometheus counters subscribe here); must be quick and not raise.
+        self.listeners: list[Callable[[Sequence[Record]], None]] = []
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -249,6 +252,14 @@ class Collector:
             self.aggregator.add(records)
             if self.store is not None:
                 self.store.add(records)
+            for listener in self.listeners:
+                self._notify(listener, records)
+
+    def _notify(self, listener: Callable[[Sequence[Record]], None], records: list[Record]) -> None:
+        try:
+            listener(records)
+        except Exception as exc:  # a listener's bug must not stop the collector
+            errors.log(("collector", "listener"), f"pynba collector: {exc!r}", exc_info=exc)
 
     # -- reports
 

@@ -76,6 +76,8 @@ def _names(r: RequestLike) -> bytes:
 
 
 _HEAD_FLOATS: Final = struct.Struct("<BfBfBf")
+# schema -> field 19, ready-made ("http", "https": a handful of values).
+_SCHEMAS: dict[str, bytes] = {}
 _STRUCTS: dict[tuple[int, int], struct.Struct] = {}
 
 
@@ -332,6 +334,19 @@ def _f32s(usecs: list[int]) -> list[float]:
     return [us // _US + (us % _US) / 1000000.0 for us in usecs]
 
 
+# Varints of the numbers that repeat between requests (statuses, memory sizes, which the span
+# model reads at page granularity and at most every 10 ms): a dict lookup instead of a call.
+_VARINTS: dict[int, bytes] = {}
+
+
+def _cached_varint(v: int) -> bytes:
+    data = varint(v)
+    if len(_VARINTS) >= _CACHE_MAX:
+        _VARINTS.clear()
+    _VARINTS[v] = data
+    return data
+
+
 def _head(r: RequestLike) -> bytes:
     """Fields 4 to 9."""
     rc, ds, mp = r.request_count, r.document_size, r.memory_peak
@@ -346,12 +361,13 @@ def _head(r: RequestLike) -> bytes:
         rt = seconds(rt, "request_time")
     if not (type(ru) is float and FLT_MIN_NORMAL <= ru <= FLT_MAX):
         ru = seconds(ru, "ru_utime")
-    if not (type(rs) is float and FLT_MIN_NORMAL <= rs <= FLT_MAX):
-        rs = seconds(rs, "ru_stime")
+    if not (type(rs) is float and (rs == 0.0 or FLT_MIN_NORMAL <= rs <= FLT_MAX)):
+        rs = seconds(rs, "ru_stime")  # (0.0, the usual system time of a short request, is fine)
+    vs = _VARINTS
     return b"".join(
         (b"\x20", SMALL_VARINTS[rc] if rc < 0x80 else varint(rc),
-         b"\x28", SMALL_VARINTS[ds] if ds < 0x80 else varint(ds),
-         b"\x30", SMALL_VARINTS[mp] if mp < 0x80 else varint(mp),
+         b"\x28", SMALL_VARINTS[ds] if ds < 0x80 else vs.get(ds) or _cached_varint(ds),
+         b"\x30", SMALL_VARINTS[mp] if mp < 0x80 else vs.get(mp) or _cached_varint(mp),
          _HEAD_FLOATS.pack(0x3D, rt, 0x45, ru, 0x4D, rs))
     )  # fmt: skip
 
@@ -409,15 +425,22 @@ def _assemble(  # noqa: PLR0917 - internal, called from two places with every co
         st = u32(st, "status")
     if type(fp) is not int or not 0 <= fp <= UINT32_MAX:
         fp = u32(fp, "memory_footprint")
+    vs = _VARINTS
     parts.append(b"\x80\x01")
-    parts.append(SMALL_VARINTS[st] if st < 0x80 else varint(st))
+    parts.append(SMALL_VARINTS[st] if st < 0x80 else vs.get(st) or _cached_varint(st))
     parts.append(b"\x88\x01")
-    parts.append(SMALL_VARINTS[fp] if fp < 0x80 else varint(fp))
+    parts.append(SMALL_VARINTS[fp] if fp < 0x80 else vs.get(fp) or _cached_varint(fp))
     if r.requests:
         parts.extend(_nested(r.requests, packed))
-    if r.schema:
-        schema = str_bytes(r.schema, "schema")
-        parts.append(b"\x9a\x01" + varint(len(schema)) + schema)
+    schema = r.schema
+    if schema:
+        field = _SCHEMAS.get(schema) if type(schema) is str else None
+        if field is None:
+            raw = str_bytes(schema, "schema")
+            field = b"\x9a\x01" + varint(len(raw)) + raw
+            if type(schema) is str and len(raw) <= _CACHEABLE_LEN:
+                _cache_put(_SCHEMAS, schema, field)
+        parts.append(field)
     parts.append(layout.request_tags)
     if layout.n:
         if packed:

@@ -1,0 +1,5 @@
+"""``pynba.core.collector`` as pynba 0.5.5 had it."""
+
+from pynba.collector import DataCollector, Timer
+
+__all__ = ["DataCollector", "Timer"]

@@ -1,0 +1,287 @@
+"""``ScriptMonitor``: Pinba for scripts, workers and batch jobs.
+
+    from pynba.util import ScriptMonitor
+
+    monitor = ScriptMonitor(("127.0.0.1", 30002), tags={"worker": "mailer"})
+    for job in jobs:
+        with monitor.timer(step="render"):
+            render(job)
+        monitor.send()              # one Pinba request per unit of work
+
+Each ``send()`` reports the unit of work since the previous one (or since the monitor was made):
+its time, the process's CPU, its timers and its request tags; then all of those start afresh,
+like the reference client's reset flag. As a context manager it sends on exit, with status 500
+when the block raised (the exception still propagates)::
+
+    with ScriptMonitor(script_name="nightly-report") as monitor:
+        ...
+
+The monitor's unit of work is also the current request of the context that made it (and of
+each ``send()``), so ``pynba.timer()`` and ``pynba.tags`` work in the script's code too.
+
+The constructor takes the original's arguments in the original's order (0.4.3 and 0.5.5:
+``ScriptMonitor(address, hostname, scriptname, servername, reporter, tags, autostart)``), and
+the original's methods work as they did: ``start()``, ``stop()`` (``ru_utime``/``ru_stime``
+set), ``flush()`` (forget the unit in progress), ``timer()``, ``send()``; ``collector`` is a
+:class:`pynba.collector.DataCollector` holding the unit's timers and the monitor's tags.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from pynba._legacy import ReporterOption, call_reporter, split_reporter
+from pynba.collector import DataCollector
+from pynba_exporter import Address, Transport, UdpTransport, config
+from pynba_exporter.spans import MEASURE, RequestSpan, Timer, current_request, finish_and_send
+
+__all__ = ["ScriptMonitor"]
+
+
+class ScriptMonitor:
+    """Reports units of work of a script to Pinba, one request per :meth:`send`.
+
+    The arguments are the original's, in its order: ``address`` (the Pinba server(s), any form
+    :class:`pynba_exporter.UdpTransport` takes; None: ``$PINBA_SERVER``, else 127.0.0.1:30002),
+    ``hostname`` and ``servername`` (default: this machine's host name), ``scriptname`` (default:
+    the command line), ``reporter`` (a transport, a :class:`pynba.reporter.Reporter`, or a
+    callable taking the original reporter's arguments), ``tags`` (request tags of every unit),
+    ``autostart`` (0.5.5: start the first unit now). Keyword-only: ``script_name``,
+    ``server_name`` (the same as ``scriptname``, ``servername``), ``schema``, ``timer_rusage``,
+    ``enabled``, ``transport`` and the transport's keywords.
+
+    Every attribute is read when a unit is sent: ``monitor.tags["job"] = "1"`` or
+    ``monitor.scriptname = "x"`` apply to the next :meth:`send`. ``pynba.tags`` and
+    ``monitor.request.tags`` set during a unit are sent with that unit only.
+    """
+
+    def __init__(  # noqa: PLR0917 - the original's positional signature
+        self,
+        address: Address | None = None,
+        hostname: str | None = None,
+        scriptname: str | None = None,
+        servername: str | None = None,
+        reporter: ReporterOption | None = None,
+        tags: Mapping[str, Any] | None = None,
+        autostart: bool = True,
+        *,
+        script_name: str | None = None,
+        server_name: str | None = None,
+        schema: str = "",
+        timer_rusage: bool | None = None,
+        enabled: bool | None = None,
+        transport: Transport | None = None,
+        **transport_options: Any,
+    ) -> None:
+        given, self._call = split_reporter(reporter)
+        self.transport: Transport = (
+            transport
+            if transport is not None
+            else given
+            if given is not None
+            else UdpTransport(address, **transport_options)
+        )
+        #: What was given as ``reporter`` (else the transport): ``.raise_on_fail``, ``.stats()``.
+        self.reporter: Any = reporter if reporter is not None else self.transport
+        machine = socket.gethostname() or "unknown"
+        self.hostname: str = hostname or machine
+        self.scriptname: str = script_name or scriptname or " ".join(sys.argv) or "python"
+        self.servername: str = server_name or servername or machine
+        self.schema = schema
+        self.collector = DataCollector(self.scriptname, self.hostname, schema or None, tags)
+        self.timer_rusage = config.value("timer_rusage", timer_rusage)
+        self.enabled = config.value("enabled", enabled)
+        #: CPU seconds of the last stopped unit (None until one stopped), as in the original.
+        self.ru_utime: float | None = None
+        self.ru_stime: float | None = None
+        self._request: RequestSpan | None = None
+        self._names: tuple[str, str, str] = ("", "", "")
+        if autostart:
+            self.start()
+
+    # -- the names, under both spellings
+
+    @property
+    def script_name(self) -> str:
+        return self.scriptname
+
+    @script_name.setter
+    def script_name(self, value: str) -> None:
+        self.scriptname = value
+
+    @property
+    def server_name(self) -> str:
+        return self.servername
+
+    @server_name.setter
+    def server_name(self, value: str) -> None:
+        self.servername = value
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        """Request tags of every unit (the collector's, as in the original)."""
+        return self.collector.tags
+
+    @tags.setter
+    def tags(self, value: Mapping[str, Any]) -> None:
+        self.collector.tags = dict(value)
+
+    # -- the unit of work
+
+    def _new(self) -> RequestSpan:
+        request = RequestSpan(
+            self.hostname,
+            self.servername,
+            self.scriptname,
+            schema=self.schema,
+            timer_rusage=self.timer_rusage,
+            process_cpu_time=True,
+        )
+        self._names = (request.hostname, request.server_name, request.script_name)
+        return request
+
+    def _current(self) -> RequestSpan:
+        if self._request is None:
+            self.start()
+        assert self._request is not None
+        return self._request
+
+    @property
+    def request(self) -> RequestSpan:
+        """The unit of work in progress (started if none is)."""
+        return self._current()
+
+    @property
+    def started(self) -> bool:
+        request = self._request
+        return request is not None and not request.finished
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds of the unit: so far while it runs, its time once stopped; None before."""
+        request = self._request
+        if request is None:
+            return None
+        return request.request_time if request.finished else request.elapsed
+
+    def start(self) -> ScriptMonitor:
+        """Start a unit of work (the clock, the CPU count) unless one is running."""
+        if self.started:
+            return self
+        previous = self._request
+        self._request = self._new()
+        if previous is None or current_request.get() in (None, previous):
+            current_request.set(self._request)
+        self.collector.timers.clear()
+        if not self.collector.started:
+            self.collector.start()
+        return self
+
+    def stop(self) -> ScriptMonitor:
+        """Stop the unit's clock and its running timers; ``ru_utime``/``ru_stime`` are set."""
+        request = self._request
+        if request is None or request.finished:
+            return self
+        request.finish()
+        self.ru_utime, self.ru_stime = request.ru_utime, request.ru_stime
+        if self.collector.started:
+            self.collector.stop()
+        return self
+
+    def flush(self) -> ScriptMonitor:
+        """Forget the unit in progress (its time and timers) and start a new one."""
+        request = self._request
+        if request is not None:
+            request.enabled = False
+            request.finished = True
+        self._request = None
+        self.collector.flush()
+        was_current = current_request.get() is request
+        self._request = self._new()
+        if was_current or request is None:
+            current_request.set(self._request)
+        self.collector.timers.clear()
+        return self
+
+    def timer(self, **tags: Any) -> Timer:
+        """A timer of this monitor's units of work (from any thread)."""
+        timer = Timer(tags, home=self._current)
+        self.collector.timers.add(timer)  # type: ignore[arg-type]
+        return timer
+
+    def send(self, status: int | None = None) -> bool:
+        """Report the unit of work since the previous send, then start the next one.
+
+        Running timers are stopped and sent. True if the packet left for every server.
+        """
+        request = self._current()
+        self.stop()
+        self._apply(request, status)
+        if self._call is not None:
+            sent = call_reporter(self._call, request, "script-monitor")
+        else:
+            sent = finish_and_send(request, self.transport, "script-monitor")
+        # The next unit starts once this one is sent: its time does not include the sending.
+        self._request = self._new()
+        self.collector.flush()
+        if current_request.get() is request:
+            current_request.set(self._request)
+        return sent
+
+    def _apply(self, request: RequestSpan, status: int | None) -> None:
+        """What the monitor's attributes say now, unless the unit changed it itself."""
+        opened = self._names
+        if request.hostname == opened[0]:
+            request.hostname = self.hostname
+        if request.server_name == opened[1]:
+            request.server_name = self.servername
+        if request.script_name == opened[2]:
+            request.script_name = self.scriptname
+        if request.schema == "":
+            request.schema = self.schema
+        request.tags = {**self.tags, **request.tags}
+        if status is not None:
+            request.status = status
+        collector = self.collector
+        if request.document_size < 0 and collector.document_size is not None:
+            request.document_size = collector.document_size
+        if request.memory_peak < 0 and collector.memory_peak is not None:
+            request.memory_peak = collector.memory_peak
+        if request.memory_footprint < 0 and collector.memory_footprint is not None:
+            request.memory_footprint = collector.memory_footprint
+        if not self.enabled:
+            request.enabled = False
+
+    # Settable per unit of work, as pynba.* is inside a request.
+
+    @property
+    def document_size(self) -> int | None:
+        size = self._current().document_size
+        return None if size == MEASURE else size
+
+    @document_size.setter
+    def document_size(self, value: int | None) -> None:
+        self._current().document_size = MEASURE if value is None else value
+
+    @property
+    def status(self) -> int:
+        return self._current().status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self._current().status = value
+
+    def __enter__(self) -> ScriptMonitor:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.send(500 if exc_type is not None else None)

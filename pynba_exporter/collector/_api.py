@@ -1,0 +1,235 @@
+"""The JSON API of the collector's web page: every figure the page shows, from the reports.
+
+Each function returns plain JSON-ready data built from the collector's public reports
+(``request_report``, ``timer_report``, ``tag_report``, ``info``, ``status``) and the
+:class:`History`; ``_http`` serves them under ``/api/``. Names from packets are returned as they
+are: escaping is the page's job (it only ever sets them as text), and :func:`dumps` makes the JSON
+itself safe to serve (no ``<``, ``>``, ``&`` even inside strings, no NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, Final
+
+from pynba_exporter.collector._aggregate import percentile
+from pynba_exporter.collector._history import History
+from pynba_exporter.collector._server import Collector
+from pynba_exporter.log import internal_errors
+
+__all__ = ["config", "dumps", "health", "overview", "script", "scripts", "tags", "timers"]
+
+_HISTOGRAM_BINS: Final = 24
+_TOP_NAMES: Final = 50  # hosts and servers listed on the overview
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN or infinity (JSON.parse refuses them): they become null.
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(data: Any) -> bytes:
+    """JSON text safe to serve whatever the strings hold: ASCII only, and ``<``, ``>``, ``&``
+    escaped so that no browser can read a response as markup."""
+    text = json.dumps(_finite(data), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    # These three characters only ever occur inside JSON strings, where \\uXXXX means the same.
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text.encode("ascii")
+
+
+def config(
+    collector: Collector,
+    history: History,
+    timer_tags: Sequence[Sequence[str]],
+    request_tags: Sequence[Sequence[str]],
+    refresh: float,
+) -> dict[str, Any]:
+    """What the page needs to know once: refresh period, tag sets, percentile columns."""
+    return {
+        "refresh": refresh,
+        "interval": history.interval,
+        "history_size": history.size,
+        "window": collector.aggregator.window,
+        "percentiles": list(collector.aggregator.percentiles),
+        "timer_tags": [list(t) for t in timer_tags],
+        "request_tags": [list(t) for t in request_tags],
+        "listen": collector.address_text,
+    }
+
+
+def _names(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    return [
+        {"name": row[key], "req_count": row["req_count"], "req_per_sec": row["req_per_sec"]}
+        for row in rows[:_TOP_NAMES]
+    ]
+
+
+def overview(collector: Collector, history: History) -> dict[str, Any]:
+    """The charts' history, the window's totals, the hosts and servers seen."""
+    aggregator = collector.aggregator
+    info = aggregator.info()
+    statuses = aggregator.request_report(("status",))
+    errors = sum(row["req_count"] for row in statuses if _is_error(row["status"]))
+    hosts = aggregator.request_report(("hostname",))
+    servers = aggregator.request_report(("server_name",))
+    hosts.sort(key=lambda row: -row["req_count"])
+    servers.sort(key=lambda row: -row["req_count"])
+    return {
+        "time": collector.clock(),
+        "history": history.points(),
+        "interval": history.interval,
+        "info": info,
+        "req_per_sec": info["req_count"] / info["time_interval"],
+        "errors": errors,
+        "error_rate": errors / info["req_count"] if info["req_count"] else 0.0,
+        "hosts": _names(hosts, "hostname"),
+        "hosts_count": len(hosts),
+        "servers": _names(servers, "server_name"),
+        "servers_count": len(servers),
+        "packets_received": collector.packets,
+    }
+
+
+def _is_error(status: Any) -> bool:
+    return isinstance(status, int) and status >= 500
+
+
+def _statuses_by_script(collector: Collector) -> dict[str, dict[str, int]]:
+    by_script: dict[str, dict[str, int]] = {}
+    for row in collector.aggregator.request_report(("script_name", "status")):
+        by_script.setdefault(row["script_name"], {})[str(row["status"])] = row["req_count"]
+    return by_script
+
+
+def scripts(collector: Collector) -> dict[str, Any]:
+    """The report by script, each row with its statuses (status text -> requests)."""
+    rows = collector.aggregator.request_report(("script_name",))
+    statuses = _statuses_by_script(collector)
+    for row in rows:
+        row["statuses"] = statuses.get(row["script_name"], {})
+        row["cpu_total"] = row["ru_utime_total"] + row["ru_stime_total"]
+        # Pinba's memory column is a sum over requests; per request is what people compare.
+        row["memory_per_request"] = (
+            row["memory_footprint_total"] / row["req_count"] if row["req_count"] else 0.0
+        )
+    return {"time": collector.clock(), "rows": rows}
+
+
+def _histogram(times: list[float]) -> list[dict[str, Any]]:
+    """Request times in bins of equal width on a log scale (equal width when all are tiny)."""
+    if not times:
+        return []
+    low, high = min(times), max(times)
+    if high <= low:
+        return [{"low": low, "high": high, "count": len(times)}]
+    log_scale = low > 0 and high / low > 10
+    if log_scale:
+        a, b = math.log(low), math.log(high)
+    else:
+        a, b = low, high
+    width = (b - a) / _HISTOGRAM_BINS
+    counts = [0] * _HISTOGRAM_BINS
+    for t in times:
+        x = math.log(t) if log_scale else t
+        counts[min(_HISTOGRAM_BINS - 1, int((x - a) / width))] += 1
+    bins = []
+    for i, count in enumerate(counts):
+        lo, hi = a + i * width, a + (i + 1) * width
+        if log_scale:
+            lo, hi = math.exp(lo), math.exp(hi)
+        bins.append({"low": lo, "high": hi, "count": count})
+    bins[0]["low"], bins[-1]["high"] = low, high  # exact ends, whatever exp(log(x)) gives
+    return bins
+
+
+def script(collector: Collector, name: str) -> dict[str, Any] | None:
+    """One script: its report row, request-time histogram, statuses and timers (by ``group``
+    and by ``group`` and ``server``) with hits and time per request and share of its time.
+    None when the window holds no request of that script."""
+    aggregator = collector.aggregator
+    row = next(
+        (r for r in aggregator.request_report(("script_name",)) if r["script_name"] == name),
+        None,
+    )
+    if row is None:
+        return None
+    times = sorted(r.req_time for r in aggregator.records() if r.script_name == name)
+    statuses = [
+        {
+            "status": r["status"],
+            "req_count": r["req_count"],
+            "req_time_median": r["req_time_median"],
+        }
+        for r in aggregator.request_report(("script_name", "status"))
+        if r["script_name"] == name
+    ]
+    statuses.sort(key=lambda r: -r["req_count"])
+    count, total = row["req_count"], row["req_time_total"]
+
+    def timer_rows(tag_names: tuple[str, ...]) -> list[dict[str, Any]]:
+        rows = []
+        for t in aggregator.timer_report(tag_names, per_script=True):
+            if t["script_name"] != name:
+                continue
+            t["hits_per_request"] = t["hit_count"] / count if count else 0.0
+            t["time_per_request"] = t["timer_value"] / count if count else 0.0
+            t["time_percent"] = 100.0 * t["timer_value"] / total if total else 0.0
+            rows.append(t)
+        return rows
+
+    return {
+        "time": collector.clock(),
+        "name": name,
+        "row": row,
+        "percentiles": {f"p{p:g}": percentile(times, p) for p in (50.0, 95.0, 99.0)},
+        "histogram": _histogram(times),
+        "statuses": statuses,
+        "timers_by_group": timer_rows(("group",)),
+        "timers_by_group_server": timer_rows(("group", "server")),
+    }
+
+
+def timers(collector: Collector, timer_tags: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """The timer reports of each configured tag set."""
+    return {
+        "time": collector.clock(),
+        "reports": [
+            {"tags": list(tags), "rows": collector.aggregator.timer_report(tuple(tags))}
+            for tags in timer_tags
+        ],
+    }
+
+
+def tags(collector: Collector, request_tags: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """The request-tag reports of each configured tag set."""
+    return {
+        "time": collector.clock(),
+        "reports": [
+            {"tags": list(t), "rows": collector.aggregator.tag_report(tuple(t))}
+            for t in request_tags
+        ],
+    }
+
+
+def health(collector: Collector, history: History) -> dict[str, Any]:
+    """Packets received, refused by reason, dropped; memory held against its bound."""
+    status = collector.status()
+    return {
+        "time": collector.clock(),
+        "status": status,
+        "memory": {
+            "records": status["requests_in_window"],
+            "records_bound": collector.aggregator.max_records,
+            "history_intervals": history.size,
+        },
+        "internal_errors": internal_errors(),
+        "uptime": collector.clock() - collector.aggregator.started,
+    }

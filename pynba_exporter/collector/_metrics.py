@@ -1,0 +1,217 @@
+"""The collector's reports as Prometheus metrics (``/metrics`` of ``pynba collect --http``).
+
+Counters, totals since the collector started (Prometheus computes rates from them):
+
+- ``pinba_requests_total``, ``pinba_request_time_seconds_total``,
+  ``pinba_request_ru_utime_seconds_total``, ``pinba_request_ru_stime_seconds_total``,
+  ``pinba_request_document_bytes_total``: labels ``script_name``, ``status``, ``server_name``;
+- ``pinba_timer_hits_total``, ``pinba_timer_seconds_total``: labels ``group``, ``server`` (timers
+  without a ``group`` tag are left out, as in the timer reports; no ``server`` tag reads "");
+- the collector's health: ``pinba_collector_packets_total``,
+  ``pinba_collector_invalid_packets_total`` (label ``reason``),
+  ``pinba_collector_evicted_records_total``, ``pinba_collector_store_dropped_total``.
+
+Gauges over the reports' window: ``pinba_window_request_time_seconds`` (labels ``script_name``,
+``quantile``: 0.5 and the collector's percentiles), ``pinba_window_requests`` (``script_name``),
+``pinba_collector_records`` and ``pinba_collector_records_bound``,
+``pinba_collector_window_seconds``.
+
+Label cardinality is bounded by the collector's own limit (``max_keys``): label sets past it are
+summed under ``<other>`` values. Names that are not UTF-8 show U+FFFD where bytes were invalid.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector as _PromCollector
+from prometheus_client.registry import CollectorRegistry
+
+from pynba_exporter.collector._aggregate import OTHER, Record
+from pynba_exporter.collector._server import Collector
+
+__all__ = ["PrometheusMetrics"]
+
+_REQUEST_LABELS: Final = ("script_name", "status", "server_name")
+_TIMER_LABELS: Final = ("group", "server")
+
+
+_TAG_SETS: Final = 4096  # timer tag sets whose label values are remembered
+_UNSET: Final[Any] = object()
+
+
+def _timer_key(tags: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+    """A timer's (group, server) labels; None without a group tag. The first value of a
+    repeated tag name wins, as in pinba2."""
+    group = server = None
+    for name, value in tags:
+        if name == "group" and group is None:
+            group = value
+        elif name == "server" and server is None:
+            server = value
+    return None if group is None else (group, server or "")
+
+
+def _text(s: str) -> str:
+    # Packet strings keep invalid UTF-8 as lone surrogates, which the exposition cannot encode.
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class PrometheusMetrics(_PromCollector):
+    """A collector listener keeping the counters, and a ``prometheus_client`` collector that
+    exposes them with the health and window gauges. ``registry`` is a fresh
+    :class:`CollectorRegistry` holding only these metrics (``generate_latest(m.registry)``)."""
+
+    def __init__(self, collector: Collector, max_keys: int | None = None) -> None:
+        self.collector = collector
+        self.max_keys = collector.aggregator.max_keys if max_keys is None else max_keys
+        self._lock = threading.Lock()
+        # (script, status, server) -> [count, time, utime, stime, bytes]
+        self._requests: dict[tuple[str, str, str], list[float]] = {}
+        self._timers: dict[tuple[str, str], list[float]] = {}  # (group, server) -> [hits, s]
+        self._tag_keys: dict[tuple[tuple[str, str], ...], tuple[str, str] | None] = {}
+        self.overflow = 0  # label sets counted under <other> for want of room
+        collector.listeners.append(self.add)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def add(self, records: Sequence[Record]) -> None:
+        """Count a batch of records (the collector's receiving thread calls it)."""
+        with self._lock:
+            requests, timers, keys = self._requests, self._timers, self._tag_keys
+            for r in records:
+                key = (r.script_name, str(r.status), r.server_name)
+                row = requests.get(key)
+                if row is None:
+                    if len(requests) >= self.max_keys - 1:
+                        self.overflow += 1
+                        key = (OTHER, OTHER, OTHER)
+                        row = requests.get(key)
+                    if row is None:
+                        row = requests[key] = [0, 0.0, 0.0, 0.0, 0]
+                row[0] += 1
+                row[1] += r.req_time
+                row[2] += r.ru_utime
+                row[3] += r.ru_stime
+                row[4] += r.doc_size
+                for t in r.timers:
+                    # The same few tag sets repeat: their (group, server) is looked up once.
+                    tkey = keys.get(t.tags, _UNSET)
+                    if tkey is _UNSET:
+                        tkey = _timer_key(t.tags)
+                        if len(keys) >= _TAG_SETS:
+                            keys.clear()
+                        keys[t.tags] = tkey
+                    if tkey is None:
+                        continue
+                    trow = timers.get(tkey)
+                    if trow is None:
+                        if len(timers) >= self.max_keys - 1:
+                            self.overflow += 1
+                            tkey = (OTHER, OTHER)
+                            trow = timers.get(tkey)
+                        if trow is None:
+                            trow = timers[tkey] = [0, 0.0]
+                    trow[0] += t.hit_count
+                    trow[1] += t.value
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The metrics in the Prometheus text format, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # the metrics are only known when collected
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            requests = {k: list(v) for k, v in self._requests.items()}
+            timers = {k: list(v) for k, v in self._timers.items()}
+        families = [
+            CounterMetricFamily("pinba_requests", "Requests received", labels=_REQUEST_LABELS),
+            CounterMetricFamily(
+                "pinba_request_time_seconds", "Request time", labels=_REQUEST_LABELS
+            ),
+            CounterMetricFamily(
+                "pinba_request_ru_utime_seconds", "User CPU time", labels=_REQUEST_LABELS
+            ),
+            CounterMetricFamily(
+                "pinba_request_ru_stime_seconds", "System CPU time", labels=_REQUEST_LABELS
+            ),
+            CounterMetricFamily(
+                "pinba_request_document_bytes", "Response body bytes", labels=_REQUEST_LABELS
+            ),
+        ]
+        for key, row in sorted(requests.items()):
+            labels = [_text(v) for v in key]
+            for family, value in zip(families, row):
+                family.add_metric(labels, value)
+        yield from families
+        hits = CounterMetricFamily("pinba_timer_hits", "Timer hits", labels=_TIMER_LABELS)
+        seconds = CounterMetricFamily(
+            "pinba_timer_seconds", "Time measured by timers", labels=_TIMER_LABELS
+        )
+        for tkey, trow in sorted(timers.items()):
+            labels = [_text(v) for v in tkey]
+            hits.add_metric(labels, trow[0])
+            seconds.add_metric(labels, trow[1])
+        yield hits
+        yield seconds
+        yield from self._window()
+        yield from self._health()
+
+    def _window(self) -> Iterator[Metric]:
+        aggregator = self.collector.aggregator
+        rows = aggregator.request_report(("script_name",))
+        count = GaugeMetricFamily(
+            "pinba_window_requests", "Requests in the reports' window", labels=["script_name"]
+        )
+        quantiles = GaugeMetricFamily(
+            "pinba_window_request_time_seconds",
+            "Request time percentiles over the reports' window",
+            labels=["script_name", "quantile"],
+        )
+        for row in rows:
+            name = _text(str(row["script_name"]))
+            count.add_metric([name], row["req_count"])
+            quantiles.add_metric([name, "0.5"], row["req_time_median"])
+            for p in aggregator.percentiles:
+                quantiles.add_metric([name, f"{p / 100:g}"], row[f"req_time_p{p:g}"])
+        yield count
+        yield quantiles
+
+    def _health(self) -> Iterator[Metric]:
+        status = self.collector.status()
+        yield CounterMetricFamily(
+            "pinba_collector_packets", "Packets received", value=status["packets_received"]
+        )
+        invalid = CounterMetricFamily(
+            "pinba_collector_invalid_packets", "Packets refused, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(status["invalid_by_reason"].items()):
+            invalid.add_metric([reason], n)
+        yield invalid
+        yield CounterMetricFamily(
+            "pinba_collector_evicted_records",
+            "Requests dropped from memory before the end of the window",
+            value=status["evicted_records"],
+        )
+        yield CounterMetricFamily(
+            "pinba_collector_store_dropped",
+            "Requests the database writer could not keep",
+            value=status.get("store_dropped", 0),
+        )
+        yield GaugeMetricFamily(
+            "pinba_collector_records", "Requests held in memory", value=status["requests_in_window"]
+        )
+        yield GaugeMetricFamily(
+            "pinba_collector_records_bound",
+            "Requests held in memory at most",
+            value=self.collector.aggregator.max_records,
+        )
+        yield GaugeMetricFamily(
+            "pinba_collector_window_seconds", "Seconds the reports cover", value=status["window"]
+        )
