@@ -42,19 +42,39 @@ def _port(text: str, address: str, lowest: int = 1) -> int:
     return port
 
 
+_NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+_V6_CHARS: Final = frozenset("0123456789abcdefABCDEF:.%") | _NAME_CHARS
+
+
+def _host(host: str, item: str, allowed: frozenset[str]) -> str:
+    if not host:
+        raise ValueError(f"invalid Pinba address {item!r}: no host")
+    if not set(host) <= allowed:
+        raise ValueError(f"invalid Pinba address {item!r}: {host!r} is not a host name or IP")
+    return host
+
+
 def _parse_one(item: str, lowest_port: int = 1) -> Endpoint:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address; ``udp://``
+    before it is accepted (OpenTelemetry endpoints are URLs), other schemes are refused."""
+    scheme, sep, rest = item.partition("://")
+    if sep:
+        if scheme.lower() != "udp":
+            raise ValueError(
+                f"Pinba address {item!r}: Pinba is UDP (host:port), not {scheme}://; an "
+                "OpenTelemetry collector's URL is not a Pinba server"
+            )
+        item = rest.rstrip("/")
     if item.startswith("["):
         host, bracket, rest = item[1:].partition("]")
         if not bracket or not host or (rest and not rest.startswith(":")):
             raise ValueError(f"invalid Pinba address {item!r}")
         port = _port(rest[1:], item, lowest_port) if rest[1:] else DEFAULT_PORT
-        return Endpoint(host, port)
+        return Endpoint(_host(host, item, _V6_CHARS), port)
     if item.count(":") > 1:  # a bare IPv6 address, as the reference client reads it
-        return Endpoint(item, DEFAULT_PORT)
+        return Endpoint(_host(item, item, _V6_CHARS), DEFAULT_PORT)
     host, colon, port_text = item.partition(":")
-    if not host:
-        raise ValueError(f"invalid Pinba address {item!r}: no host")
+    _host(host, item, _NAME_CHARS)
     return Endpoint(host, _port(port_text, item, lowest_port) if colon else DEFAULT_PORT)
 
 

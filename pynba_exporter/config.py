@@ -81,6 +81,12 @@ OPTIONS: Final[dict[str, Option]] = {
         _option("max_packet_size", 65507, int, "largest datagram (256 to 65507); larger shrink"),
         _option("resolve_interval", 60.0, float, "seconds a looked-up server address is kept"),
         _option("max_script_names", 1000, int, "distinct script names per process (see naming)"),
+        _option("asgi_events", False, parse_bool,
+                "OTel: the ASGI instrumentation's http send/receive spans as timers"),
+        _option("max_spans", 100_000, int, "OTel: unfinished spans followed at once"),
+        _option("max_age", 300.0, float,
+                "OTel: seconds an unfinished span is followed, then evicted and counted"),
+        _option("max_traces", 10_000, int, "OTel exporter: traces waiting for their root"),
     )
 }  # fmt: skip
 

@@ -1,19 +1,26 @@
-"""OpenTelemetry -> Pinba: every local root span is a Pinba request, its descendants its timers.
+"""OpenTelemetry -> Pinba: each request span is a Pinba request, the spans under it its timers.
 
-Two ways in, both constructible with no arguments (configuration from the environment):
+A request is a local root span (no parent, or a remote one) of kind SERVER or CONSUMER, or one
+the app marks with the attribute ``pinba.script_name``. Other roots (a query at startup, a
+poller's HTTP call) are counted and dropped. Names keep a bounded cardinality: the route
+template, one name for requests that matched no route, and the per-process cap of
+:mod:`pynba_exporter.naming`. The user documentation is ``docs/opentelemetry.md``.
+
+Ways in, each constructible with no arguments (configuration from the environment, see
+:mod:`pynba_exporter.config`; a bad value is logged once and turns Pinba off, never raises):
 
 - :class:`PinbaSpanProcessor`: add it to a ``TracerProvider``. It sees spans start and end, so it
   measures CPU (of the thread, during the root; of each child that starts and ends on one
-  thread), makes the request current so that classic ``pynba.timer()`` calls inside land in the
-  same packet, and turns OpenTelemetry spans inside a classic request (``monitor``,
-  ``ScriptMonitor``) into timers of that request. One packet when the local root ends.
-- :class:`PinbaSpanExporter`: a ``SpanExporter`` for the SDK's ``BatchSpanProcessor`` (what
-  ``OTEL_TRACES_EXPORTER=pinba`` gives). Spans arrive in batches, children before their root;
-  they are buffered per trace, bounded in count and age, and each local root leaves as one
-  packet with its descendants. Same packets as the processor, without CPU.
-
-:class:`PinbaSampler` wraps the app's sampler so that every span records (Pinba needs every
-request) while exporters still only get the spans the app's sampler chose.
+  thread), lets classic ``pynba.timer()`` calls inside a request land in its packet (the request
+  is found through the current span), and turns OpenTelemetry spans inside a classic request
+  (``monitor``, ``ScriptMonitor``) into timers of that request. One packet when the root ends.
+- :class:`PinbaSampler` wraps the app's sampler so that every span records (Pinba needs every
+  request) while exporters still only get the spans the app's sampler chose.
+- :class:`PinbaConfigurator` (``OTEL_PYTHON_CONFIGURATOR=pinba``): zero-code, the two above
+  set up by ``opentelemetry-instrument`` around whatever the ``OTEL_*`` variables configure.
+- :class:`PinbaSpanExporter`: a ``SpanExporter`` (what ``OTEL_TRACES_EXPORTER=pinba`` gives
+  with another configurator). Spans arrive in batches, children before their root; they are
+  buffered per trace, bounded in count and age. It sees only sampled traces and no CPU.
 
 This is the only module of the project that imports ``opentelemetry``.
 """
@@ -21,11 +28,13 @@ This is the only module of the project that imports ``opentelemetry``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -36,16 +45,30 @@ from opentelemetry.context import (
     detach,
     set_value,
 )
+from opentelemetry.sdk._configuration import (
+    _import_sampler,
+    _initialize_components,
+    _OTelSDKConfigurator,
+)
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import sampling as _sampling
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
+from opentelemetry.trace import (
+    Link,
+    SpanKind,
+    StatusCode,
+    TraceState,
+    get_current_span,
+    get_tracer_provider,
+)
 from opentelemetry.util.types import Attributes
 
 from pynba_exporter import config
-from pynba_exporter._transport import Transport, UdpTransport
+from pynba_exporter._transport import MemoryTransport, Transport, UdpTransport
 from pynba_exporter.address import Address
 from pynba_exporter.log import errors
+from pynba_exporter.naming import UNMATCHED
 from pynba_exporter.spans import (
     MEASURE,
     CpuSample,
@@ -56,8 +79,10 @@ from pynba_exporter.spans import (
     hostname,
     thread_cpu,
 )
+from pynba_exporter.wire import DEFAULT_MAX_PACKET_SIZE
 
 __all__ = [
+    "PinbaConfigurator",
     "PinbaSampler",
     "PinbaSpanExporter",
     "PinbaSpanProcessor",
@@ -70,6 +95,13 @@ TimerTags = Callable[[ReadableSpan], Mapping[str, Any]]
 TAG_PREFIX: Final = "pinba.tag."
 REQUEST_TAG_PREFIX: Final = "pinba.request_tag."
 SCRIPT_NAME_ATTRIBUTE: Final = "pinba.script_name"
+#: Attributes by which the app marks a root span as a request and names it.
+SCRIPT_NAME_ATTRIBUTES: Final = (SCRIPT_NAME_ATTRIBUTE, "pinba.scriptname")
+#: Set on the ASGI instrumentation's internal ``http send``/``http receive`` spans.
+ASGI_EVENT_ATTRIBUTE: Final = "asgi.event.type"
+
+#: The clock of span ages (a module name so that tests can move time).
+_now = time.monotonic
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,12 +109,12 @@ SCRIPT_NAME_ATTRIBUTE: Final = "pinba.script_name"
 
 
 def _address(address: Address | None) -> Address:
-    """Argument, then OTEL_EXPORTER_PINBA_ENDPOINT, then PINBA_SERVER (see ``config``)."""
+    """Argument, then OTEL_EXPORTER_PINBA_ENDPOINT, then PINBA_SERVER (see ``config``); the
+    address rules (``udp://`` accepted, ``http(s)://`` refused) are in ``address``."""
     if address is not None:
         return address
     endpoint: str = config.value("server")
-    # Accept URL forms too ("udp://host:port"), as OTel endpoints usually are URLs.
-    return endpoint.split("://", 1)[-1].rstrip("/")
+    return endpoint
 
 
 def _sdk_disabled() -> bool:
@@ -94,34 +126,70 @@ def _sdk_disabled() -> bool:
 
 
 class _Sender:
-    """What the processor and the exporter share: a transport and the on/off switch."""
+    """What the processor and the exporter share: a transport, the on/off switch, counters.
+
+    A bad option (argument or environment) never raises: it is logged once and Pinba is off."""
 
     def __init__(
         self,
         address: Address | None,
+        *,
         transport: Transport | None,
         enabled: bool | None,
         timer_tags: TimerTags | None,
+        asgi_events: bool | None,
         transport_options: dict[str, Any],
     ) -> None:
-        self.enabled: bool = (
-            (config.value("enabled") and not _sdk_disabled()) if enabled is None else enabled
-        )
-        self.transport: Transport = (
-            transport
-            if transport is not None
-            else UdpTransport(_address(address), **transport_options)
-        )
         self.timer_tags: TimerTags = timer_tags or default_timer_tags
         self.shut_down = False
         self.lock = threading.Lock()
-        #: Spans not reported, by reason ("late", "abandoned", "overflow").
-        self.dropped: dict[str, int] = {}
+        #: Counters: requests sent, roots that were not requests, spans not reported by reason.
+        self.counts: dict[str, int] = {}
+        self.enabled = False
+        self.asgi_events = False
+        self.transport: Transport
+        try:
+            self.enabled = (
+                (config.value("enabled") and not _sdk_disabled()) if enabled is None else enabled
+            )
+            self.asgi_events = config.value("asgi_events", asgi_events)
+            self.transport = (
+                transport
+                if transport is not None
+                else UdpTransport(_address(address), **transport_options)
+            )
+        except (ValueError, TypeError) as exc:
+            # Pinba is off; a transport that is never used keeps the attribute typed.
+            self.transport = (
+                transport
+                if transport is not None
+                else MemoryTransport(max_packet_size=DEFAULT_MAX_PACKET_SIZE, packed=False)
+            )
+            self.disable(exc)
+
+    def disable(self, exc: Exception) -> None:
+        """A bad option: said once (the processor and the exporter share the line), and
+        Pinba is off; the app runs as usual."""
+        errors.log(
+            ("config", str(exc)),
+            f"pynba: {exc}; Pinba reporting is disabled (the app runs as usual)",
+        )
+        self.enabled = False
+
+    def count(self, what: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[what] = self.counts.get(what, 0) + n
 
     def drop(self, reason: str, count: int = 1) -> None:
-        with self.lock:
-            self.dropped[reason] = self.dropped.get(reason, 0) + count
+        self.count(reason, count)
         errors.log(("otel", reason), f"pynba: {count} span(s) not reported ({reason})")
+
+    def stats(self) -> dict[str, int]:
+        with self.lock:
+            counts = dict(self.counts)
+        for name in ("requests", "not_requests", "evicted", "overflow", "late", "abandoned"):
+            counts.setdefault(name, 0)
+        return counts
 
     def send(self, request: RequestSpan, duration: float, *, cpu: bool) -> bool:
         """Finish and send the request of a root span by the one path every request takes.
@@ -129,9 +197,15 @@ class _Sender:
         make a span per packet, and a packet per span...)."""
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            return finish_and_send(request, self.transport, "otel", duration=duration, cpu=cpu)
+            sent = finish_and_send(request, self.transport, "otel", duration=duration, cpu=cpu)
         finally:
             detach(token)
+        if sent:
+            self.count("requests")
+        return sent
+
+    def close(self) -> None:
+        self.transport.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +262,10 @@ def default_timer_tags(span: ReadableSpan) -> dict[str, str]:
     method = _first(a, "http.request.method", "http.method")
     if db is not None:
         category = "db"
-        operation = _first(a, "db.operation.name", "db.operation") or span.name
+        # One group whatever the case of the statement (select/SELECT/Select); without the
+        # attribute, the span name's first word ("SELECT users" in newer conventions).
+        operation = _first(a, "db.operation.name", "db.operation") or span.name.split(" ", 1)[0]
+        operation = str(operation).upper()
     elif method is not None and span.kind == SpanKind.CLIENT:
         category, operation = "http", method
     elif _first(a, "rpc.system") is not None:
@@ -209,6 +286,10 @@ def default_timer_tags(span: ReadableSpan) -> dict[str, str]:
             server = urlsplit(str(url)).hostname
     if server is not None:
         tags["server"] = _without_port(server)
+    if db is not None:
+        database = _first(a, "db.namespace", "db.name")
+        if database is not None:
+            tags["database"] = str(database)
     for name in a:
         if name.startswith(TAG_PREFIX):
             tags[name[len(TAG_PREFIX) :]] = str(a[name])
@@ -237,27 +318,13 @@ def _fill(
         request.script_name,
         request.schema,
     )
-    override = a.get(SCRIPT_NAME_ATTRIBUTE)
+    override = _first(a, *SCRIPT_NAME_ATTRIBUTES)
     if override:
         request.script_name = str(override)
     if not own:
         return
     if not override and request.script_name is script0:
-        route = _first(a, "http.route")
-        if route is not None:
-            request.script_name = str(route)
-        else:
-            path = _first(a, "url.path", "http.target", "http.url")
-            if path is not None:
-                request.script_name = _path(path)
-            else:
-                # HTTP server spans are named "{method} {target}" (semantic conventions), and
-                # the stable WSGI instrumentation records the path nowhere else.
-                method = _first(a, "http.request.method", "http.method")
-                name = span.name
-                if method is not None and name.startswith(f"{method} "):
-                    name = _path(name[len(method) + 1 :])
-                request.script_name = name
+        request.script_name = _script_name(span, a)
     if request.server_name is server0:
         server = _first(a, "server.address", "http.host", "http.server_name")
         if server is None:
@@ -281,10 +348,62 @@ def _fill(
         "http.response.body.size",
         "http.response_content_length",
         "http.response_content_length_uncompressed",
+        CONTENT_LENGTH_ATTRIBUTE,  # the header, when the instrumentation captures it
     )
+    if isinstance(size, (list, tuple)):
+        size = size[0] if size else None
     if size is not None and request.document_size == MEASURE:
         with contextlib.suppress(TypeError, ValueError):
             request.document_size = int(size)
+
+
+#: The response's Content-Length as the HTTP server instrumentations capture it
+#: (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE`` includes ``content-length``).
+CONTENT_LENGTH_ATTRIBUTE: Final = "http.response.header.content_length"
+
+#: What frameworks answer a request that matched none of their routes (Flask, Django,
+#: FastAPI/Starlette alike); their instrumentations then record no ``http.route``.
+_NO_ROUTE_STATUSES: Final = frozenset(("404", "405"))
+
+
+def _script_name(span: ReadableSpan, a: Mapping[str, Any]) -> str:
+    """A request's name with bounded cardinality: the route template with a leading ``/``;
+    :data:`UNMATCHED` for an HTTP request without a route answered 404 or 405 (it matched no
+    route: a scanner, a typo); the path for apps without a router; else the span name."""
+    route = _first(a, "http.route")
+    if route is not None:
+        route = str(route)
+        return route if route.startswith("/") else f"/{route}"
+    method = _first(a, "http.request.method", "http.method")
+    if span.kind == SpanKind.SERVER and method is not None:
+        status = _first(a, "http.response.status_code", "http.status_code")
+        if str(status) in _NO_ROUTE_STATUSES:
+            return UNMATCHED
+    path = _first(a, "url.path", "http.target", "http.url")
+    if path is not None:
+        return _path(path)
+    # HTTP server spans are named "{method} {target}" (semantic conventions), and the
+    # stable WSGI instrumentation records the path nowhere else.
+    name = span.name
+    if method is not None and name.startswith(f"{method} "):
+        name = _path(name[len(method) + 1 :])
+    return name
+
+
+def _is_request(span: ReadableSpan) -> bool:
+    """A local root is a request if it serves (SERVER), consumes (CONSUMER) or is marked:
+    ``pinba.script_name``, or an INTERNAL root naming the route it serves (``http.route``: a
+    request span made by hand). Never a CLIENT or PRODUCER root: an outgoing call."""
+    if span.kind in (SpanKind.SERVER, SpanKind.CONSUMER):
+        return True
+    a = _attributes(span)
+    if any(a.get(name) for name in SCRIPT_NAME_ATTRIBUTES):
+        return True
+    return span.kind == SpanKind.INTERNAL and bool(a.get("http.route"))
+
+
+def _is_asgi_event(span: ReadableSpan) -> bool:
+    return ASGI_EVENT_ATTRIBUTE in _attributes(span)
 
 
 def _duration(span: ReadableSpan) -> float:
@@ -306,27 +425,48 @@ _OWN, _ADOPTED, _TIMER = range(3)
 
 
 class _InFlight:
-    __slots__ = ("cpu0", "initial", "kind", "request", "thread", "token")
+    __slots__ = ("born", "cpu0", "initial", "kind", "request", "thread")
 
     def __init__(self, kind: int, request: RequestSpan, cpu0: CpuSample | None) -> None:
         self.kind = kind
         self.request = request
         self.cpu0 = cpu0
         self.thread = threading.get_ident()
-        self.token: Any = None
+        self.born = _now()
         self.initial = (request.hostname, request.server_name, request.script_name, request.schema)
 
 
+#: Live processors, for the finder of the current request (see ``CurrentRequest``).
+_PROCESSORS: weakref.WeakSet[PinbaSpanProcessor] = weakref.WeakSet()
+
+
+def _request_of_current_span() -> RequestSpan | None:
+    """The request whose span is current in the OpenTelemetry context: a classic
+    ``pynba.timer()`` inside an OTel request lands in it."""
+    if not _PROCESSORS:
+        return None
+    span_id = get_current_span().get_span_context().span_id
+    for processor in list(_PROCESSORS):
+        entry = processor._spans.get(span_id)
+        if entry is not None and not entry.request.finished:
+            return entry.request
+    return None
+
+
 class PinbaSpanProcessor(SpanProcessor):
-    """Reports each local root span and its descendants as one Pinba request.
+    """Reports each request (a SERVER or CONSUMER local root, or a root the app marks with
+    ``pinba.script_name``) and the spans under it as one Pinba request.
 
     ``address``: the server(s) (``None``: ``$OTEL_EXPORTER_PINBA_ENDPOINT``, then
     ``$PINBA_SERVER``, then 127.0.0.1:30002), or a ready ``transport``. ``timer_tags``: a
     function of a span giving its timer tags (default :func:`default_timer_tags`).
-    ``timer_rusage``: measure each child span's CPU (``$PINBA_TIMER_RUSAGE``, on).
-    ``enabled``: ``$PINBA_ENABLED`` and not ``$OTEL_SDK_DISABLED``. ``max_spans``: spans
-    followed at once (spans that never end must not grow memory without limit). Other keyword
-    arguments go to the transport (``max_packet_size``, ``packed``...).
+    ``timer_rusage``: measure each child span's CPU (``TIMER_RUSAGE``, on). ``enabled``:
+    (``ENABLED``, on) and not ``$OTEL_SDK_DISABLED``. ``asgi_events``: the ASGI
+    instrumentation's ``http send``/``http receive`` spans as timers (``ASGI_EVENTS``, off).
+    ``max_spans``: spans followed at once (``MAX_SPANS``, 100,000); ``max_age``: seconds an
+    unfinished span is followed (``MAX_AGE``, 300), then evicted and counted.
+    Other keyword arguments go to the transport (``max_packet_size``, ``packed``...).
+    Each option ``X`` is also ``$OTEL_EXPORTER_PINBA_X`` and ``$PINBA_X``.
     """
 
     def __init__(
@@ -337,21 +477,50 @@ class PinbaSpanProcessor(SpanProcessor):
         enabled: bool | None = None,
         timer_tags: TimerTags | None = None,
         timer_rusage: bool | None = None,
-        max_spans: int = 100_000,
+        asgi_events: bool | None = None,
+        max_spans: int | None = None,
+        max_age: float | None = None,
         **transport_options: Any,
     ) -> None:
-        self._sender = _Sender(address, transport, enabled, timer_tags, transport_options)
-        self.timer_rusage: bool = config.value("timer_rusage", timer_rusage)
-        self.max_spans = max_spans
+        self._sender = _Sender(
+            address, transport=transport, enabled=enabled, timer_tags=timer_tags,
+            asgi_events=asgi_events, transport_options=transport_options,
+        )  # fmt: skip
+        self.timer_rusage: bool = config.OPTIONS["timer_rusage"].default
+        self.max_spans: int = config.OPTIONS["max_spans"].default
+        self.max_age: float = config.OPTIONS["max_age"].default
+        try:
+            self.timer_rusage = config.value("timer_rusage", timer_rusage)
+            self.max_spans = int(config.value("max_spans", max_spans))
+            self.max_age = float(config.value("max_age", max_age))
+        except ValueError as exc:
+            self._sender.disable(exc)
         self._spans: dict[int, _InFlight] = {}
+        self._evicting = threading.Lock()
+        if self._sender.enabled:
+            _PROCESSORS.add(self)
+            if _request_of_current_span not in current_request.finders:
+                current_request.finders.append(_request_of_current_span)
 
     @property
     def transport(self) -> Transport:
         return self._sender.transport
 
     @property
+    def enabled(self) -> bool:
+        return self._sender.enabled
+
+    @property
     def dropped(self) -> dict[str, int]:
-        return dict(self._sender.dropped)
+        return {
+            k: v for k, v in self._sender.stats().items() if k not in ("requests", "not_requests")
+        }
+
+    def stats(self) -> dict[str, int]:
+        """``requests`` sent; ``not_requests``: roots that were not requests (dropped);
+        ``evicted``: unfinished spans older than ``max_age``; ``overflow``: spans not followed
+        past ``max_spans``; ``late``: spans that ended after their request left."""
+        return self._sender.stats()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         sender = self._sender
@@ -362,32 +531,67 @@ class PinbaSpanProcessor(SpanProcessor):
         except Exception as exc:  # never into the app
             errors.log(("otel", "on_start"), f"pynba: span not followed: {exc!r}", exc_info=exc)
 
+    def _evict(self) -> None:
+        """Forget the unfinished spans older than ``max_age`` (oldest first: the dict keeps
+        the order of starts). Their requests are abandoned, counted, never sent."""
+        spans = self._spans
+        limit = _now() - self.max_age
+        try:
+            if next(iter(spans.values())).born >= limit:
+                return  # the common case: the oldest span is young enough
+        except (StopIteration, RuntimeError):  # empty, or changed meanwhile by another thread
+            return
+        if not self._evicting.acquire(blocking=False):
+            return  # another thread is at it
+        evicted = 0
+        try:
+            while spans:
+                try:
+                    span_id = next(iter(spans))
+                    entry = spans[span_id]
+                except (StopIteration, KeyError, RuntimeError):  # ended meanwhile
+                    break
+                if entry.born >= limit:
+                    break
+                if spans.pop(span_id, None) is not None:
+                    evicted += 1
+                    if entry.kind == _OWN:
+                        entry.request.finished = True
+                        entry.request.serving = False
+        finally:
+            self._evicting.release()
+        if evicted:
+            self._sender.drop("evicted", evicted)
+
     def _start(self, span: Span) -> None:
         spans = self._spans
+        self._evict()
         if len(spans) >= self.max_spans:
             self._sender.drop("overflow")
             return
         context = span.get_span_context()
         parent = span.parent
-        current = current_request.get()
-        if current is not None and current.finished:
-            current = None
+        # Only a request of the classic API (monitor, ScriptMonitor) set in this context can
+        # take in a local root: an OTel request is bound to its own span's context.
+        classic = current_request.opened()
+        if classic is not None and classic.finished:
+            classic = None
         if parent is None or parent.is_remote:
-            if current is not None:
-                # Inside a request of the classic API (or of another root): the same HTTP
-                # request if this is a server span, else one operation of it.
+            if classic is not None:
+                # Inside a request of the classic API: the same HTTP request if this is a
+                # server span, else one operation of it.
                 kind = _ADOPTED if span.kind == SpanKind.SERVER else _TIMER
-                cpu0 = thread_cpu() if kind == _TIMER and current.timer_rusage else None
-                spans[context.span_id] = _InFlight(kind, current, cpu0)
+                cpu0 = thread_cpu() if kind == _TIMER and classic.timer_rusage else None
+                spans[context.span_id] = _InFlight(kind, classic, cpu0)
                 return
+            # Followed until it ends: whether it is a request is known then (the app may
+            # mark it with pinba.script_name while it runs).
             own = RequestSpan(hostname(), "unknown", span.name, timer_rusage=self.timer_rusage)
             own.serving = True  # a classic middleware inside reports through this request
-            entry = _InFlight(_OWN, own, None)
-            entry.token = current_request.set(own)
-            spans[context.span_id] = entry
+            spans[context.span_id] = _InFlight(_OWN, own, None)
             return
         owner = spans.get(parent.span_id)
-        request: RequestSpan | None = owner.request if owner is not None else current
+        request: RequestSpan | None = owner.request if owner is not None else classic
         if request is None or request.finished:
             return  # its request is gone or unknown: the exporter-side rules would drop it too
         cpu0 = thread_cpu() if request.timer_rusage else None
@@ -404,31 +608,36 @@ class PinbaSpanProcessor(SpanProcessor):
 
     def _end(self, span: ReadableSpan, entry: _InFlight) -> None:
         request = entry.request
+        sender = self._sender
         if entry.kind == _TIMER:
             if request.finished:
-                self._sender.drop("late")
+                sender.drop("late")
+                return
+            if not sender.asgi_events and _is_asgi_event(span):
                 return
             u = s = 0.0
             if entry.cpu0 is not None and entry.thread == threading.get_ident():
                 u, s = cpu_delta(entry.cpu0, thread_cpu())
-            request.add_timer(self._sender.timer_tags(span), _duration(span), 1, u, s)
+            request.add_timer(sender.timer_tags(span), _duration(span), 1, u, s)
             return
         if entry.kind == _ADOPTED:
             _fill(request, span, own=False)
             return
-        if entry.token is not None:
-            with contextlib.suppress(ValueError):  # ended in another context than started in
-                current_request.reset(entry.token)
         request.serving = False
+        if not _is_request(span):
+            request.finished = True  # its descendants still running are dropped with it
+            sender.count("not_requests")
+            return
         _fill(request, span, own=True, initial=entry.initial)
         # Ended on another thread than it started on: that thread's CPU says nothing of it.
-        self._sender.send(request, _duration(span), cpu=entry.thread == threading.get_ident())
+        sender.send(request, _duration(span), cpu=entry.thread == threading.get_ident())
 
     def shutdown(self) -> None:
         if not self._sender.shut_down:
             self._sender.shut_down = True
+            _PROCESSORS.discard(self)
             self._spans.clear()
-            self._sender.transport.close()
+            self._sender.close()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # nothing waits: each request leaves when its root ends
@@ -443,16 +652,21 @@ class _Trace:
 
     def __init__(self) -> None:
         self.spans: list[ReadableSpan] = []
-        self.born = time.monotonic()
+        self.born = _now()
 
 
 class PinbaSpanExporter(SpanExporter):
-    """A ``SpanExporter``: each local root and its descendants become one Pinba request.
+    """A ``SpanExporter``: each request (a SERVER or CONSUMER local root, or a root marked with
+    ``pinba.script_name``) and its descendants become one Pinba request.
+
+    An exporter only gets the spans of sampled traces: with a sampler that drops some, Pinba
+    misses those requests (said once in the log). :class:`PinbaSpanProcessor` with
+    :class:`PinbaSampler` (what ``OTEL_PYTHON_CONFIGURATOR=pinba`` sets up) sees them all.
 
     Spans of a trace may come in several ``export()`` calls, children first: they wait in a
     buffer until their local root comes. The buffer is bounded: ``max_traces`` traces,
     ``max_spans`` spans, ``max_age`` seconds; what is evicted, and spans that come after their
-    root left, are counted in ``dropped`` and logged. Other options as
+    root left, are counted in :meth:`stats` and logged. Other options as
     :class:`PinbaSpanProcessor` (no CPU: exported spans do not carry it).
     """
 
@@ -463,28 +677,50 @@ class PinbaSpanExporter(SpanExporter):
         transport: Transport | None = None,
         enabled: bool | None = None,
         timer_tags: TimerTags | None = None,
-        max_traces: int = 10_000,
-        max_spans: int = 100_000,
-        max_age: float = 300.0,
+        asgi_events: bool | None = None,
+        max_traces: int | None = None,
+        max_spans: int | None = None,
+        max_age: float | None = None,
         **transport_options: Any,
     ) -> None:
-        self._sender = _Sender(address, transport, enabled, timer_tags, transport_options)
-        self.max_traces = max_traces
-        self.max_spans = max_spans
-        self.max_age = max_age
+        self._sender = _Sender(
+            address, transport=transport, enabled=enabled, timer_tags=timer_tags,
+            asgi_events=asgi_events, transport_options=transport_options,
+        )  # fmt: skip
+        self.max_traces: int = config.OPTIONS["max_traces"].default
+        self.max_spans: int = config.OPTIONS["max_spans"].default
+        self.max_age: float = config.OPTIONS["max_age"].default
+        try:
+            self.max_traces = int(config.value("max_traces", max_traces))
+            self.max_spans = int(config.value("max_spans", max_spans))
+            self.max_age = float(config.value("max_age", max_age))
+        except ValueError as exc:
+            self._sender.disable(exc)
         self._traces: OrderedDict[int, _Trace] = OrderedDict()
         self._buffered = 0
         # Span ids of the requests sent recently: a child arriving after them is late.
         self._done: OrderedDict[int, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._sampling_checked = False
 
     @property
     def transport(self) -> Transport:
         return self._sender.transport
 
     @property
+    def enabled(self) -> bool:
+        return self._sender.enabled
+
+    @property
     def dropped(self) -> dict[str, int]:
-        return dict(self._sender.dropped)
+        return {
+            k: v for k, v in self._sender.stats().items() if k not in ("requests", "not_requests")
+        }
+
+    def stats(self) -> dict[str, int]:
+        """As :meth:`PinbaSpanProcessor.stats`, and ``abandoned``: buffered spans whose root
+        never came."""
+        return self._sender.stats()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         sender = self._sender
@@ -492,6 +728,9 @@ class PinbaSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         if not sender.enabled:
             return SpanExportResult.SUCCESS
+        if not self._sampling_checked:
+            self._sampling_checked = True
+            _warn_if_sampling_hides_requests()
         try:
             requests = self._collect(spans)
         except Exception as exc:
@@ -505,7 +744,7 @@ class PinbaSpanExporter(SpanExporter):
 
     def _collect(self, spans: Sequence[ReadableSpan]) -> list[tuple[RequestSpan, float]]:
         roots = []
-        late = 0
+        late = not_requests = 0
         with self._lock:
             for span in spans:
                 if span.context is None:
@@ -523,8 +762,16 @@ class PinbaSpanExporter(SpanExporter):
                     trace = self._traces[span.context.trace_id] = _Trace()
                 trace.spans.append(span)
                 self._buffered += 1
-            requests = [(self._request(root), _duration(root)) for root in roots]
+            requests = []
+            for root in roots:
+                request = self._request(root)  # takes its descendants out of the buffer
+                if _is_request(root):
+                    requests.append((request, _duration(root)))
+                else:
+                    not_requests += 1
             evicted = self._evict()
+        if not_requests:
+            self._sender.count("not_requests", not_requests)
         if late:
             self._sender.drop("late", late)
         if evicted:
@@ -554,8 +801,10 @@ class PinbaSpanExporter(SpanExporter):
                 if not trace.spans:
                     del self._traces[root.context.trace_id]
         tags = self._sender.timer_tags
+        asgi_events = self._sender.asgi_events
         for span in sorted(mine, key=lambda s: s.start_time or 0):
-            request.add_timer(tags(span), _duration(span))
+            if asgi_events or not _is_asgi_event(span):
+                request.add_timer(tags(span), _duration(span))
             self._remember(span.context.span_id)
         self._remember(root.context.span_id)
         return request
@@ -569,7 +818,7 @@ class PinbaSpanExporter(SpanExporter):
     def _evict(self) -> int:
         """Drop the oldest traces beyond the limits; how many spans went."""
         evicted = 0
-        now = time.monotonic()
+        now = _now()
         traces = self._traces
         while traces:
             trace_id, oldest = next(iter(traces.items()))
@@ -594,7 +843,7 @@ class PinbaSpanExporter(SpanExporter):
             self._buffered = 0
         if left:
             self._sender.drop("abandoned", left)
-        self._sender.transport.close()
+        self._sender.close()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # requests leave as soon as their root is exported
@@ -629,9 +878,107 @@ class PinbaSampler(Sampler):
         result = self.delegate.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
-        if result.decision == Decision.DROP:
-            return SamplingResult(Decision.RECORD_ONLY, result.attributes, result.trace_state)
-        return result
+        if result.decision != Decision.DROP:
+            return result
+        # The SDK's samplers return no attributes on DROP, and a span starts with the
+        # sampler's attributes only: without its own, an unsampled request would lose its
+        # host, scheme, target... and make another row in Pinba than a sampled one.
+        merged = dict(attributes or {})
+        merged.update(result.attributes or {})
+        return SamplingResult(Decision.RECORD_ONLY, merged, result.trace_state)
 
     def get_description(self) -> str:
         return f"PinbaSampler{{{self.delegate.get_description()}}}"
+
+
+def _global_provider() -> Any:
+    return get_tracer_provider()
+
+
+def _warn_if_sampling_hides_requests() -> None:
+    """The exporter gets only sampled spans: say once when the app's sampler may drop some."""
+    sampler = getattr(_global_provider(), "sampler", None)
+    if sampler is None or sampler is _sampling.ALWAYS_ON or isinstance(sampler, PinbaSampler):
+        return
+    errors.log(
+        ("otel", "sampling"),
+        "pynba: PinbaSpanExporter gets only the sampled traces (sampler "
+        f"{sampler.get_description()}): requests that are not sampled are missing from Pinba. "
+        "Use OTEL_PYTHON_CONFIGURATOR=pinba (zero-code), or PinbaSpanProcessor with "
+        "PinbaSampler, to count every request",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Zero-code: OTEL_PYTHON_CONFIGURATOR=pinba
+
+
+#: The name of pynba in OTEL_TRACES_EXPORTER (and of its entry points).
+PINBA: Final = "pinba"
+_TRACES_EXPORTER: Final = "OTEL_TRACES_EXPORTER"
+_CAPTURE_RESPONSE_HEADERS: Final = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE"
+
+
+class PinbaConfigurator(_OTelSDKConfigurator):
+    """The SDK's own configuration (``opentelemetry-instrument``, the ``OTEL_*`` variables),
+    and, when ``pinba`` is among ``OTEL_TRACES_EXPORTER``:
+
+    - :class:`PinbaSpanProcessor` instead of the exporter (it sees every span, with CPU);
+    - the sampler that ``OTEL_TRACES_SAMPLER`` configures wrapped in :class:`PinbaSampler`, so
+      Pinba gets every request while the other exporters get only the sampled traces;
+    - ``content-length`` added to the response headers the HTTP server instrumentations record
+      (``document_size``).
+
+    Selected by ``OTEL_PYTHON_CONFIGURATOR=pinba`` (entry point ``pinba`` in
+    ``opentelemetry_configurator``).
+    """
+
+    def _configure(self, **kwargs: Any) -> None:
+        names = [n.strip() for n in os.environ.get(_TRACES_EXPORTER, "").split(",") if n.strip()]
+        given = list(kwargs.get("trace_exporter_names") or ())
+        if PINBA not in names and PINBA not in given:
+            super()._configure(**kwargs)  # type: ignore[no-untyped-call]
+            return
+        kwargs["trace_exporter_names"] = [n for n in given if n != PINBA]
+        kwargs["sampler"] = PinbaSampler(kwargs.get("sampler") or _configured_sampler())
+        processor = PinbaSpanProcessor()  # a bad option is logged and leaves it disabled
+        if processor.enabled:
+            _capture_content_length()
+        others = ",".join(n for n in names if n != PINBA) or "none"
+        with _environment(_TRACES_EXPORTER, others):  # the SDK must not make the exporter too
+            if "span_processors" in inspect.signature(_initialize_components).parameters:
+                kwargs["span_processors"] = [processor, *(kwargs.get("span_processors") or ())]
+                super()._configure(**kwargs)  # type: ignore[no-untyped-call]
+            else:  # older SDKs: added once the provider exists
+                super()._configure(**kwargs)  # type: ignore[no-untyped-call]
+                add = getattr(_global_provider(), "add_span_processor", None)
+                if add is not None:
+                    add(processor)
+
+
+def _configured_sampler() -> Sampler:
+    """What the SDK would use: ``OTEL_TRACES_SAMPLER`` (with its entry points), else the
+    SDK's default (``parentbased_always_on``)."""
+    sampler = _import_sampler(os.environ.get("OTEL_TRACES_SAMPLER"))
+    return sampler if sampler is not None else _sampling._get_from_env_or_default()
+
+
+def _capture_content_length() -> None:
+    """Have the HTTP server instrumentations record the response's Content-Length."""
+    headers = [h.strip() for h in os.environ.get(_CAPTURE_RESPONSE_HEADERS, "").split(",")]
+    headers = [h for h in headers if h]
+    if not any(h.lower() in ("content-length", ".*") for h in headers):
+        os.environ[_CAPTURE_RESPONSE_HEADERS] = ",".join([*headers, "content-length"])
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old

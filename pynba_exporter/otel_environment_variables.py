@@ -111,3 +111,65 @@ PINBA_MAX_SCRIPT_NAMES = "PINBA_MAX_SCRIPT_NAMES"
 Distinct script names per process (see naming) (option ``max_script_names``, default ``1000``).
 Alias of ``OTEL_EXPORTER_PINBA_MAX_SCRIPT_NAMES``.
 """
+
+OTEL_EXPORTER_PINBA_ASGI_EVENTS = "OTEL_EXPORTER_PINBA_ASGI_EVENTS"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_ASGI_EVENTS
+
+OTel: the ASGI instrumentation's http send/receive spans as timers (option ``asgi_events``, default
+``False``).
+"""
+
+PINBA_ASGI_EVENTS = "PINBA_ASGI_EVENTS"
+"""
+.. envvar:: PINBA_ASGI_EVENTS
+
+OTel: the ASGI instrumentation's http send/receive spans as timers (option ``asgi_events``, default
+``False``). Alias of ``OTEL_EXPORTER_PINBA_ASGI_EVENTS``.
+"""
+
+OTEL_EXPORTER_PINBA_MAX_SPANS = "OTEL_EXPORTER_PINBA_MAX_SPANS"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_MAX_SPANS
+
+OTel: unfinished spans followed at once (option ``max_spans``, default ``100000``).
+"""
+
+PINBA_MAX_SPANS = "PINBA_MAX_SPANS"
+"""
+.. envvar:: PINBA_MAX_SPANS
+
+OTel: unfinished spans followed at once (option ``max_spans``, default ``100000``). Alias of
+``OTEL_EXPORTER_PINBA_MAX_SPANS``.
+"""
+
+OTEL_EXPORTER_PINBA_MAX_AGE = "OTEL_EXPORTER_PINBA_MAX_AGE"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_MAX_AGE
+
+OTel: seconds an unfinished span is followed, then evicted and counted (option ``max_age``, default
+``300.0``).
+"""
+
+PINBA_MAX_AGE = "PINBA_MAX_AGE"
+"""
+.. envvar:: PINBA_MAX_AGE
+
+OTel: seconds an unfinished span is followed, then evicted and counted (option ``max_age``, default
+``300.0``). Alias of ``OTEL_EXPORTER_PINBA_MAX_AGE``.
+"""
+
+OTEL_EXPORTER_PINBA_MAX_TRACES = "OTEL_EXPORTER_PINBA_MAX_TRACES"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_MAX_TRACES
+
+OTel exporter: traces waiting for their root (option ``max_traces``, default ``10000``).
+"""
+
+PINBA_MAX_TRACES = "PINBA_MAX_TRACES"
+"""
+.. envvar:: PINBA_MAX_TRACES
+
+OTel exporter: traces waiting for their root (option ``max_traces``, default ``10000``). Alias of
+``OTEL_EXPORTER_PINBA_MAX_TRACES``.
+"""

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Final
 
 from pynba_exporter._model import PinbaRequest
@@ -43,6 +43,7 @@ from pynba_exporter.naming import script_names
 __all__ = [
     "MEASURE",
     "CpuSample",
+    "CurrentRequest",
     "RequestSpan",
     "Timer",
     "TimerSpec",
@@ -55,8 +56,48 @@ __all__ = [
     "thread_cpu",
 ]
 
+
+class CurrentRequest:
+    """The request the running code belongs to, if any: ``get``, ``set``, ``reset`` as a
+    ``ContextVar``'s.
+
+    A classic middleware or ``ScriptMonitor`` sets its request in this context (thread, task,
+    greenlet). A request opened by an OpenTelemetry root span is not stored here: it is found
+    through the span current in the OpenTelemetry context (the bridge registers a finder), so it
+    is bound to its own context, and a root span that never ends cannot capture the later
+    requests of its thread.
+    """
+
+    __slots__ = ("_var", "finders")
+
+    def __init__(self) -> None:
+        self._var: ContextVar[RequestSpan | None] = ContextVar("pynba_request", default=None)
+        #: Functions giving the request of what runs now, asked when none is set here.
+        self.finders: list[Callable[[], RequestSpan | None]] = []
+
+    def get(self) -> RequestSpan | None:
+        request = self._var.get()
+        if request is not None or not self.finders:
+            return request
+        for finder in self.finders:
+            request = finder()
+            if request is not None:
+                return request
+        return None
+
+    def opened(self) -> RequestSpan | None:
+        """Only the request set in this context (by the classic API), never a found one."""
+        return self._var.get()
+
+    def set(self, request: RequestSpan | None) -> Token[RequestSpan | None]:
+        return self._var.set(request)
+
+    def reset(self, token: Token[RequestSpan | None]) -> None:
+        self._var.reset(token)
+
+
 #: The request being served in this context (thread, task, greenlet), if any.
-current_request: ContextVar[RequestSpan | None] = ContextVar("pynba_request", default=None)
+current_request = CurrentRequest()
 
 #: A size not given by the app: measured when the request finishes.
 MEASURE: Final = -1

@@ -99,6 +99,7 @@ _SLOW_MODULES = (
     "test_reference_client",
     "test_examples",
     "test_web_browser",
+    "test_otel_field",
 )
 
 

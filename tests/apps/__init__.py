@@ -1,0 +1,1 @@
+"""Real apps for the OpenTelemetry bridge tests: importable, and runnable as servers."""
