@@ -98,6 +98,17 @@ class CurrentRequest:
 
 #: The request being served in this context (thread, task, greenlet), if any.
 current_request = CurrentRequest()
+# Its context variable, read directly on the timer path (a C call); current_request.get() is
+# asked only when it holds nothing and a finder may know better.
+_current_var = current_request._var
+_finders = current_request.finders
+
+
+def _current() -> RequestSpan | None:
+    request = _current_var.get()
+    if request is None and _finders:
+        return current_request.get()
+    return request
 
 #: A size not given by the app: measured when the request finishes.
 MEASURE: Final = -1
@@ -430,7 +441,13 @@ class Timer:
         # Where the timer records: the request current in its context, or its owner's (a
         # ScriptMonitor's timers record into the monitor's unit of work, from any thread).
         self._home = home
-        request = self._request = current_request.get() if home is None else home()
+        if home is None:
+            request = _current_var.get()
+            if request is None and _finders:
+                request = current_request.get()
+        else:
+            request = home()
+        self._request = request
         if request is not None:
             handles = request.handles
             if len(handles) < _MAX_HANDLES:  # a unit of work timing a million items: bounded
@@ -465,7 +482,7 @@ class Timer:
         request = self._request
         if request is None or request.finished:
             home = self._home
-            request = self._request = current_request.get() if home is None else home()
+            request = self._request = _current() if home is None else home()
         if request is not None:
             if request.timer_rusage:
                 self._cpu = _thread_time()
@@ -595,7 +612,7 @@ _NO_REQUEST: Final = (None, 0.0, -1.0)
 
 
 def _begin() -> tuple[RequestSpan | None, float, float]:
-    request = current_request.get()
+    request = _current()
     if request is None:
         return _NO_REQUEST
     return request, _perf_counter(), _thread_time() if request.timer_rusage else -1.0
