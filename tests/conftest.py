@@ -100,6 +100,9 @@ _SLOW_MODULES = (
     "test_examples",
     "test_web_browser",
     "test_otel_field",
+    "test_web",
+    "test_collector_hostile",
+    "test_frameworks",
 )
 
 
