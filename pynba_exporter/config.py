@@ -77,6 +77,7 @@ OPTIONS: Final[dict[str, Option]] = {
         ),
         _option("enabled", True, parse_bool, "report requests at all (0: a pass-through)"),
         _option("timer_rusage", True, parse_bool, "measure each timer's CPU (two clock reads)"),
+        _option("span_rusage", False, parse_bool, "measure each OTel child span's CPU too"),
         _option("packed", False, parse_bool, "write repeated fields packed: smaller packets"),
         _option("max_packet_size", 65507, int, "largest datagram (256 to 65507); larger shrink"),
         _option("resolve_interval", 60.0, float, "seconds a looked-up server address is kept"),

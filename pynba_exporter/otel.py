@@ -77,6 +77,7 @@ from pynba_exporter.spans import (
     current_request,
     finish_and_send,
     hostname,
+    opened_request,
     thread_cpu,
 )
 from pynba_exporter.wire import DEFAULT_MAX_PACKET_SIZE
@@ -232,7 +233,22 @@ def _first(attributes: Mapping[str, Any], *names: str) -> Any:
 
 
 def _without_port(host: object) -> str:
-    text = str(host)
+    known = _PORTLESS.get(host) if type(host) is str else None
+    if known is not None:
+        return known
+    text = _strip_port(str(host))
+    if type(host) is str:
+        if len(_PORTLESS) >= 4096:
+            _PORTLESS.clear()
+        _PORTLESS[host] = text
+    return text
+
+
+# Server names without their port, as they were last seen: a handful of hosts per app.
+_PORTLESS: dict[str, str] = {}
+
+
+def _strip_port(text: str) -> str:
     if text.startswith("["):
         end = text.find("]")
         return text[: end + 1] if end > 0 else text
@@ -252,47 +268,56 @@ def default_timer_tags(span: ReadableSpan) -> dict[str, str]:
     ``group`` is ``<category>::<operation>``: ``db::SELECT`` (``db.system``/``db.system.name``
     and ``db.operation``/``db.operation.name``, old and new names), ``http::GET`` for HTTP
     clients, ``rpc::<method>``, ``messaging::<operation>``; else the span name. ``category``
-    when known, ``server`` (the peer host, without port) when known, and every attribute
-    ``pinba.tag.<name>`` as tag ``<name>``. Statements, full URLs and ids never become tags.
+    when known, ``server`` (the peer host, without port) when known, ``database`` for database
+    spans, and every attribute ``pinba.tag.<name>`` as tag ``<name>``. Statements, full URLs
+    and ids never become tags.
     """
-    a = _attributes(span)
+    return _timer_tags(span, _attributes(span))
+
+
+def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
+    # Runs for every child span: attribute lookups inline (``or`` skips None and "" as
+    # _first does), no helper calls on the common paths.
+    get = a.get
     tags: dict[str, str] = {}
     category = operation = None
-    db = _first(a, "db.system.name", "db.system")
-    method = _first(a, "http.request.method", "http.method")
-    if db is not None:
+    db = get("db.system.name") or get("db.system")
+    if db:
         category = "db"
         # One group whatever the case of the statement (select/SELECT/Select); without the
         # attribute, the span name's first word ("SELECT users" in newer conventions).
-        operation = _first(a, "db.operation.name", "db.operation") or span.name.split(" ", 1)[0]
+        operation = get("db.operation.name") or get("db.operation") or span.name.split(" ", 1)[0]
         operation = str(operation).upper()
-    elif method is not None and span.kind == SpanKind.CLIENT:
-        category, operation = "http", method
-    elif _first(a, "rpc.system") is not None:
-        category = "rpc"
-        operation = _first(a, "rpc.method") or span.name
-    elif _first(a, "messaging.system") is not None:
-        category = "messaging"
-        operation = _first(a, "messaging.operation.name", "messaging.operation") or span.name
+    else:
+        method = get("http.request.method") or get("http.method")
+        if method and span.kind == SpanKind.CLIENT:
+            category, operation = "http", method
+        elif get("rpc.system"):
+            category = "rpc"
+            operation = get("rpc.method") or span.name
+        elif get("messaging.system"):
+            category = "messaging"
+            operation = get("messaging.operation.name") or get("messaging.operation") or span.name
     if category is not None:
         tags["group"] = f"{category}::{operation}"
         tags["category"] = category
     else:
         tags["group"] = span.name
-    server = _first(a, "server.address", "net.peer.name", "net.sock.peer.addr")
-    if server is None:
-        url = _first(a, "url.full", "http.url")
-        if url is not None and span.kind == SpanKind.CLIENT:
+    server = get("server.address") or get("net.peer.name") or get("net.sock.peer.addr")
+    if not server:
+        url = get("url.full") or get("http.url")
+        if url and span.kind == SpanKind.CLIENT:
             server = urlsplit(str(url)).hostname
-    if server is not None:
+    if server:
         tags["server"] = _without_port(server)
-    if db is not None:
-        database = _first(a, "db.namespace", "db.name")
-        if database is not None:
+    if db:
+        database = get("db.namespace") or get("db.name")
+        if database:
             tags["database"] = str(database)
-    for name in a:
-        if name.startswith(TAG_PREFIX):
-            tags[name[len(TAG_PREFIX) :]] = str(a[name])
+    if TAG_PREFIX in "\0".join(a):  # one C-level scan of the names, not a loop over them
+        for name in a:
+            if name.startswith(TAG_PREFIX):
+                tags[name[len(TAG_PREFIX) :]] = str(a[name])
     return tags
 
 
@@ -431,9 +456,13 @@ class _InFlight:
         self.kind = kind
         self.request = request
         self.cpu0 = cpu0
-        self.thread = threading.get_ident()
+        # The thread matters only for CPU: a span's or its request's own.
+        self.thread = threading.get_ident() if cpu0 is not None or kind == _OWN else 0
         self.born = _now()
-        self.initial = (request.hostname, request.server_name, request.script_name, request.schema)
+        if kind == _OWN:
+            self.initial = (
+                request.hostname, request.server_name, request.script_name, request.schema
+            )  # fmt: skip
 
 
 #: Live processors, for the finder of the current request (see ``CurrentRequest``).
@@ -460,7 +489,8 @@ class PinbaSpanProcessor(SpanProcessor):
     ``address``: the server(s) (``None``: ``$OTEL_EXPORTER_PINBA_ENDPOINT``, then
     ``$PINBA_SERVER``, then 127.0.0.1:30002), or a ready ``transport``. ``timer_tags``: a
     function of a span giving its timer tags (default :func:`default_timer_tags`).
-    ``timer_rusage``: measure each child span's CPU (``TIMER_RUSAGE``, on). ``enabled``:
+    ``timer_rusage``: measure each child span's CPU, and the CPU of classic timers inside its
+    requests (``SPAN_RUSAGE``, off: two clock reads per span). ``enabled``:
     (``ENABLED``, on) and not ``$OTEL_SDK_DISABLED``. ``asgi_events``: the ASGI
     instrumentation's ``http send``/``http receive`` spans as timers (``ASGI_EVENTS``, off).
     ``max_spans``: spans followed at once (``MAX_SPANS``, 100,000); ``max_age``: seconds an
@@ -486,17 +516,18 @@ class PinbaSpanProcessor(SpanProcessor):
             address, transport=transport, enabled=enabled, timer_tags=timer_tags,
             asgi_events=asgi_events, transport_options=transport_options,
         )  # fmt: skip
-        self.timer_rusage: bool = config.OPTIONS["timer_rusage"].default
+        self.timer_rusage: bool = config.OPTIONS["span_rusage"].default
         self.max_spans: int = config.OPTIONS["max_spans"].default
         self.max_age: float = config.OPTIONS["max_age"].default
         try:
-            self.timer_rusage = config.value("timer_rusage", timer_rusage)
+            self.timer_rusage = config.value("span_rusage", timer_rusage)
             self.max_spans = int(config.value("max_spans", max_spans))
             self.max_age = float(config.value("max_age", max_age))
         except ValueError as exc:
             self._sender.disable(exc)
         self._spans: dict[int, _InFlight] = {}
         self._evicting = threading.Lock()
+        self._starts = 0
         if self._sender.enabled:
             _PROCESSORS.add(self)
             if _request_of_current_span not in current_request.finders:
@@ -565,15 +596,18 @@ class PinbaSpanProcessor(SpanProcessor):
 
     def _start(self, span: Span) -> None:
         spans = self._spans
-        self._evict()
-        if len(spans) >= self.max_spans:
-            self._sender.drop("overflow")
-            return
+        self._starts += 1
+        # Ages move slowly: a look every 64 starts is enough, and always before refusing one.
+        if not self._starts & 63 or len(spans) >= self.max_spans:
+            self._evict()
+            if len(spans) >= self.max_spans:
+                self._sender.drop("overflow")
+                return
         context = span.get_span_context()
         parent = span.parent
         # Only a request of the classic API (monitor, ScriptMonitor) set in this context can
         # take in a local root: an OTel request is bound to its own span's context.
-        classic = current_request.opened()
+        classic = opened_request()
         if classic is not None and classic.finished:
             classic = None
         if parent is None or parent.is_remote:
@@ -613,12 +647,24 @@ class PinbaSpanProcessor(SpanProcessor):
             if request.finished:
                 sender.drop("late")
                 return
-            if not sender.asgi_events and _is_asgi_event(span):
+            a = _attributes(span)
+            if ASGI_EVENT_ATTRIBUTE in a and not sender.asgi_events:
+                return
+            tags_of = sender.timer_tags
+            tags = _timer_tags(span, a) if tags_of is default_timer_tags else tags_of(span)
+            start, end = span.start_time, span.end_time
+            value = (
+                (end - start) / 1e9
+                if start is not None and end is not None and end > start
+                else 0.0
+            )
+            if entry.cpu0 is None:
+                request.add_timer(tags, value)
                 return
             u = s = 0.0
-            if entry.cpu0 is not None and entry.thread == threading.get_ident():
+            if entry.thread == threading.get_ident():
                 u, s = cpu_delta(entry.cpu0, thread_cpu())
-            request.add_timer(sender.timer_tags(span), _duration(span), 1, u, s)
+            request.add_timer(tags, value, 1, u, s)
             return
         if entry.kind == _ADOPTED:
             _fill(request, span, own=False)

@@ -52,6 +52,21 @@ Measure each timer's CPU (two clock reads) (option ``timer_rusage``, default ``T
 ``OTEL_EXPORTER_PINBA_TIMER_RUSAGE``.
 """
 
+OTEL_EXPORTER_PINBA_SPAN_RUSAGE = "OTEL_EXPORTER_PINBA_SPAN_RUSAGE"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_SPAN_RUSAGE
+
+Measure each OTel child span's CPU too (option ``span_rusage``, default ``False``).
+"""
+
+PINBA_SPAN_RUSAGE = "PINBA_SPAN_RUSAGE"
+"""
+.. envvar:: PINBA_SPAN_RUSAGE
+
+Measure each OTel child span's CPU too (option ``span_rusage``, default ``False``). Alias of
+``OTEL_EXPORTER_PINBA_SPAN_RUSAGE``.
+"""
+
 OTEL_EXPORTER_PINBA_PACKED = "OTEL_EXPORTER_PINBA_PACKED"
 """
 .. envvar:: OTEL_EXPORTER_PINBA_PACKED

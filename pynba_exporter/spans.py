@@ -52,6 +52,7 @@ __all__ = [
     "expand_tags",
     "finish_and_send",
     "hostname",
+    "opened_request",
     "safe_text",
     "thread_cpu",
 ]
@@ -102,6 +103,9 @@ current_request = CurrentRequest()
 # asked only when it holds nothing and a finder may know better.
 _current_var = current_request._var
 _finders = current_request.finders
+#: ``current_request.opened``, as a C-level call: the request the classic API set in this
+#: context, if any (the OpenTelemetry processor asks it for every span it sees start).
+opened_request = _current_var.get
 
 
 def _current() -> RequestSpan | None:
@@ -109,6 +113,7 @@ def _current() -> RequestSpan | None:
     if request is None and _finders:
         return current_request.get()
     return request
+
 
 #: A size not given by the app: measured when the request finishes.
 MEASURE: Final = -1
@@ -297,7 +302,20 @@ class RequestSpan:
 
         Timers with the same tags share one spec, process-wide, so they add up in one line of
         the request (and the tags are expanded once, not per timer)."""
-        self.add(TimerSpec.of(tags), value, hits, ru_utime, ru_stime)
+        # TimerSpec.of and add, inlined: this runs for every OpenTelemetry child span.
+        try:
+            spec = _SPECS.get(tuple(tags.items()))
+        except TypeError:
+            spec = None
+        if spec is None:
+            spec = TimerSpec.of(tags)
+        line = self._lines.get(spec)
+        if line is None:
+            line = self._lines[spec] = _Line(spec)
+        line.value += value
+        line.hit_count += hits
+        line.ru_utime += ru_utime
+        line.ru_stime += ru_stime
 
     # -- the end
 

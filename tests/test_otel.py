@@ -189,8 +189,12 @@ def test_every_descendant_is_a_timer_and_remote_parents_make_roots(receiver: Udp
     assert sorted(t.tags["group"] for t in r.timers) == ["a", "b", "c", "thread"]
 
 
-def test_child_cpu_and_root_cpu_are_measured(receiver: UdpReceiver) -> None:
-    processor = PinbaSpanProcessor(receiver.address)
+@pytest.mark.parametrize("span_cpu", [True, False])
+def test_root_cpu_is_measured_and_child_cpu_when_asked(
+    receiver: UdpReceiver, span_cpu: bool
+) -> None:
+    # Per-span CPU costs two clock reads per span: off unless asked for (SPAN_RUSAGE).
+    processor = PinbaSpanProcessor(receiver.address, timer_rusage=True if span_cpu else None)
     _, tracer = provider_with(processor)
     with (
         tracer.start_as_current_span("root", kind=SpanKind.SERVER),
@@ -202,7 +206,10 @@ def test_child_cpu_and_root_cpu_are_measured(receiver: UdpReceiver) -> None:
     r = receiver.request()
     assert r.ru_utime + r.ru_stime >= 0.025
     (t,) = r.timers
-    assert t.ru_utime + t.ru_stime >= 0.025
+    if span_cpu:
+        assert t.ru_utime + t.ru_stime >= 0.025
+    else:
+        assert (t.ru_utime, t.ru_stime) == (0.0, 0.0)
 
 
 def test_custom_timer_tags(receiver: UdpReceiver) -> None:
