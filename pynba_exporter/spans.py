@@ -567,32 +567,8 @@ class Timer:
     __enter__ = start
 
     def __exit__(self, *exc: object) -> None:
-        # _stop_at, inlined for the common case (a `with` block inside its request): this
-        # runs for every timer of every request.
-        end = _perf_counter()
-        start = self._start
-        request = self._request
-        if start is None or request is None or request.finished:
-            if start is not None:
-                self._stop_at(end)
-            return
-        self._start = None
-        value = end - start
-        self.elapsed_total += value
-        self.runs += 1
-        request._running.discard(self)
-        spec = self.spec
-        line = request._lines.get(spec)
-        if line is None:
-            line = request._lines[spec] = _Line(spec)
-        line.value += value
-        line.hit_count += 1
-        cpu0 = self._cpu
-        if cpu0 >= 0.0:
-            self._cpu = -1.0
-            cpu = _thread_time() - cpu0
-            if cpu > 0.0:
-                line.cpu += cpu
+        if self._start is not None:
+            self._stop_at(_perf_counter())
 
     __hash__ = object.__hash__  # by identity: running timers are kept in a set
 
