@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 from pynba.reporter import Reporter
 from pynba_exporter import Transport
 from pynba_exporter.log import errors
-from pynba_exporter.naming import script_names
+from pynba_exporter.naming import script_names, server_names
 from pynba_exporter.spans import RequestSpan
 
 __all__ = ["ReporterOption", "call_reporter", "split_reporter"]
@@ -57,6 +57,7 @@ def call_reporter(call: Callable[..., Any], request: RequestSpan, where: str) ->
     if not request.enabled:
         return False
     request.script_name = script_names.guard(request.script_name)
+    request.server_name = server_names.guard(request.server_name)
     timers = [_SentTimer(t.tags, t.value, t.hit_count) for t in request.timers]
     try:
         call(

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
+from pynba._configured import configured
 from pynba._legacy import ReporterOption, call_reporter, split_reporter
 from pynba_exporter import Address, Transport, UdpTransport
-from pynba_exporter.config import value as config_value
 from pynba_exporter.log import errors, from_signal_handler, logger
 from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
 from pynba_exporter.spans import hostname as _hostname
@@ -117,8 +117,12 @@ class PynbaMiddleware:
         given, self._call = split_reporter(reporter)
         if transport is None:
             transport = given
-        self.transport: Transport = (
-            transport if transport is not None else UdpTransport(address, **transport_options)
+        chosen = transport
+        self.transport, self.timer_rusage, self.enabled = configured(
+            "middleware",
+            lambda: chosen if chosen is not None else UdpTransport(address, **transport_options),
+            timer_rusage,
+            enabled,
         )
         self.reporter: Any = reporter if reporter is not None else self.transport
         if ctx_factory is not None:
@@ -138,8 +142,6 @@ class PynbaMiddleware:
         self.server_name: NameOption = server_name
         self.script_name = script_name
         self.schema = schema
-        self.timer_rusage: bool = config_value("timer_rusage", timer_rusage)
-        self.enabled: bool = config_value("enabled", enabled)
         functools.update_wrapper(self, app, updated=())
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

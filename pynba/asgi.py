@@ -38,7 +38,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias
 
-from pynba_exporter import Address, Transport, UdpTransport, config, naming
+from pynba._configured import configured
+from pynba_exporter import Address, Transport, UdpTransport, naming
 from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
 from pynba_exporter.spans import hostname as _hostname
@@ -124,8 +125,13 @@ class PynbaMiddleware:
         **transport_options: Any,
     ) -> None:
         self.app = app
-        self.reporter: Transport = (
-            transport if transport is not None else UdpTransport(address, **transport_options)
+        self.reporter, self.timer_rusage, self.enabled = configured(
+            "ASGI middleware",
+            lambda: (
+                transport if transport is not None else UdpTransport(address, **transport_options)
+            ),
+            timer_rusage,
+            enabled,
         )
         self.prefix = prefix
         self.tags: dict[str, Any] = dict(tags or {})
@@ -135,8 +141,6 @@ class PynbaMiddleware:
         self.schema: NameOption = schema
         self.route_name = route_name
         self.unmatched_name = unmatched_name
-        self.timer_rusage = config.value("timer_rusage", timer_rusage)
-        self.enabled = config.value("enabled", enabled)
         functools.update_wrapper(self, app, updated=())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

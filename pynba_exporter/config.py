@@ -42,10 +42,6 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected one of 1/true/yes/on or 0/false/no/off, got {text!r}")
 
 
-def _text(text: str) -> str:
-    return text.strip()
-
-
 @dataclass(frozen=True, slots=True)
 class Option:
     """One option: its name in code, its environment names (first found wins), its default,
@@ -56,6 +52,36 @@ class Option:
     default: Any
     parse: Callable[[str], Any]
     doc: str
+
+
+def _servers(text: str) -> str:
+    """Server addresses, checked now: a bad one is an error naming its variable, not a
+    surprise at the first send."""
+    from pynba_exporter.address import parse_addresses  # noqa: PLC0415 - address imports config
+
+    parse_addresses(text.strip())
+    return text.strip()
+
+
+def _count(text: str) -> int:
+    number = int(text)
+    if number < 0:
+        raise ValueError(f"expected a number of 0 or more, got {number}")
+    return number
+
+
+def _positive(text: str) -> float:
+    number = float(text)
+    if not 0.0 < number < float("inf"):
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return number
+
+
+def _packet_size(text: str) -> int:
+    size = int(text)
+    if not 256 <= size <= 65507:
+        raise ValueError(f"expected a size from 256 to 65507, got {size}")
+    return size
 
 
 def _option(name: str, default: Any, parse: Callable[[str], Any], doc: str, *more: str) -> Option:
@@ -72,22 +98,24 @@ OPTIONS: Final[dict[str, Option]] = {
             "server",
             ("OTEL_EXPORTER_PINBA_ENDPOINT", "PINBA_SERVER"),
             f"127.0.0.1:{DEFAULT_PORT}",
-            _text,
+            _servers,
             "the Pinba server(s): host, host:port, [v6]:port, several separated by commas",
         ),
         _option("enabled", True, parse_bool, "report requests at all (0: a pass-through)"),
         _option("timer_rusage", True, parse_bool, "measure each timer's CPU (two clock reads)"),
         _option("span_rusage", False, parse_bool, "measure each OTel child span's CPU too"),
         _option("packed", False, parse_bool, "write repeated fields packed: smaller packets"),
-        _option("max_packet_size", 65507, int, "largest datagram (256 to 65507); larger shrink"),
-        _option("resolve_interval", 60.0, float, "seconds a looked-up server address is kept"),
-        _option("max_script_names", 1000, int, "distinct script names per process (see naming)"),
+        _option("max_packet_size", 65507, _packet_size,
+                "largest datagram (256 to 65507); larger shrink"),
+        _option("resolve_interval", 60.0, _positive, "seconds a looked-up server address is kept"),
+        _option("max_script_names", 1000, _count, "distinct script names per process (see naming)"),
+        _option("max_server_names", 100, _count, "distinct server names per process (see naming)"),
         _option("asgi_events", False, parse_bool,
                 "OTel: the ASGI instrumentation's http send/receive spans as timers"),
-        _option("max_spans", 100_000, int, "OTel: unfinished spans followed at once"),
-        _option("max_age", 300.0, float,
+        _option("max_spans", 100_000, _count, "OTel: unfinished spans followed at once"),
+        _option("max_age", 300.0, _positive,
                 "OTel: seconds an unfinished span is followed, then evicted and counted"),
-        _option("max_traces", 10_000, int, "OTel exporter: traces waiting for their root"),
+        _option("max_traces", 10_000, _count, "OTel exporter: traces waiting for their root"),
     )
 }  # fmt: skip
 

@@ -8,19 +8,22 @@ process from flooding its servers with names, whatever its traffic:
   scanners' ``/wp-admin/setup.php`` and to 404s);
 - a per-process cap on distinct script names (option ``max_script_names``, 1000 by default):
   beyond it every new name is reported as :data:`OVERFLOW`, and counted;
+- the same for server names (option ``max_server_names``, 100 by default), which come from the
+  Host header any client chooses;
 - the guard is applied where every request is sent, for the classic API and the OpenTelemetry
   bridge alike.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Final
 
 from pynba_exporter import config
 from pynba_exporter.log import errors
 
-__all__ = ["OVERFLOW", "UNMATCHED", "ScriptNames", "script_names"]
+__all__ = ["OVERFLOW", "UNMATCHED", "ScriptNames", "script_names", "server_names"]
 
 #: The script name of a request that matched no route of its app.
 UNMATCHED: Final = "<unmatched>"
@@ -29,11 +32,15 @@ OVERFLOW: Final = "<other>"
 
 
 class ScriptNames:
-    """The distinct script names a process has reported, up to ``limit`` (None: the
-    ``max_script_names`` option, read when first needed)."""
+    """The distinct names (of scripts, or of servers) a process has reported, up to ``limit``
+    (None: the ``option``, read when first needed)."""
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(
+        self, limit: int | None = None, *, option: str = "max_script_names", what: str = "script"
+    ) -> None:
         self._limit = limit
+        self._option = option
+        self._what = what
         self._seen: set[str] = {UNMATCHED, OVERFLOW}
         self._lock = threading.Lock()
         #: Requests reported under OVERFLOW instead of their own name.
@@ -42,7 +49,16 @@ class ScriptNames:
     @property
     def limit(self) -> int:
         if self._limit is None:
-            self._limit = max(0, int(config.value("max_script_names")))
+            try:
+                self._limit = int(config.value(self._option))
+            except config.ConfigError as exc:
+                # A bad value must not cost the requests: the default cap, said once.
+                self._limit = int(config.OPTIONS[self._option].default)
+                errors.log(
+                    ("config", self._option),
+                    f"pynba: {exc}; using the default, {self._limit}",
+                    level=logging.ERROR,
+                )
         return self._limit
 
     def guard(self, name: str) -> str:
@@ -57,8 +73,9 @@ class ScriptNames:
             self.overflowed += 1
         errors.log(
             ("script-names", "overflow"),
-            f"pynba: more than {self.limit} distinct script names in this process: new ones "
-            f"are reported as {OVERFLOW!r} (option max_script_names; name routes by template)",
+            f"pynba: more than {self.limit} distinct {self._what} names in this process: new "
+            f"ones are reported as {OVERFLOW!r} (option {self._option}"
+            + ("; name routes by template)" if self._what == "script" else ")"),
         )
         return OVERFLOW
 
@@ -75,5 +92,6 @@ class ScriptNames:
             self._limit = None
 
 
-#: The process's guard, used on the one path every request leaves by.
+#: The process's guards, used on the one path every request leaves by.
 script_names = ScriptNames()
+server_names = ScriptNames(option="max_server_names", what="server")

@@ -97,7 +97,9 @@ TAG_PREFIX: Final = "pinba.tag."
 REQUEST_TAG_PREFIX: Final = "pinba.request_tag."
 SCRIPT_NAME_ATTRIBUTE: Final = "pinba.script_name"
 #: Attributes by which the app marks a root span as a request and names it.
-SCRIPT_NAME_ATTRIBUTES: Final = (SCRIPT_NAME_ATTRIBUTE, "pinba.scriptname")
+SCRIPT_NAME_ATTRIBUTES: Final = (
+    SCRIPT_NAME_ATTRIBUTE, "pinba.scriptname", "pynba.script_name", "pynba.scriptname",
+)  # fmt: skip
 #: Set on the ASGI instrumentation's internal ``http send``/``http receive`` spans.
 ASGI_EVENT_ATTRIBUTE: Final = "asgi.event.type"
 

@@ -127,6 +127,21 @@ Distinct script names per process (see naming) (option ``max_script_names``, def
 Alias of ``OTEL_EXPORTER_PINBA_MAX_SCRIPT_NAMES``.
 """
 
+OTEL_EXPORTER_PINBA_MAX_SERVER_NAMES = "OTEL_EXPORTER_PINBA_MAX_SERVER_NAMES"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_MAX_SERVER_NAMES
+
+Distinct server names per process (see naming) (option ``max_server_names``, default ``100``).
+"""
+
+PINBA_MAX_SERVER_NAMES = "PINBA_MAX_SERVER_NAMES"
+"""
+.. envvar:: PINBA_MAX_SERVER_NAMES
+
+Distinct server names per process (see naming) (option ``max_server_names``, default ``100``).
+Alias of ``OTEL_EXPORTER_PINBA_MAX_SERVER_NAMES``.
+"""
+
 OTEL_EXPORTER_PINBA_ASGI_EVENTS = "OTEL_EXPORTER_PINBA_ASGI_EVENTS"
 """
 .. envvar:: OTEL_EXPORTER_PINBA_ASGI_EVENTS

@@ -36,7 +36,7 @@ from pynba_exporter._probes import (
 from pynba_exporter._tags import expand_tags, safe_text
 from pynba_exporter._transport import Transport
 from pynba_exporter.log import errors, from_signal_handler, logger
-from pynba_exporter.naming import script_names
+from pynba_exporter.naming import script_names, server_names
 
 # What the API adapters (the classic API in ``pynba``, the OpenTelemetry bridge) build on; the
 # probes and tag rules are re-exported so that they need nothing private.
@@ -401,6 +401,7 @@ def finish_and_send(
         if not request.enabled:
             return False
         request.script_name = script_names.guard(request.script_name)
+        request.server_name = server_names.guard(request.server_name)
         return transport.send(request)
     except Exception as exc:
         if transport.raise_on_fail or from_signal_handler(exc):

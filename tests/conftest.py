@@ -15,7 +15,7 @@ import pytest
 
 from pynba_exporter import PinbaRequest, decode
 from pynba_exporter.log import errors
-from pynba_exporter.naming import script_names
+from pynba_exporter.naming import script_names, server_names
 
 
 class UdpReceiver:
@@ -81,6 +81,7 @@ def pynba_log(request: pytest.FixtureRequest) -> Iterator[PynbaLog]:
     logger.setLevel(logging.DEBUG)
     errors.reset()  # every test sees first occurrences logged
     script_names.reset()  # and a process that has reported no script name yet
+    server_names.reset()
     try:
         yield handler
     finally:

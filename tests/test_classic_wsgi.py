@@ -635,3 +635,41 @@ def test_internal_errors_are_counted() -> None:
     for _ in range(3):
         serve(app)
     assert internal_errors()["tag"] == 3
+
+
+@pytest.mark.expect_pynba_errors
+@pytest.mark.parametrize(
+    ("variable", "text"),
+    [
+        ("PINBA_ENABLED", "maybe"),
+        ("PINBA_SERVER", "http://pinba:30002"),
+        ("OTEL_EXPORTER_PINBA_ENDPOINT", "localhost:notaport"),
+        ("PINBA_MAX_PACKET_SIZE", "10"),
+        ("PINBA_RESOLVE_INTERVAL", "nan"),
+    ],
+)
+def test_a_bad_environment_never_keeps_the_app_from_starting(
+    monkeypatch: pytest.MonkeyPatch, pynba_log: Any, variable: str, text: str
+) -> None:
+    monkeypatch.setenv(variable, text)
+
+    @monitor()
+    def app(env: Environ, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"served"]
+
+    assert not app.enabled  # off, said once, naming the variable
+    assert [m for m in pynba_log.problems if variable in m and "Pinba is off" in m]
+    assert b"".join(serve_body(app)) == b"served"
+    assert app.reporter.stats().requests == 0
+
+
+def serve_body(app: Any) -> list[bytes]:
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    return list(app(environ, lambda *a: None))
+
+
+def test_an_address_given_in_code_that_cannot_work_raises_at_once() -> None:
+    with pytest.raises(ValueError, match="Pinba"):
+        monitor("localhost:notaport")(lambda env, sr: [])

@@ -556,3 +556,14 @@ def test_resource_from_the_environment(
         pass
     r = receiver.request()
     assert (r.server_name, r.hostname) == ("checkout", "web42")
+
+
+@pytest.mark.parametrize("attribute", ["pinba.script_name", "pynba.scriptname"])
+def test_a_job_span_marked_with_its_name_is_a_request(
+    receiver: UdpReceiver, attribute: str
+) -> None:
+    # An INTERNAL root (a worker's job) is a request only when the app marks it.
+    _, tracer = provider_with(PinbaSpanProcessor(receiver.address))
+    with tracer.start_as_current_span("job", attributes={attribute: "nightly-report"}):
+        pass
+    assert receiver.request().script_name == "nightly-report"

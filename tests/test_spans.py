@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from pynba_exporter import MemoryTransport, Transport
-from pynba_exporter.naming import OVERFLOW, UNMATCHED, ScriptNames, script_names
+from pynba_exporter.naming import OVERFLOW, UNMATCHED, ScriptNames, script_names, server_names
 from pynba_exporter.spans import (
     MEASURE,
     RequestSpan,
@@ -129,3 +130,29 @@ def test_the_cap_applies_on_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None
     names = [r.script_name for r in memory.requests]
     assert names == ["/product/0", "/product/1", "/product/2", OVERFLOW, OVERFLOW]
     assert script_names.stats()["overflowed"] == 2
+
+
+@pytest.mark.expect_pynba_errors
+def test_a_bad_name_cap_in_the_environment_keeps_the_default(
+    monkeypatch: pytest.MonkeyPatch, pynba_log: Any
+) -> None:
+    monkeypatch.setenv("PINBA_MAX_SCRIPT_NAMES", "abc")
+    script_names.reset()
+    memory = MemoryTransport()
+    assert finish_and_send(_request("/a"), memory, "test")  # sent all the same
+    assert memory.requests[0].script_name == "/a"
+    assert script_names.limit == 1000
+    assert [m for m in pynba_log.problems if "PINBA_MAX_SCRIPT_NAMES" in m]
+
+
+@pytest.mark.expect_pynba_errors
+def test_server_names_are_capped_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # They come from the Host header, which any client chooses.
+    monkeypatch.setenv("PINBA_MAX_SERVER_NAMES", "2")
+    server_names.reset()
+    memory = MemoryTransport()
+    for i in range(4):
+        finish_and_send(RequestSpan("h", f"evil{i}.example", "/p"), memory, "test")
+    assert [r.server_name for r in memory.requests] == [
+        "evil0.example", "evil1.example", OVERFLOW, OVERFLOW,
+    ]  # fmt: skip

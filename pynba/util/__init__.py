@@ -34,9 +34,10 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from pynba._configured import configured
 from pynba._legacy import ReporterOption, call_reporter, split_reporter
 from pynba.collector import DataCollector
-from pynba_exporter import Address, Transport, UdpTransport, config
+from pynba_exporter import Address, Transport, UdpTransport
 from pynba_exporter.spans import MEASURE, RequestSpan, Timer, current_request, finish_and_send
 
 __all__ = ["ScriptMonitor"]
@@ -78,12 +79,12 @@ class ScriptMonitor:
         **transport_options: Any,
     ) -> None:
         given, self._call = split_reporter(reporter)
-        self.transport: Transport = (
-            transport
-            if transport is not None
-            else given
-            if given is not None
-            else UdpTransport(address, **transport_options)
+        chosen = transport if transport is not None else given
+        self.transport, self.timer_rusage, self.enabled = configured(
+            "script monitor",
+            lambda: chosen if chosen is not None else UdpTransport(address, **transport_options),
+            timer_rusage,
+            enabled,
         )
         #: What was given as ``reporter`` (else the transport): ``.raise_on_fail``, ``.stats()``.
         self.reporter: Any = reporter if reporter is not None else self.transport
@@ -93,8 +94,6 @@ class ScriptMonitor:
         self.servername: str = server_name or servername or machine
         self.schema = schema
         self.collector = DataCollector(self.scriptname, self.hostname, schema or None, tags)
-        self.timer_rusage = config.value("timer_rusage", timer_rusage)
-        self.enabled = config.value("enabled", enabled)
         #: CPU seconds of the last stopped unit (None until one stopped), as in the original.
         self.ru_utime: float | None = None
         self.ru_stime: float | None = None
