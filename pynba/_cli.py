@@ -124,6 +124,9 @@ def reports_text(
     return "\n\n".join(parts)
 
 
+_JSON = json.JSONEncoder()  # ASCII output: exact, and safe on a terminal
+
+
 def reports_json(
     collector: Collector,
     timer_tags: Sequence[Sequence[str]],
@@ -247,7 +250,12 @@ def _print_reports(
     final: bool = False,
 ) -> None:
     if args.json:
-        print(json.dumps(reports_json(collector, timer_tags, request_tags)), file=out, flush=True)
+        # Written piece by piece: every row of every report, with names of kilobytes, would
+        # otherwise be one string of many megabytes next to the window it describes.
+        for chunk in _JSON.iterencode(reports_json(collector, timer_tags, request_tags)):
+            out.write(chunk)
+        out.write("\n")
+        out.flush()
         return
     text = reports_text(collector, timer_tags, request_tags=request_tags)
     if final:
@@ -332,7 +340,7 @@ def cmd_decode(args: argparse.Namespace, out: TextIO) -> int:
         for t in r.timers
     ]  # fmt: skip
     fields["requests"] = len(r.requests)
-    print(json.dumps(fields, indent=2, ensure_ascii=False), file=out)
+    print(json.dumps(fields, indent=2), file=out)  # ASCII: exact, and safe on a terminal
     return 0
 
 

@@ -303,6 +303,18 @@ def test_cli_decode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "not a valid Pinba packet" in capsys.readouterr().err
 
 
+def test_cli_decode_is_safe_on_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostile = "/g\x9b2J\x7f\u2028\u202e\x1b]0;title\x07"
+    packet = tmp_path / "packet.bin"
+    packet.write_bytes(encode(req(hostile, 0.5)))
+    assert cli(["decode", str(packet)]) == 0
+    text = capsys.readouterr().out
+    assert text.isascii()  # every other character escaped, C1 and bidi controls included
+    assert json.loads(text)["script_name"] == hostile  # and exact
+
+
 @pytest.mark.slow
 def test_cli_collect_then_report(tmp_path: Path) -> None:
     db = tmp_path / "pinba.db"

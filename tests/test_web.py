@@ -438,3 +438,14 @@ def test_history_percentiles_are_within_one_percent(times: list[float]) -> None:
     assert point["requests"] == len(times)
     for p in (50, 95, 99):
         assert point[f"p{p}"] == pytest.approx(percentile(exact, p), rel=0.0101)
+
+
+def test_metrics_escape_what_a_terminal_would_obey_and_stay_small(site: Site) -> None:
+    hostile = "/e\x1b]52;c;bad\x07\u202eexe.png"
+    long = "/long/" + "x" * 8000
+    site.send(req(hostile, 0.1), req(long, 0.1))
+    text = site.get("/metrics")[2].decode()
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    names = {labels["script_name"] for labels, _ in samples(text)["pinba_requests_total"]}
+    assert "/e\\u001b]52;c;bad\\u0007\\u202eexe.png" in names
+    assert "/long/" + "x" * 250 in names  # cut: the counters outlive the window

@@ -348,6 +348,20 @@ def test_hostile_names_render_as_text_and_never_run(browser: Browser, site: Site
         context.close()
 
 
+def test_control_and_bidi_characters_show_as_escapes(site: Site, page: Page) -> None:
+    # "/f\u202egnp.exe" must not pass for "/fexe.png", nor a name rewrite the line around it.
+    site.now = T0 + 1
+    spoof, bell = "/f\u202egnp.exe", "/bell\x07\x1b[2J"
+    site.send(req(spoof, 0.5), req(bell, 0.4))
+    site.now = T0 + 10
+    page.goto(site.url + "#/scripts")
+    page.locator("#scripts-table tbody tr").nth(1).wait_for()
+    shown = first_column(page, "scripts-table")
+    assert "/f\\u202egnp.exe" in shown
+    assert "/bell\\u0007\\u001b[2J" in shown
+    assert not any("\u202e" in s or "\x1b" in s for s in shown)
+
+
 def drawn_text(page: Page) -> str:
     """The page's visible text, checked for the marks of values drawn wrong."""
     text: str = page.evaluate("document.body.innerText")

@@ -41,6 +41,10 @@ _TIMER_LABELS: Final = ("group", "server")
 
 
 _TAG_SETS: Final = 4096  # timer tag sets whose label values are remembered
+_SMALL_TAG_SET: Final = 16  # larger tag sets (a tag bomb) are looked at, never remembered
+#: Label values are cut to this many characters: the counters live as long as the collector,
+#: so what they hold must stay small whatever the packets carry (names of kilobytes).
+_MAX_LABEL: Final = 256
 _UNSET: Final[Any] = object()
 
 
@@ -53,12 +57,20 @@ def _timer_key(tags: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
             group = value
         elif name == "server" and server is None:
             server = value
-    return None if group is None else (group, server or "")
+    if group is None:
+        return None
+    return group[:_MAX_LABEL], (server or "")[:_MAX_LABEL]
 
 
 def _text(s: str) -> str:
     # Packet strings keep invalid UTF-8 as lone surrogates, which the exposition cannot encode.
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if s.isprintable():
+        return s
+    # /metrics is text people read on terminals too: control and bidi characters are written
+    # as escapes, as in every text output of the collector; newlines, backslashes and quotes
+    # are the format's own to escape, and a parser gives them back exactly.
+    return "".join(c if c.isprintable() or c == "\n" else f"\\u{ord(c):04x}" for c in s)
 
 
 class PrometheusMetrics(_PromCollector):
@@ -84,7 +96,12 @@ class PrometheusMetrics(_PromCollector):
         with self._lock:
             requests, timers, keys = self._requests, self._timers, self._tag_keys
             for r in records:
-                key = (r.script_name, str(r.status), r.server_name)
+                script, server = r.script_name, r.server_name
+                if len(script) > _MAX_LABEL:
+                    script = script[:_MAX_LABEL]
+                if len(server) > _MAX_LABEL:
+                    server = server[:_MAX_LABEL]
+                key = (script, str(r.status), server)
                 row = requests.get(key)
                 if row is None:
                     if len(requests) >= self.max_keys - 1:
@@ -103,9 +120,10 @@ class PrometheusMetrics(_PromCollector):
                     tkey = keys.get(t.tags, _UNSET)
                     if tkey is _UNSET:
                         tkey = _timer_key(t.tags)
-                        if len(keys) >= _TAG_SETS:
-                            keys.clear()
-                        keys[t.tags] = tkey
+                        if len(t.tags) <= _SMALL_TAG_SET:
+                            if len(keys) >= _TAG_SETS:
+                                keys.clear()
+                            keys[t.tags] = tkey
                     if tkey is None:
                         continue
                     trow = timers.get(tkey)

@@ -21,10 +21,19 @@
 
   // -- building the DOM without ever parsing markup
 
+  // Names come from packets: control, bidi and invisible characters are shown as escapes
+  // (\u202e), as the terminal output shows them, so that "/f\u202egnp.exe" cannot pass for
+  // "/fexe.png". Backslashes are doubled so an escape cannot be forged.
+  const HIDDEN = /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]|[\ud800-\udfff]/gu;
+  function shown(text) {
+    const s = String(text);
+    return s.replace(/\\/g, "\\\\").replace(HIDDEN, (c) => "\\u" + c.codePointAt(0).toString(16).padStart(4, "0"));
+  }
+
   function add(node, children) {
     for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+      node.append(child instanceof Node ? child : document.createTextNode(shown(child)));
     }
     return node;
   }
