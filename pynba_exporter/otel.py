@@ -121,11 +121,9 @@ def _address(address: Address | None) -> Address:
 
 
 def _sdk_disabled() -> bool:
-    text = os.environ.get("OTEL_SDK_DISABLED", "")
-    try:
-        return bool(text.strip()) and config.parse_bool(text)
-    except ValueError:
-        return False  # as the SDK reads it: only a true value disables
+    # The SDK's own variable, read exactly as the SDK reads it ("true", any case, and nothing
+    # else): Pinba must be off exactly when the SDK is, not by a rule of ours.
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
 class _Sender:

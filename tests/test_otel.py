@@ -441,6 +441,15 @@ def test_disabled_by_the_sdk_switch(receiver: UdpReceiver, monkeypatch: pytest.M
     assert receiver.nothing(0.2)
 
 
+@pytest.mark.parametrize(("text", "off"), [("TRUE", True), ("1", False), ("yes", False)])
+def test_the_sdk_switch_is_read_as_the_sdk_reads_it(
+    monkeypatch: pytest.MonkeyPatch, text: str, off: bool
+) -> None:
+    # OTEL_SDK_DISABLED is the SDK's: only "true" turns it off, and Pinba exactly with it.
+    monkeypatch.setenv("OTEL_SDK_DISABLED", text)
+    assert PinbaSpanProcessor(transport=MemoryTransport()).enabled is not off
+
+
 def test_endpoint_from_the_environment(receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch
                                        ) -> None:  # fmt: skip
     monkeypatch.setenv("PINBA_SERVER", "127.0.0.1:9")
