@@ -58,8 +58,8 @@ def main() -> None:
                 SimpleSpanProcessor(NoopExporter())
             ),
             "SDK + PinbaSpanProcessor": workload(PinbaSpanProcessor(target)),
-            "SDK + PinbaSpanProcessor, span CPU off": workload(
-                PinbaSpanProcessor(target, timer_rusage=False)
+            "SDK + PinbaSpanProcessor, span CPU on": workload(
+                PinbaSpanProcessor(target, timer_rusage=True)
             ),
             "SDK + BatchSpanProcessor(PinbaSpanExporter)": workload(
                 BatchSpanProcessor(PinbaSpanExporter(target), max_queue_size=1_000_000)
