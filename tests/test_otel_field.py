@@ -47,7 +47,7 @@ from werkzeug.serving import make_server
 
 from pynba import PynbaMiddleware
 from pynba_exporter import PinbaRequest
-from pynba_exporter import otel as otel_module
+from pynba_exporter.otel import _sampling, _shared
 from pynba_exporter.naming import OVERFLOW, UNMATCHED, script_names
 from pynba_exporter.otel import (
     PinbaConfigurator,
@@ -368,7 +368,7 @@ def test_2_exporter_route_warns_once_that_sampling_hides_requests(
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor as Simple  # noqa: PLC0415
 
     provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
-    monkeypatch.setattr(otel_module, "_global_provider", lambda: provider)
+    monkeypatch.setattr(_sampling, "_global_provider", lambda: provider)
     provider.add_span_processor(Simple(PinbaSpanExporter(receiver.address)))
     tracer = provider.get_tracer("tests")
     for _ in range(3):
@@ -552,7 +552,7 @@ def test_6_unfinished_spans_are_evicted_by_age(
     receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(otel_module, "_now", lambda: now[0])
+    monkeypatch.setattr(_shared, "_now", lambda: now[0])
     with otel(receiver, max_spans=10, max_age=60.0) as setup:
         tracer = setup.provider.get_tracer("tests")
         leaked = [tracer.start_span(f"GET /stuck/{i}", kind=SpanKind.SERVER) for i in range(10)]

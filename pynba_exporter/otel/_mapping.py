@@ -1,0 +1,271 @@
+"""Span attributes -> Pinba fields: timer tags, script and server names, what a request is."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import (
+    SpanKind,
+    StatusCode,
+)
+
+from pynba_exporter.naming import UNMATCHED
+from pynba_exporter.spans import (
+    MEASURE,
+    RequestSpan,
+    hostname,
+)
+
+#: Timer tags of a span: the default follows Pinba's conventions (group, category, server).
+TimerTags = Callable[[ReadableSpan], Mapping[str, Any]]
+
+TAG_PREFIX: Final = "pinba.tag."
+REQUEST_TAG_PREFIX: Final = "pinba.request_tag."
+SCRIPT_NAME_ATTRIBUTE: Final = "pinba.script_name"
+#: Attributes by which the app marks a root span as a request and names it.
+SCRIPT_NAME_ATTRIBUTES: Final = (
+    SCRIPT_NAME_ATTRIBUTE, "pinba.scriptname", "pynba.script_name", "pynba.scriptname",
+)  # fmt: skip
+#: Set on the ASGI instrumentation's internal ``http send``/``http receive`` spans.
+ASGI_EVENT_ATTRIBUTE: Final = "asgi.event.type"
+
+#: The clock of span ages (a module name so that tests can move time).
+_now = time.monotonic
+
+
+# --------------------------------------------------------------------------------------------
+# Mapping: span attributes -> Pinba fields
+
+
+def _attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    """The span's attributes as a plain mapping, for reading only.
+
+    The SDK wraps them in a mapping class whose every lookup runs Python code; the dict inside
+    is read directly when it is there (a private detail of the SDK, hence the fallback)."""
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if isinstance(inner, dict):
+        return inner
+    return dict(span.attributes) if span.attributes else {}
+
+
+def _first(attributes: Mapping[str, Any], *names: str) -> Any:
+    for name in names:
+        value = attributes.get(name)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _without_port(host: object) -> str:
+    known = _PORTLESS.get(host) if type(host) is str else None
+    if known is not None:
+        return known
+    text = _strip_port(str(host))
+    if type(host) is str:
+        if len(_PORTLESS) >= 4096:
+            _PORTLESS.clear()
+        _PORTLESS[host] = text
+    return text
+
+
+# Server names without their port, as they were last seen: a handful of hosts per app.
+_PORTLESS: dict[str, str] = {}
+
+
+def _strip_port(text: str) -> str:
+    if text.startswith("["):
+        end = text.find("]")
+        return text[: end + 1] if end > 0 else text
+    return text.partition(":")[0] if text.count(":") == 1 else text
+
+
+def _path(value: object) -> str:
+    text = str(value)
+    if "://" in text:
+        return urlsplit(text).path or "/"
+    return text.split("?", 1)[0].split("#", 1)[0]
+
+
+def default_timer_tags(span: ReadableSpan) -> dict[str, str]:
+    """Low-cardinality timer tags in Pinba's conventions.
+
+    ``group`` is ``<category>::<operation>``: ``db::SELECT`` (``db.system``/``db.system.name``
+    and ``db.operation``/``db.operation.name``, old and new names), ``http::GET`` for HTTP
+    clients, ``rpc::<method>``, ``messaging::<operation>``; else the span name. ``category``
+    when known, ``server`` (the peer host, without port) when known, ``database`` for database
+    spans, and every attribute ``pinba.tag.<name>`` as tag ``<name>``. Statements, full URLs
+    and ids never become tags.
+    """
+    return _timer_tags(span, _attributes(span))
+
+
+def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
+    # Runs for every child span: attribute lookups inline (``or`` skips None and "" as
+    # _first does), no helper calls on the common paths.
+    get = a.get
+    tags: dict[str, str] = {}
+    category = operation = None
+    db = get("db.system.name") or get("db.system")
+    if db:
+        category = "db"
+        # One group whatever the case of the statement (select/SELECT/Select); without the
+        # attribute, the span name's first word ("SELECT users" in newer conventions).
+        operation = get("db.operation.name") or get("db.operation") or span.name.split(" ", 1)[0]
+        operation = str(operation).upper()
+    else:
+        method = get("http.request.method") or get("http.method")
+        if method and span.kind == SpanKind.CLIENT:
+            category, operation = "http", method
+        elif get("rpc.system"):
+            category = "rpc"
+            operation = get("rpc.method") or span.name
+        elif get("messaging.system"):
+            category = "messaging"
+            operation = get("messaging.operation.name") or get("messaging.operation") or span.name
+    if category is not None:
+        tags["group"] = f"{category}::{operation}"
+        tags["category"] = category
+    else:
+        tags["group"] = span.name
+    server = get("server.address") or get("net.peer.name") or get("net.sock.peer.addr")
+    if not server:
+        url = get("url.full") or get("http.url")
+        if url and span.kind == SpanKind.CLIENT:
+            server = urlsplit(str(url)).hostname
+    if server:
+        tags["server"] = _without_port(server)
+    if db:
+        database = get("db.namespace") or get("db.name")
+        if database:
+            tags["database"] = str(database)
+    if TAG_PREFIX in "\0".join(a):  # one C-level scan of the names, not a loop over them
+        for name in a:
+            if name.startswith(TAG_PREFIX):
+                tags[name[len(TAG_PREFIX) :]] = str(a[name])
+    return tags
+
+
+def _fill(
+    request: RequestSpan,
+    span: ReadableSpan,
+    *,
+    own: bool,
+    initial: tuple[str, str, str, str] | None = None,
+) -> None:
+    """The request's fields from its root span. ``own``: the request is the span's (not a
+    classic one it belongs to, whose middleware knows better). ``initial``: the names the
+    request was opened with; a name the app has set since (``pynba.scriptname = ...``) wins
+    over the span's attributes."""
+    a = _attributes(span)
+    resource = span.resource.attributes if span.resource is not None else {}
+    for name, value in a.items():
+        if name.startswith(REQUEST_TAG_PREFIX):
+            request.tags[name[len(REQUEST_TAG_PREFIX) :]] = value
+    host0, server0, script0, schema0 = initial or (
+        request.hostname,
+        request.server_name,
+        request.script_name,
+        request.schema,
+    )
+    override = _first(a, *SCRIPT_NAME_ATTRIBUTES)
+    if override:
+        request.script_name = str(override)
+    if not own:
+        return
+    if not override and request.script_name is script0:
+        request.script_name = _script_name(span, a)
+    if request.server_name is server0:
+        server = _first(a, "server.address", "http.host", "http.server_name")
+        if server is None:
+            service = resource.get("service.name")
+            if service and not str(service).startswith("unknown_service"):
+                server = service
+        request.server_name = _without_port(server) if server is not None else "unknown"
+    if request.hostname is host0:
+        request.hostname = str(resource.get("host.name") or hostname())
+    status = _first(a, "http.response.status_code", "http.status_code")
+    if status is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            request.status = int(status)
+    elif span.status.status_code == StatusCode.ERROR:
+        request.status = 500
+    scheme = _first(a, "url.scheme", "http.scheme")
+    if scheme is not None and request.schema is schema0:
+        request.schema = str(scheme)
+    size = _first(
+        a,
+        "http.response.body.size",
+        "http.response_content_length",
+        "http.response_content_length_uncompressed",
+        CONTENT_LENGTH_ATTRIBUTE,  # the header, when the instrumentation captures it
+    )
+    if isinstance(size, (list, tuple)):
+        size = size[0] if size else None
+    if size is not None and request.document_size == MEASURE:
+        with contextlib.suppress(TypeError, ValueError):
+            request.document_size = int(size)
+
+
+#: The response's Content-Length as the HTTP server instrumentations capture it
+#: (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE`` includes ``content-length``).
+CONTENT_LENGTH_ATTRIBUTE: Final = "http.response.header.content_length"
+
+#: What frameworks answer a request that matched none of their routes (Flask, Django,
+#: FastAPI/Starlette alike); their instrumentations then record no ``http.route``.
+_NO_ROUTE_STATUSES: Final = frozenset(("404", "405"))
+
+
+def _script_name(span: ReadableSpan, a: Mapping[str, Any]) -> str:
+    """A request's name with bounded cardinality: the route template with a leading ``/``;
+    :data:`UNMATCHED` for an HTTP request without a route answered 404 or 405 (it matched no
+    route: a scanner, a typo); the path for apps without a router; else the span name."""
+    route = _first(a, "http.route")
+    if route is not None:
+        route = str(route)
+        return route if route.startswith("/") else f"/{route}"
+    method = _first(a, "http.request.method", "http.method")
+    if span.kind == SpanKind.SERVER and method is not None:
+        status = _first(a, "http.response.status_code", "http.status_code")
+        if str(status) in _NO_ROUTE_STATUSES:
+            return UNMATCHED
+    path = _first(a, "url.path", "http.target", "http.url")
+    if path is not None:
+        return _path(path)
+    # HTTP server spans are named "{method} {target}" (semantic conventions), and the
+    # stable WSGI instrumentation records the path nowhere else.
+    name = span.name
+    if method is not None and name.startswith(f"{method} "):
+        name = _path(name[len(method) + 1 :])
+    return name
+
+
+def _is_request(span: ReadableSpan) -> bool:
+    """A local root is a request if it serves (SERVER), consumes (CONSUMER) or is marked:
+    ``pinba.script_name``, or an INTERNAL root naming the route it serves (``http.route``: a
+    request span made by hand). Never a CLIENT or PRODUCER root: an outgoing call."""
+    if span.kind in (SpanKind.SERVER, SpanKind.CONSUMER):
+        return True
+    a = _attributes(span)
+    if any(a.get(name) for name in SCRIPT_NAME_ATTRIBUTES):
+        return True
+    return span.kind == SpanKind.INTERNAL and bool(a.get("http.route"))
+
+
+def _is_asgi_event(span: ReadableSpan) -> bool:
+    return ASGI_EVENT_ATTRIBUTE in _attributes(span)
+
+
+def _duration(span: ReadableSpan) -> float:
+    if span.start_time is None or span.end_time is None:
+        return 0.0
+    return max(0, span.end_time - span.start_time) / 1e9
+
+
+def _is_local_root(span: ReadableSpan) -> bool:
+    parent = span.parent
+    return parent is None or parent.is_remote
