@@ -47,13 +47,14 @@ from werkzeug.serving import make_server
 
 from pynba import PynbaMiddleware
 from pynba_exporter import PinbaRequest
-from pynba_exporter.otel import _sampling, _shared
 from pynba_exporter.naming import OVERFLOW, UNMATCHED, script_names
 from pynba_exporter.otel import (
     PinbaConfigurator,
     PinbaSampler,
     PinbaSpanExporter,
     PinbaSpanProcessor,
+    _sampling,
+    _shared,
     default_timer_tags,
 )
 
