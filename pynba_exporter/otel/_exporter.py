@@ -10,7 +10,6 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from pynba_exporter import config
 from pynba_exporter._transport import Transport
 from pynba_exporter.address import Address
 from pynba_exporter.log import errors
@@ -74,15 +73,10 @@ class PinbaSpanExporter(SpanExporter):
             address, transport=transport, enabled=enabled, timer_tags=timer_tags,
             asgi_events=asgi_events, transport_options=transport_options,
         )  # fmt: skip
-        self.max_traces: int = config.OPTIONS["max_traces"].default
-        self.max_spans: int = config.OPTIONS["max_spans"].default
-        self.max_age: float = config.OPTIONS["max_age"].default
-        try:
-            self.max_traces = int(config.value("max_traces", max_traces))
-            self.max_spans = int(config.value("max_spans", max_spans))
-            self.max_age = float(config.value("max_age", max_age))
-        except ValueError as exc:
-            self._sender.disable(exc)
+        setting = self._sender.setting
+        self.max_traces: int = setting("max_traces", max_traces, int)
+        self.max_spans: int = setting("max_spans", max_spans, int)
+        self.max_age: float = setting("max_age", max_age, float)
         self._traces: OrderedDict[int, _Trace] = OrderedDict()
         self._buffered = 0
         # Span ids of the requests sent recently: a child arriving after them is late.

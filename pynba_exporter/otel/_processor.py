@@ -15,7 +15,6 @@ from opentelemetry.trace import (
     get_current_span,
 )
 
-from pynba_exporter import config
 from pynba_exporter._transport import Transport
 from pynba_exporter.address import Address
 from pynba_exporter.log import errors
@@ -115,15 +114,10 @@ class PinbaSpanProcessor(SpanProcessor):
             address, transport=transport, enabled=enabled, timer_tags=timer_tags,
             asgi_events=asgi_events, transport_options=transport_options,
         )  # fmt: skip
-        self.timer_rusage: bool = config.OPTIONS["span_rusage"].default
-        self.max_spans: int = config.OPTIONS["max_spans"].default
-        self.max_age: float = config.OPTIONS["max_age"].default
-        try:
-            self.timer_rusage = config.value("span_rusage", timer_rusage)
-            self.max_spans = int(config.value("max_spans", max_spans))
-            self.max_age = float(config.value("max_age", max_age))
-        except ValueError as exc:
-            self._sender.disable(exc)
+        setting = self._sender.setting
+        self.timer_rusage: bool = setting("span_rusage", timer_rusage, bool)
+        self.max_spans: int = setting("max_spans", max_spans, int)
+        self.max_age: float = setting("max_age", max_age, float)
         self._spans: dict[int, _InFlight] = {}
         self._evicting = threading.Lock()
         self._starts = 0

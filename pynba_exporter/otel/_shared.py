@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.context import (
@@ -91,6 +92,16 @@ class _Sender:
             f"pynba: {exc}; Pinba reporting is disabled (the app runs as usual)",
         )
         self.enabled = False
+
+    def setting(self, name: str, given: Any, kind: Callable[[Any], Any]) -> Any:
+        """Option ``name`` (argument, then environment), as ``kind``; a bad value turns Pinba
+        off (said once) and the default is used, so the processor and the exporter read their
+        options one way and the app always starts."""
+        try:
+            return kind(config.value(name, given))
+        except ValueError as exc:
+            self.disable(exc)
+            return config.OPTIONS[name].default
 
     def count(self, what: str, n: int = 1) -> None:
         with self.lock:
