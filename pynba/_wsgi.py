@@ -26,10 +26,16 @@ from pynba._configured import configured
 from pynba._legacy import ReporterOption, call_reporter, split_reporter
 from pynba_exporter import Address, Transport, UdpTransport
 from pynba_exporter.log import errors, from_signal_handler, logger
-from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
+from pynba_exporter.spans import RequestSpan, current_request, finish_and_send, opened_request
 from pynba_exporter.spans import hostname as _hostname
 
 __all__ = ["PynbaMiddleware", "monitor"]
+
+# The context's request, read, set and left by C-level calls (the ContextVar's own methods).
+_opened = opened_request
+_enter = current_request.set
+_leave = current_request.reset
+_finders = current_request.finders
 
 _ExcInfo: TypeAlias = "tuple[type[BaseException], BaseException, TracebackType | None]"
 StartResponse: TypeAlias = Callable[..., Callable[[bytes], object]]
@@ -147,7 +153,9 @@ class PynbaMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if not self.enabled:
             return self.app(environ, start_response)
-        outer = current_request.get()
+        outer = _opened()
+        if outer is None and _finders:  # an OpenTelemetry request this one may run inside
+            outer = current_request.get()
         if outer is not None and outer.serving and not outer.finished:
             # Mounted inside another monitored app: that one reports this request. Add our
             # request tags to it, never replace what it has.
@@ -155,7 +163,25 @@ class PynbaMiddleware:
                 outer.tags.setdefault(name, value)
             return self.app(environ, start_response)
         try:
-            request = self._open(environ)
+            if (
+                self.hostname is None
+                and self.server_name is None
+                and self.script_name is None
+                and self.schema is None
+            ):
+                # _open() for the common case, inlined: no option to ask, no extra call.
+                host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "unknown"
+                path = environ.get("PATH_INFO") or ""
+                request = RequestSpan(
+                    _hostname(),
+                    host if ":" not in host else _server_name(environ),
+                    path if path.isascii() else _path(environ),
+                    schema=environ.get("wsgi.url_scheme") or "",
+                    tags=dict(self.tags) if self.tags else None,
+                    timer_rusage=self.timer_rusage,
+                )
+            else:
+                request = self._open(environ)
         except Exception as exc:  # our bug: the app still runs, unmonitored
             if from_signal_handler(exc):
                 raise  # a request timeout that fired here: the app's, not ours
@@ -163,7 +189,7 @@ class PynbaMiddleware:
             return self.app(environ, start_response)
         # One object per request observes start_response and then wraps the response: no
         # closure and no second wrapper to build on every request.
-        response = _Response(request, start_response, current_request.set(request), self)
+        response = _Response(request, start_response, _enter(request), self)
         request.serving = True
         try:
             result = response.result = self.app(environ, response)
@@ -176,6 +202,15 @@ class PynbaMiddleware:
             self._close(request, response.token, 0)
             raise
         request.serving = False
+        if type(result) is list or type(result) is tuple:
+            # Most apps' answer: measured now, iterated by its own C iterator (see _Body).
+            try:
+                response._size = sum(map(len, result))
+                response._upfront = True
+            except TypeError:  # not bytes: the server will complain, not us
+                pass
+            response.__class__ = _SizedResponse
+            return response
         wrapper = environ.get("wsgi.file_wrapper")
         if wrapper is not None and (
             isinstance(wrapper, type)
@@ -184,7 +219,9 @@ class PynbaMiddleware:
         ):
             response.done()
             return result
-        return response.started()
+        if hasattr(result, "__len__"):
+            response.__class__ = _SizedResponse
+        return response
 
     @staticmethod
     def _value(option: NameOption, environ: dict[str, Any]) -> str | None:
@@ -193,18 +230,6 @@ class PynbaMiddleware:
         return str(option(environ)) if callable(option) else option
 
     def _open(self, environ: dict[str, Any]) -> RequestSpan:
-        if self.hostname is None and self.server_name is None and self.script_name is None:
-            # The common case, without the option lookups.
-            host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "unknown"
-            path = environ.get("PATH_INFO") or ""
-            return RequestSpan(
-                _hostname(),
-                host if ":" not in host else _server_name(environ),
-                path if path.isascii() else _path(environ),
-                schema=self._value(self.schema, environ) or environ.get("wsgi.url_scheme") or "",
-                tags=dict(self.tags) if self.tags else None,
-                timer_rusage=self.timer_rusage,
-            )
         return RequestSpan(
             self._value(self.hostname, environ) or _hostname(),
             self._value(self.server_name, environ) or _server_name(environ),
@@ -215,9 +240,12 @@ class PynbaMiddleware:
         )
 
     def _close(self, request: RequestSpan, token: Any, size: int) -> None:
-        """The request is over: measure, send, and leave the context as it was."""
-        with contextlib.suppress(ValueError):  # closed in another context than opened in
-            current_request.reset(token)
+        """The request is over: leave the context as it was, measure and send."""
+        # (not contextlib.suppress: a context manager per request costs more than the rest here)
+        try:  # noqa: SIM105
+            _leave(token)
+        except ValueError:  # closed in another context than opened in
+            pass
         self._report(request, size)
 
     def _report(self, request: RequestSpan, size: int) -> None:
@@ -225,10 +253,10 @@ class PynbaMiddleware:
             request.document_size = size
         if self.prefix:
             request.script_name = self.prefix + request.script_name
-        if self._call is not None:
-            call_reporter(self._call, request, "middleware")
-        else:
+        if self._call is None:
             finish_and_send(request, self.transport, "middleware")
+        else:
+            call_reporter(self._call, request, "middleware")
 
     def _failed(self, stage: str, exc: Exception) -> None:
         errors.log(
@@ -287,21 +315,6 @@ class _Body:
         code = status[:3]
         self._request.status = int(code) if code.isdigit() else _status_code(status)
         return self._start_response(status, headers, *exc_info)
-
-    def started(self) -> _Body:
-        """The app has returned its iterable: keep its length, measure it now if it is a plain
-        sequence."""
-        result = self.result
-        if type(result) is list or type(result) is tuple:
-            try:
-                self._size = sum(map(len, result))
-                self._upfront = True
-            except TypeError:  # not bytes: the server will complain, not us
-                pass
-            self.__class__ = _SizedResponse
-        elif hasattr(result, "__len__"):
-            self.__class__ = _SizedResponse
-        return self
 
     def done(self) -> None:
         """Reported without this object (the app raised, or a file wrapper took over)."""

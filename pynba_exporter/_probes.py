@@ -14,6 +14,7 @@ import time
 from typing import Final
 
 __all__ = [
+    "RUSAGE_THREAD",
     "CpuSample",
     "cpu_delta",
     "hostname",
@@ -25,7 +26,7 @@ __all__ = [
 _perf_counter = time.perf_counter
 _getrusage = resource.getrusage
 # CPU of the calling thread where the OS can tell (Linux); of the process elsewhere.
-_RUSAGE_THREAD: Final = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+RUSAGE_THREAD: Final = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 
 
 # A CPU sample: (precise CPU seconds, user seconds, system seconds). The kernel keeps a thread's
@@ -39,7 +40,7 @@ _process_time = time.process_time
 
 def thread_cpu() -> CpuSample:
     """A CPU sample of the calling thread."""
-    ru = _getrusage(_RUSAGE_THREAD)
+    ru = _getrusage(RUSAGE_THREAD)
     return _thread_time(), ru.ru_utime, ru.ru_stime
 
 

@@ -41,7 +41,9 @@ class ScriptNames:
         self._limit = limit
         self._option = option
         self._what = what
-        self._seen: set[str] = {UNMATCHED, OVERFLOW}
+        #: The names admitted so far (with the two fixed ones). Changed in place, never replaced:
+        #: the send path binds it once and tests a name with one set lookup, without a call.
+        self.admitted: set[str] = {UNMATCHED, OVERFLOW}
         self._lock = threading.Lock()
         #: Requests reported under OVERFLOW instead of their own name.
         self.overflowed = 0
@@ -63,7 +65,7 @@ class ScriptNames:
 
     def guard(self, name: str) -> str:
         """``name`` while the cap allows it (names seen before always pass), else OVERFLOW."""
-        seen = self._seen
+        seen = self.admitted
         if name in seen:  # the common case: no lock
             return name
         with self._lock:
@@ -82,12 +84,13 @@ class ScriptNames:
     def stats(self) -> dict[str, int]:
         """``distinct``: names admitted; ``overflowed``: requests renamed to OVERFLOW."""
         with self._lock:
-            return {"distinct": len(self._seen) - 2, "overflowed": self.overflowed}
+            return {"distinct": len(self.admitted) - 2, "overflowed": self.overflowed}
 
     def reset(self) -> None:
         """Forget the names seen (tests; a long-running process after a deploy)."""
         with self._lock:
-            self._seen = {UNMATCHED, OVERFLOW}
+            self.admitted.clear()
+            self.admitted.update((UNMATCHED, OVERFLOW))
             self.overflowed = 0
             self._limit = None
 

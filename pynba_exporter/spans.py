@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import resource
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from typing import Any, Final
 
 from pynba_exporter._model import PinbaRequest
 from pynba_exporter._probes import (
+    RUSAGE_THREAD,
     CpuSample,
     cpu_delta,
     hostname,
@@ -69,12 +71,17 @@ class CurrentRequest:
     requests of its thread.
     """
 
-    __slots__ = ("_var", "finders")
+    __slots__ = ("_var", "finders", "opened", "reset", "set")
 
     def __init__(self) -> None:
         self._var: ContextVar[RequestSpan | None] = ContextVar("pynba_request", default=None)
         #: Functions giving the request of what runs now, asked when none is set here.
         self.finders: list[Callable[[], RequestSpan | None]] = []
+        # The variable's own methods, bound once: C-level calls on every request's path.
+        #: Only the request set in this context (by the classic API), never a found one.
+        self.opened: Callable[[], RequestSpan | None] = self._var.get
+        self.set: Callable[[RequestSpan | None], Token[RequestSpan | None]] = self._var.set
+        self.reset: Callable[[Token[RequestSpan | None]], None] = self._var.reset
 
     def get(self) -> RequestSpan | None:
         request = self._var.get()
@@ -85,16 +92,6 @@ class CurrentRequest:
             if request is not None:
                 return request
         return None
-
-    def opened(self) -> RequestSpan | None:
-        """Only the request set in this context (by the classic API), never a found one."""
-        return self._var.get()
-
-    def set(self, request: RequestSpan | None) -> Token[RequestSpan | None]:
-        return self._var.set(request)
-
-    def reset(self, token: Token[RequestSpan | None]) -> None:
-        self._var.reset(token)
 
 
 #: The request being served in this context (thread, task, greenlet), if any.
@@ -189,6 +186,9 @@ _MAX_SPECS: Final = 4096
 # Timer objects a request keeps for pynba.timers (their measurements add up in lines anyway).
 _MAX_HANDLES: Final = 1000
 _thread_time = time.thread_time
+_getrusage = resource.getrusage
+_RUSAGE_THREAD: Final = RUSAGE_THREAD
+_get_ident = threading.get_ident
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,8 +268,13 @@ class RequestSpan:
         #: the first thousand: a long unit of work must not keep every timer it ever made.
         self.handles: list[Timer] = []
         # The thread whose CPU is counted; None: the process's (ScriptMonitor).
-        self._thread = None if process_cpu_time else threading.get_ident()
-        self._cpu0 = process_cpu() if process_cpu_time else thread_cpu()
+        if process_cpu_time:
+            self._thread = None
+            self._cpu0 = process_cpu()
+        else:
+            self._thread = _get_ident()
+            ru = _getrusage(_RUSAGE_THREAD)  # thread_cpu(), inlined: a request starts here
+            self._cpu0 = (_thread_time(), ru.ru_utime, ru.ru_stime)
         self._start = _perf_counter()
 
     @property
@@ -325,16 +330,21 @@ class RequestSpan:
         if self.finished:
             return
         end = _perf_counter() if now is None else now
-        for timer in list(self._running):
-            timer._stop_at(end)
+        if self._running:
+            for timer in list(self._running):
+                timer._stop_at(end)
         self.request_time = end - self._start
-        if not cpu:
-            pass
-        elif self._thread is None:
-            self.ru_utime, self.ru_stime = cpu_delta(self._cpu0, process_cpu())
-        elif self._thread == threading.get_ident():
-            self.ru_utime, self.ru_stime = cpu_delta(self._cpu0, thread_cpu())
-        # else: finished on another thread, whose CPU would say nothing about this request
+        if cpu:
+            thread = self._thread
+            if thread is None:
+                self.ru_utime, self.ru_stime = cpu_delta(self._cpu0, process_cpu())
+            elif thread == _get_ident():
+                # thread_cpu(), inlined: this runs at the end of every request.
+                ru = _getrusage(_RUSAGE_THREAD)
+                self.ru_utime, self.ru_stime = cpu_delta(
+                    self._cpu0, (_thread_time(), ru.ru_utime, ru.ru_stime)
+                )
+            # else: finished on another thread, whose CPU would say nothing about this request
         if self.memory_peak < 0 or self.memory_footprint < 0:
             peak, rss = process_memory()
             if self.memory_peak < 0:
@@ -348,6 +358,13 @@ class RequestSpan:
         PinbaRequest (``timers`` are its lines, tags expanded), so no copy is made."""
         if not self.finished:
             self.finish()
+        if self.document_size < 0:  # noqa: PLR1730 - a comparison is cheaper than max()
+            self.document_size = 0
+        if not self._lines:  # no timer was used (most requests of most apps)
+            self.timers = []
+            if self.tags:
+                self.tags = expand_tags(self.tags)
+            return self
         timers = []
         user_share = -1.0
         for line in self._lines.values():
@@ -368,10 +385,13 @@ class RequestSpan:
                         line.cpu = 0.0
                     timers.append(line)
         self.timers = timers
-        self.document_size = max(self.document_size, 0)
         if self.tags:
             self.tags = expand_tags(self.tags)
         return self
+
+
+_script_names_admitted = script_names.admitted
+_server_names_admitted = server_names.admitted
 
 
 def finish_and_send(
@@ -400,8 +420,11 @@ def finish_and_send(
         request.seal()
         if not request.enabled:
             return False
-        request.script_name = script_names.guard(request.script_name)
-        request.server_name = server_names.guard(request.server_name)
+        # The cardinality guards: a name seen before passes by one set lookup, without a call.
+        if request.script_name not in _script_names_admitted:
+            request.script_name = script_names.guard(request.script_name)
+        if request.server_name not in _server_names_admitted:
+            request.server_name = server_names.guard(request.server_name)
         return transport.send(request)
     except Exception as exc:
         if transport.raise_on_fail or from_signal_handler(exc):

@@ -434,13 +434,7 @@ def _assemble(  # noqa: PLR0917 - internal, called from two places with every co
         parts.extend(_nested(r.requests, packed))
     schema = r.schema
     if schema:
-        field = _SCHEMAS.get(schema) if type(schema) is str else None
-        if field is None:
-            raw = str_bytes(schema, "schema")
-            field = b"\x9a\x01" + varint(len(raw)) + raw
-            if type(schema) is str and len(raw) <= _CACHEABLE_LEN:
-                _cache_put(_SCHEMAS, schema, field)
-        parts.append(field)
+        parts.append(_schema_field(schema))
     parts.append(layout.request_tags)
     if layout.n:
         if packed:
@@ -484,10 +478,9 @@ def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
     tags, timers = r.tags, r.timers
     raw_tags: tuple[Any, ...] = tuple(_DICT_ITEMS(tags)) if tags else ()  # type: ignore[arg-type]  # TypeError unless a dict
     if not timers:
-        layout = _LAYOUTS.get((packed, raw_tags, ()))
-        if layout is None:
+        if r.requests:
             return None
-        return _assemble(r, names, layout, [], [], [], [], packed)
+        return _encode_plain(r, names, packed, raw_tags)
     # Columns by comprehension: cheaper than zip(*map(attrgetter(...))) for small requests.
     raw_keys = tuple([tuple(t.tags.items()) for t in timers])
     layout = _LAYOUTS.get((packed, raw_tags, raw_keys))
@@ -519,6 +512,44 @@ def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
         _f32s(_summed(plan, n, us)), _f32s(_summed(plan, n, u)), _f32s(_summed(plan, n, s)),
         packed,
     )  # fmt: skip
+
+
+def _encode_plain(
+    r: RequestLike, names: bytes, packed: bool, raw_tags: tuple[Any, ...]
+) -> bytes | None:
+    """A request without timers (most requests of most apps), in one go: what _assemble does
+    for it, without the lists it needs for timers."""
+    if raw_tags:
+        layout = _LAYOUTS.get((packed, raw_tags, ()))
+        if layout is None:
+            return None
+        dictionary, request_tags = layout.dictionary, layout.request_tags
+    else:  # the layout of no tags and no timers: nothing
+        dictionary = request_tags = b""
+    st, fp, schema = r.status, r.memory_footprint, r.schema
+    if type(st) is not int or not 0 <= st <= UINT32_MAX:
+        st = u32(st, "status")
+    if type(fp) is not int or not 0 <= fp <= UINT32_MAX:
+        fp = u32(fp, "memory_footprint")
+    vs = _VARINTS
+    return b"".join(
+        (names, _head(r), dictionary,
+         b"\x80\x01", SMALL_VARINTS[st] if st < 0x80 else vs.get(st) or _cached_varint(st),
+         b"\x88\x01", SMALL_VARINTS[fp] if fp < 0x80 else vs.get(fp) or _cached_varint(fp),
+         (_SCHEMAS.get(schema) or _schema_field(schema)) if schema else b"",
+         request_tags)
+    )  # fmt: skip
+
+
+def _schema_field(schema: object) -> bytes:
+    """Field 19, cached for the handful of schemas an app has."""
+    field = _SCHEMAS.get(schema) if type(schema) is str else None
+    if field is None:
+        raw = str_bytes(schema, "schema")
+        field = b"\x9a\x01" + varint(len(raw)) + raw
+        if type(schema) is str and len(raw) <= _CACHEABLE_LEN:
+            _cache_put(_SCHEMAS, schema, field)
+    return field
 
 
 def _encode_careful(r: RequestLike, names: bytes, packed: bool) -> bytes:
