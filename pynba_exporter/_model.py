@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 __all__ = ["PinbaRequest", "PinbaTimer", "RequestLike", "TagValue", "TimerLike"]
 
@@ -74,6 +74,8 @@ class PinbaRequest:
     tags: Mapping[str, TagValue] = field(default_factory=dict)
     timers: Sequence[PinbaTimer] = ()
     requests: Sequence[PinbaRequest] = ()
+    #: A record's timers have no fixed identity to find their layout by (see ``encode``).
+    timer_shape: ClassVar[None] = None
 
     def __post_init__(self) -> None:
         if type(self.timers) is not tuple:

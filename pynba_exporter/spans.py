@@ -226,6 +226,7 @@ class RequestSpan:
         "status",
         "tags",
         "timer_rusage",
+        "timer_shape",
         "timers",
     )
 
@@ -263,6 +264,8 @@ class RequestSpan:
         self.ru_stime = 0.0
         self._lines: dict[TimerSpec, _Line] = {}
         self.timers: list[_Line] = []
+        #: The timers' tag sets by identity once sealed, if all are fixed (see seal).
+        self.timer_shape: tuple[TimerSpec, ...] | None = None
         self._running: set[Timer] = set()
         #: The timer objects made in this request (``pynba.timers``, as the original had it),
         #: the first thousand: a long unit of work must not keep every timer it ever made.
@@ -366,13 +369,20 @@ class RequestSpan:
                 self.tags = expand_tags(self.tags)
             return self
         timers = []
+        shape: list[TimerSpec] | None = []
         user_share = -1.0
         for line in self._lines.values():
             if line.hit_count > 0:
                 spec = line.spec
                 tags = spec._static
-                line.tags = tags if tags is not None else spec.expanded()
-                if line.tags:
+                if tags is None:
+                    tags = spec.expanded()
+                    if spec._static is None:  # a callable value: no fixed tag set
+                        shape = None
+                line.tags = tags
+                if tags:
+                    if shape is not None:
+                        shape.append(spec)
                     cpu = line.cpu
                     if cpu > 0.0:
                         # Timers read only the thread's precise CPU clock (one call per edge);
@@ -385,6 +395,9 @@ class RequestSpan:
                         line.cpu = 0.0
                     timers.append(line)
         self.timers = timers
+        # The interned specs stand for their fixed tag sets: the encoder finds the layout of
+        # these timers by their identities (see wire._encode).
+        self.timer_shape = tuple(shape) if shape else None
         if self.tags:
             self.tags = expand_tags(self.tags)
         return self

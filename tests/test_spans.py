@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pynba_exporter import MemoryTransport, Transport
+from pynba_exporter import MemoryTransport, PinbaRequest, PinbaTimer, Transport, encode
 from pynba_exporter.naming import OVERFLOW, UNMATCHED, ScriptNames, script_names, server_names
 from pynba_exporter.spans import (
     MEASURE,
@@ -156,3 +156,41 @@ def test_server_names_are_capped_too(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [r.server_name for r in memory.requests] == [
         "evil0.example", "evil1.example", OVERFLOW, OVERFLOW,
     ]  # fmt: skip
+
+
+def test_timer_layouts_found_by_identity_give_the_bytes_found_by_content() -> None:
+    """Sealed requests name their timers' fixed tag sets by identity (timer_shape) and the
+    encoder files their layout under it: the second request of a shape, encoded that way, has
+    the bytes of the same request given as a plain record."""
+
+    def sealed(tags: dict[str, Any]) -> RequestSpan:
+        request = _request(tags={"app": "shop"})
+        for i in range(3):
+            request.add_timer({"group": f"g{i}", "server": "db1"}, 0.001 * (i + 1), 2, 0.0001)
+        request.add_timer(tags, 0.25)
+        request.status, request.document_size = 200, 10
+        return request.seal()
+
+    def as_record(r: RequestSpan) -> PinbaRequest:
+        return PinbaRequest(
+            r.hostname, r.server_name, r.script_name, document_size=r.document_size,
+            memory_peak=r.memory_peak, request_time=r.request_time, ru_utime=r.ru_utime,
+            ru_stime=r.ru_stime, status=r.status, memory_footprint=r.memory_footprint,
+            schema=r.schema, tags=r.tags, timers=[
+                PinbaTimer(dict(t.tags), t.value, t.hit_count, t.ru_utime, t.ru_stime)
+                for t in r.timers
+            ],
+        )  # fmt: skip
+
+    for _ in range(3):
+        fixed = sealed({"group": "last"})
+        assert fixed.timer_shape is not None and len(fixed.timer_shape) == 4
+        assert encode(fixed) == encode(as_record(fixed))
+        # Another tag set in the last slot: another shape, another layout.
+        other = sealed({"group": "other"})
+        assert other.timer_shape != fixed.timer_shape
+        assert encode(other) == encode(as_record(other))
+    # A callable value is expanded anew for every request: no identity stands for its text.
+    varying = sealed({"group": lambda: "called"})
+    assert varying.timer_shape is None
+    assert encode(varying) == encode(as_record(varying))

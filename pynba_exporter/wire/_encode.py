@@ -38,6 +38,11 @@ __all__ = ["encode"]
 # then found by one dict lookup; only the numbers (fields 4-11, 16-17, 22-23) are written anew.
 # A layout is cached only when every tag name and value was a plain str: then equality of the
 # raw shape implies equality of the text (False == 0, but "" != "0").
+#
+# A request may also say what its timers' tag sets are by identity, in ``timer_shape``: a tuple
+# of objects, one per timer, each standing for one tag set that never changes (the span model's
+# interned timer specs). The layout is then found by hashing a few object identities instead of
+# every tag name and value; the first time, it is found by content and filed under both keys.
 
 _CACHE_MAX: Final = 4096
 _CACHEABLE_LEN: Final = 256
@@ -481,11 +486,16 @@ def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
         if r.requests:
             return None
         return _encode_plain(r, names, packed, raw_tags)
-    # Columns by comprehension: cheaper than zip(*map(attrgetter(...))) for small requests.
-    raw_keys = tuple([tuple(t.tags.items()) for t in timers])
-    layout = _LAYOUTS.get((packed, raw_tags, raw_keys))
+    shape = getattr(r, "timer_shape", None)
+    layout = _LAYOUTS.get((packed, raw_tags, shape)) if shape is not None else None
     if layout is None:
-        return None
+        # Columns by comprehension: cheaper than zip(*map(attrgetter(...))) for small requests.
+        raw_keys = tuple([tuple(t.tags.items()) for t in timers])
+        layout = _LAYOUTS.get((packed, raw_tags, raw_keys))
+        if layout is None:
+            return None
+        if shape is not None:  # found by content: found by identity from now on
+            _cache_put(_LAYOUTS, (packed, raw_tags, shape), layout)
     hits = [t.hit_count for t in timers]
     if not (min(hits) > 0 and max(hits) <= UINT32_MAX):
         return None
@@ -494,8 +504,16 @@ def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
     ru_s_col = [t.ru_stime for t in timers]
     plan = layout.plan
     if plan is None:
-        # One conversion over the three columns at once: fewer passes than one per column.
         n = len(hits)
+        if not any(ru_u_col) and not any(ru_s_col):
+            # No timer CPU (timers measured without it, most OpenTelemetry spans): zeros as
+            # they are, only the times to convert.
+            times = _seconds_col(value_col)
+            if times is None:
+                return None
+            zeros = [0.0] * n  # (not the columns: -0.0 or 0 must be written as 0.0)
+            return _assemble(r, names, layout, hits, times, zeros, zeros, packed)
+        # One conversion over the three columns at once: fewer passes than one per column.
         both = _seconds_col(value_col + ru_u_col + ru_s_col)
         if both is None:
             return None
