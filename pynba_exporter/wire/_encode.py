@@ -481,11 +481,9 @@ def _seconds_col(col: Sequence[Any]) -> list[float] | None:
 def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
     """The packet from a cached layout, or None when there is none or a value is unusual."""
     tags, timers = r.tags, r.timers
+    if not timers:  # nested requests only: the careful path
+        return None
     raw_tags: tuple[Any, ...] = tuple(_DICT_ITEMS(tags)) if tags else ()  # type: ignore[arg-type]  # TypeError unless a dict
-    if not timers:
-        if r.requests:
-            return None
-        return _encode_plain(r, names, packed, raw_tags)
     shape = getattr(r, "timer_shape", None)
     layout = _LAYOUTS.get((packed, raw_tags, shape)) if shape is not None else None
     if layout is None:
@@ -532,13 +530,12 @@ def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
     )  # fmt: skip
 
 
-def _encode_plain(
-    r: RequestLike, names: bytes, packed: bool, raw_tags: tuple[Any, ...]
-) -> bytes | None:
-    """A request without timers (most requests of most apps), in one go: what _assemble does
-    for it, without the lists it needs for timers."""
-    if raw_tags:
-        layout = _LAYOUTS.get((packed, raw_tags, ()))
+def _encode_plain(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
+    """A request without timers or nested requests (most requests of most apps), in one go:
+    what _encode_fast and _assemble do for it, without the lists they need for timers."""
+    tags = r.tags
+    if tags:
+        layout = _LAYOUTS.get((packed, tuple(_DICT_ITEMS(tags)), ()))  # type: ignore[arg-type]  # TypeError unless a dict
         if layout is None:
             return None
         dictionary, request_tags = layout.dictionary, layout.request_tags
@@ -601,7 +598,10 @@ def encode(request: RequestLike, *, packed: bool = False) -> bytes:
             "request", f"expected a PinbaRequest, got {type(request).__name__}"
         ) from None
     try:
-        data = _encode_fast(request, names, packed)
+        if request.timers or request.requests:
+            data = _encode_fast(request, names, packed)
+        else:
+            data = _encode_plain(request, names, packed)
     except Exception:  # anything unusual in the shape or the numbers: the careful path decides
         data = None
     if data is None:
