@@ -639,7 +639,7 @@ tags = st.dictionaries(
     st.sampled_from(["group", "server", "op", "a", "ü"]) | names, tag_text, max_size=4
 )
 seconds = st.floats(min_value=0.0, max_value=5000.0, allow_nan=False) | st.sampled_from(
-    [0.0, 1e-7, 0.5, 3.57, 1.0, 0.001]
+    [0.0, -0.0, 1e-7, 5e-7, 0.5, 0.999_999_9, 3.57, 1.0, 0.001]
 )
 uint32 = st.integers(min_value=0, max_value=2**32 - 1)
 timers = st.builds(

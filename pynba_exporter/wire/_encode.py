@@ -352,31 +352,6 @@ def _cached_varint(v: int) -> bytes:
     return data
 
 
-def _head(r: RequestLike) -> bytes:
-    """Fields 4 to 9."""
-    rc, ds, mp = r.request_count, r.document_size, r.memory_peak
-    if type(rc) is not int or not 0 <= rc < 0x80:
-        rc = u32(rc, "request_count")
-    if type(ds) is not int or not 0 <= ds <= UINT32_MAX:
-        ds = u32(ds, "document_size")
-    if type(mp) is not int or not 0 <= mp <= UINT32_MAX:
-        mp = u32(mp, "memory_peak")
-    rt, ru, rs = r.request_time, r.ru_utime, r.ru_stime
-    if not (type(rt) is float and FLT_MIN_NORMAL <= rt <= FLT_MAX):
-        rt = seconds(rt, "request_time")
-    if not (type(ru) is float and FLT_MIN_NORMAL <= ru <= FLT_MAX):
-        ru = seconds(ru, "ru_utime")
-    if not (type(rs) is float and (rs == 0.0 or FLT_MIN_NORMAL <= rs <= FLT_MAX)):
-        rs = seconds(rs, "ru_stime")  # (0.0, the usual system time of a short request, is fine)
-    vs = _VARINTS
-    return b"".join(
-        (b"\x20", SMALL_VARINTS[rc] if rc < 0x80 else varint(rc),
-         b"\x28", SMALL_VARINTS[ds] if ds < 0x80 else vs.get(ds) or _cached_varint(ds),
-         b"\x30", SMALL_VARINTS[mp] if mp < 0x80 else vs.get(mp) or _cached_varint(mp),
-         _HEAD_FLOATS.pack(0x3D, rt, 0x45, ru, 0x4D, rs))
-    )  # fmt: skip
-
-
 def _timer_fields(layout: _Layout, hits: list[int], values: list[float]) -> bytes:
     """Fields 10 and 11 unpacked, by one struct call, for hit counts below 128 (one byte)."""
     st = layout.timer_struct
@@ -414,40 +389,74 @@ def _assemble(  # noqa: PLR0917 - internal, called from two places with every co
     ru_stime: list[float],
     packed: bool,
 ) -> bytes:
-    """The packet, in field order: 1-3 ``names``, 4-9 from r, 10-11 the timers' numbers, 12-15
-    the layout's, 16-19 from r, 20-21 the layout's, 22-23 the timers' CPU."""
+    """The packet, in field order: 1-3 ``names``, 4-9 from r, 10-11 the timers' numbers, 12-21
+    (see _packet), 22-23 the timers' CPU."""
     p = 1 if packed else 0
-    parts = [names, _head(r)]
+    timer_fields = cpu_fields = b""
     if layout.n:
         if packed or max(hits) >= 0x80:
-            parts.append(_rep_varints(_K10[p], hits, packed))
-            parts.append(_rep_floats(_K11[p], values, packed))
+            timer_fields = _rep_varints(_K10[p], hits, packed) + _rep_floats(
+                _K11[p], values, packed
+            )
         else:
-            parts.append(_timer_fields(layout, hits, values))
-    parts.append(layout.dictionary)
-    st, fp = r.status, r.memory_footprint
+            timer_fields = _timer_fields(layout, hits, values)
+        if packed:
+            cpu_fields = _rep_floats(_K22[1], ru_utime, True) + _rep_floats(_K23[1], ru_stime, True)
+        else:
+            cpu_fields = _cpu_fields(layout, ru_utime, ru_stime)
+    return _packet(
+        r, names, timer_fields, layout.dictionary, layout.request_tags, cpu_fields, packed
+    )
+
+
+def _packet(  # noqa: PLR0917 - internal, every part of a packet in field order
+    r: RequestLike,
+    names: bytes,
+    timer_fields: bytes,
+    dictionary: bytes,
+    request_tags: bytes,
+    cpu_fields: bytes,
+    packed: bool,
+) -> bytes:
+    """The packet, in field order: 1-3 ``names``; 4-9 from r; 10-11 ``timer_fields``; 12-15
+    the layout's ``dictionary`` and timer tags; 16-17 from r; 18 r's nested requests; 19 r's
+    schema; 20-21 the layout's ``request_tags``; 22-23 ``cpu_fields``. Every request's bytes
+    are joined here, in one call."""
+    rc, ds, mp = r.request_count, r.document_size, r.memory_peak
+    if type(rc) is not int or not 0 <= rc < 0x80:
+        rc = u32(rc, "request_count")
+    if type(ds) is not int or not 0 <= ds <= UINT32_MAX:
+        ds = u32(ds, "document_size")
+    if type(mp) is not int or not 0 <= mp <= UINT32_MAX:
+        mp = u32(mp, "memory_peak")
+    rt, ru, rs = r.request_time, r.ru_utime, r.ru_stime
+    if not (type(rt) is float and FLT_MIN_NORMAL <= rt <= FLT_MAX):
+        rt = seconds(rt, "request_time")
+    if not (type(ru) is float and FLT_MIN_NORMAL <= ru <= FLT_MAX):
+        ru = seconds(ru, "ru_utime")
+    if not (type(rs) is float and (rs == 0.0 or FLT_MIN_NORMAL <= rs <= FLT_MAX)):
+        rs = seconds(rs, "ru_stime")  # (0.0, the usual system time of a short request, is fine)
+    st, fp, schema = r.status, r.memory_footprint, r.schema
     if type(st) is not int or not 0 <= st <= UINT32_MAX:
         st = u32(st, "status")
     if type(fp) is not int or not 0 <= fp <= UINT32_MAX:
         fp = u32(fp, "memory_footprint")
     vs = _VARINTS
-    parts.append(b"\x80\x01")
-    parts.append(SMALL_VARINTS[st] if st < 0x80 else vs.get(st) or _cached_varint(st))
-    parts.append(b"\x88\x01")
-    parts.append(SMALL_VARINTS[fp] if fp < 0x80 else vs.get(fp) or _cached_varint(fp))
-    if r.requests:
-        parts.extend(_nested(r.requests, packed))
-    schema = r.schema
-    if schema:
-        parts.append(_schema_field(schema))
-    parts.append(layout.request_tags)
-    if layout.n:
-        if packed:
-            parts.append(_rep_floats(_K22[1], ru_utime, True))
-            parts.append(_rep_floats(_K23[1], ru_stime, True))
-        else:
-            parts.append(_cpu_fields(layout, ru_utime, ru_stime))
-    return b"".join(parts)
+    return b"".join(
+        (names,
+         b"\x20", SMALL_VARINTS[rc] if rc < 0x80 else varint(rc),
+         b"\x28", SMALL_VARINTS[ds] if ds < 0x80 else vs.get(ds) or _cached_varint(ds),
+         b"\x30", SMALL_VARINTS[mp] if mp < 0x80 else vs.get(mp) or _cached_varint(mp),
+         _HEAD_FLOATS.pack(0x3D, rt, 0x45, ru, 0x4D, rs),
+         timer_fields,
+         dictionary,
+         b"\x80\x01", SMALL_VARINTS[st] if st < 0x80 else vs.get(st) or _cached_varint(st),
+         b"\x88\x01", SMALL_VARINTS[fp] if fp < 0x80 else vs.get(fp) or _cached_varint(fp),
+         b"".join(_nested(r.requests, packed)) if r.requests else b"",
+         (_SCHEMAS.get(schema) or _schema_field(schema)) if schema else b"",
+         request_tags,
+         cpu_fields)
+    )  # fmt: skip
 
 
 def _nested(requests: object, packed: bool) -> list[bytes]:
@@ -494,6 +503,29 @@ def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
             return None
         if shape is not None:  # found by content: found by identity from now on
             _cache_put(_LAYOUTS, (packed, raw_tags, shape), layout)
+    if layout.plan is None and not packed:
+        # The common case in one pass: no timer merges, hit counts of one byte, times below
+        # a second (converted as the reference client does, see _seconds_col). Anything
+        # else, or a value that is not a number, takes the general path below.
+        hits: list[int] = []
+        values: list[float] = []
+        user: list[float] = []
+        system: list[float] = []
+        for t in timers:
+            h, v, cu, cs = t.hit_count, t.value, t.ru_utime, t.ru_stime
+            if not (0 < h < 0x80 and 0.0 <= v < 1.0 and 0.0 <= cu < 1.0 and 0.0 <= cs < 1.0):
+                break
+            hits.append(h)
+            # int(v * 1e6) / 1e6 as _seconds_col has it, without a call: for 0 <= x < 2**52,
+            # x // 1.0 is exactly trunc(x); the + 0.0 makes -0.0 a 0.0 as int() would.
+            values.append((v * 1000000.0 + 0.0) // 1.0 / 1000000.0)
+            user.append((cu * 1000000.0 + 0.0) // 1.0 / 1000000.0)
+            system.append((cs * 1000000.0 + 0.0) // 1.0 / 1000000.0)
+        else:
+            return _packet(
+                r, names, _timer_fields(layout, hits, values), layout.dictionary,
+                layout.request_tags, _cpu_fields(layout, user, system), False,
+            )  # fmt: skip
     hits = [t.hit_count for t in timers]
     if not (min(hits) > 0 and max(hits) <= UINT32_MAX):
         return None
@@ -531,29 +563,16 @@ def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
 
 
 def _encode_plain(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
-    """A request without timers or nested requests (most requests of most apps), in one go:
-    what _encode_fast and _assemble do for it, without the lists they need for timers."""
+    """A request without timers or nested requests (most requests of most apps): no column to
+    build, and the layout of its request tags alone."""
     tags = r.tags
     if tags:
         layout = _LAYOUTS.get((packed, tuple(_DICT_ITEMS(tags)), ()))  # type: ignore[arg-type]  # TypeError unless a dict
         if layout is None:
             return None
-        dictionary, request_tags = layout.dictionary, layout.request_tags
-    else:  # the layout of no tags and no timers: nothing
-        dictionary = request_tags = b""
-    st, fp, schema = r.status, r.memory_footprint, r.schema
-    if type(st) is not int or not 0 <= st <= UINT32_MAX:
-        st = u32(st, "status")
-    if type(fp) is not int or not 0 <= fp <= UINT32_MAX:
-        fp = u32(fp, "memory_footprint")
-    vs = _VARINTS
-    return b"".join(
-        (names, _head(r), dictionary,
-         b"\x80\x01", SMALL_VARINTS[st] if st < 0x80 else vs.get(st) or _cached_varint(st),
-         b"\x88\x01", SMALL_VARINTS[fp] if fp < 0x80 else vs.get(fp) or _cached_varint(fp),
-         (_SCHEMAS.get(schema) or _schema_field(schema)) if schema else b"",
-         request_tags)
-    )  # fmt: skip
+        return _packet(r, names, b"", layout.dictionary, layout.request_tags, b"", packed)
+    # The layout of no tags and no timers: nothing.
+    return _packet(r, names, b"", b"", b"", b"", packed)
 
 
 def _schema_field(schema: object) -> bytes:
