@@ -552,10 +552,15 @@ class Timer:
         self._stop_at(_perf_counter())
         return self
 
-    def _stop_at(self, end: float) -> None:
+    def _stop_at(self, end: object = None, *_exc: object) -> None:
+        """End the current run at ``end`` (a perf_counter reading), or now if ``end`` is not a
+        float. It is also ``__exit__``, whose exception arguments are not a time: a ``with``
+        block's end costs one call, not two."""
         start = self._start
         if start is None:
             return
+        if type(end) is not float:
+            end = _perf_counter()
         self._start = None
         value = end - start
         self.elapsed_total += value
@@ -602,10 +607,7 @@ class Timer:
         self.runs = 0
 
     __enter__ = start
-
-    def __exit__(self, *exc: object) -> None:
-        if self._start is not None:
-            self._stop_at(_perf_counter())
+    __exit__ = _stop_at
 
     __hash__ = object.__hash__  # by identity: running timers are kept in a set
 

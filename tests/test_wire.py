@@ -4,7 +4,9 @@ properties checked against the official protobuf runtime."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
+import fractions
 import math
 import struct
 from collections.abc import Mapping
@@ -864,3 +866,17 @@ def test_the_pure_decoder_rejects_the_same(
     with pytest.raises(PinbaDecodeError) as info:
         decode(data)
     assert reason in info.value.reason
+
+
+@pytest.mark.parametrize("field", ["request_time", "ru_utime", "ru_stime"])
+def test_request_times_are_written_as_the_careful_path_writes_them(field: str) -> None:
+    """The fast path writes the request's three times as they are when float32 holds them;
+    anything else (negative zero, NaN, tiny, huge, an int, a bool) as the careful path does."""
+    cases: list[object] = [
+        -0.0, 0.0, float("nan"), 1e-45, 1e39, -1.0, 3, True, 0.25, Decimal("0.5"),
+        fractions.Fraction(1, 3),
+    ]  # fmt: skip
+    for value in cases:
+        r = dataclasses.replace(SIMPLE, **{field: value})  # type: ignore[arg-type]
+        careful = _encode._encode_careful(r, _encode._names(r), False)
+        assert encode(r) == careful, value

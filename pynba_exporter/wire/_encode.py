@@ -81,6 +81,7 @@ def _names(r: RequestLike) -> bytes:
 
 
 _HEAD_FLOATS: Final = struct.Struct("<BfBfBf")
+_U32X5: Final = struct.Struct("<5I")
 # schema -> field 19, ready-made ("http", "https": a handful of values).
 _SCHEMAS: dict[str, bytes] = {}
 _STRUCTS: dict[tuple[int, int], struct.Struct] = {}
@@ -423,31 +424,39 @@ def _packet(  # noqa: PLR0917 - internal, every part of a packet in field order
     schema; 20-21 the layout's ``request_tags``; 22-23 ``cpu_fields``. Every request's bytes
     are joined here, in one call."""
     rc, ds, mp = r.request_count, r.document_size, r.memory_peak
-    if type(rc) is not int or not 0 <= rc < 0x80:
-        rc = u32(rc, "request_count")
-    if type(ds) is not int or not 0 <= ds <= UINT32_MAX:
-        ds = u32(ds, "document_size")
-    if type(mp) is not int or not 0 <= mp <= UINT32_MAX:
-        mp = u32(mp, "memory_peak")
-    rt, ru, rs = r.request_time, r.ru_utime, r.ru_stime
-    if not (type(rt) is float and FLT_MIN_NORMAL <= rt <= FLT_MAX):
-        rt = seconds(rt, "request_time")
-    if not (type(ru) is float and FLT_MIN_NORMAL <= ru <= FLT_MAX):
-        ru = seconds(ru, "ru_utime")
-    if not (type(rs) is float and (rs == 0.0 or FLT_MIN_NORMAL <= rs <= FLT_MAX)):
-        rs = seconds(rs, "ru_stime")  # (0.0, the usual system time of a short request, is fine)
     st, fp, schema = r.status, r.memory_footprint, r.schema
-    if type(st) is not int or not 0 <= st <= UINT32_MAX:
-        st = u32(st, "status")
-    if type(fp) is not int or not 0 <= fp <= UINT32_MAX:
-        fp = u32(fp, "memory_footprint")
+    try:
+        # One C call checks the five integers (int, or bool, in 0..2**32-1) instead of five
+        # type and range tests; anything else is made one by u32 as the careful path does.
+        _U32X5.pack(rc, ds, mp, st, fp)
+    except struct.error:
+        rc, ds, mp = u32(rc, "request_count"), u32(ds, "document_size"), u32(mp, "memory_peak")
+        st, fp = u32(st, "status"), u32(fp, "memory_footprint")
+    rt, ru, rs = r.request_time, r.ru_utime, r.ru_stime
+    try:
+        # Numbers float32 holds as normal numbers, or 0.0 (a short request's system time),
+        # written as they are; -0.0 + 0.0 is 0.0, as seconds() makes it.
+        times = (
+            _HEAD_FLOATS.pack(0x3D, rt + 0.0, 0x45, ru + 0.0, 0x4D, rs + 0.0)
+            if (FLT_MIN_NORMAL <= rt <= FLT_MAX or rt == 0.0)
+            and (FLT_MIN_NORMAL <= ru <= FLT_MAX or ru == 0.0)
+            and (FLT_MIN_NORMAL <= rs <= FLT_MAX or rs == 0.0)
+            else None
+        )
+    except TypeError:  # not floats: seconds() converts them, or says what is wrong
+        times = None
+    if times is None:
+        times = _HEAD_FLOATS.pack(
+            0x3D, seconds(rt, "request_time"), 0x45, seconds(ru, "ru_utime"),
+            0x4D, seconds(rs, "ru_stime"),
+        )  # fmt: skip
     vs = _VARINTS
     return b"".join(
         (names,
          b"\x20", SMALL_VARINTS[rc] if rc < 0x80 else varint(rc),
          b"\x28", SMALL_VARINTS[ds] if ds < 0x80 else vs.get(ds) or _cached_varint(ds),
          b"\x30", SMALL_VARINTS[mp] if mp < 0x80 else vs.get(mp) or _cached_varint(mp),
-         _HEAD_FLOATS.pack(0x3D, rt, 0x45, ru, 0x4D, rs),
+         times,
          timer_fields,
          dictionary,
          b"\x80\x01", SMALL_VARINTS[st] if st < 0x80 else vs.get(st) or _cached_varint(st),
