@@ -50,6 +50,11 @@ def _status_code(status: object) -> int:
         return 0
 
 
+# Status lines seen -> their code (bounded: a status line is the app's to make up).
+_STATUS_CODES: dict[str, int] = {}
+_MAX_STATUS_LINES: Final = 256
+
+
 def _server_name(environ: Mapping[str, Any]) -> str:
     """The virtual host asked for (Host header), else the server's name; without the port."""
     host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "unknown"
@@ -312,8 +317,12 @@ class _Body:
 
     def __call__(self, status: str, headers: Any, *exc_info: Any) -> Any:
         """start_response, as the app calls it: the status is the request's."""
-        code = status[:3]
-        self._request.status = int(code) if code.isdigit() else _status_code(status)
+        code = _STATUS_CODES.get(status) if type(status) is str else None
+        if code is None:  # a status line not seen yet (an app uses a handful)
+            code = _status_code(status)
+            if type(status) is str and len(_STATUS_CODES) < _MAX_STATUS_LINES:
+                _STATUS_CODES[status] = code
+        self._request.status = code
         return self._start_response(status, headers, *exc_info)
 
     def done(self) -> None:
@@ -346,7 +355,8 @@ class _Body:
         self._closed = True
         self.__class__ = _Body  # closed: no destructor any more
         try:
-            close = getattr(self.result, "close", None)
+            # A list or tuple (measured up front) has no close(): no failed lookup to pay for.
+            close = None if self._upfront else getattr(self.result, "close", None)
             if close is not None:
                 close()
         finally:
