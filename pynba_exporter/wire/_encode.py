@@ -528,8 +528,9 @@ def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
             # int(v * 1e6) / 1e6 as _seconds_col has it, without a call: for 0 <= x < 2**52,
             # x // 1.0 is exactly trunc(x); the + 0.0 makes -0.0 a 0.0 as int() would.
             values.append((v * 1000000.0 + 0.0) // 1.0 / 1000000.0)
-            user.append((cu * 1000000.0 + 0.0) // 1.0 / 1000000.0)
-            system.append((cs * 1000000.0 + 0.0) // 1.0 / 1000000.0)
+            # (CPU is often zero: timers without it, a short timer's system time)
+            user.append((cu * 1000000.0 + 0.0) // 1.0 / 1000000.0 if cu else 0.0)
+            system.append((cs * 1000000.0 + 0.0) // 1.0 / 1000000.0 if cs else 0.0)
         else:
             return _packet(
                 r, names, _timer_fields(layout, hits, values), layout.dictionary,
