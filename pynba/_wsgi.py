@@ -50,7 +50,8 @@ def _status_code(status: object) -> int:
         return 0
 
 
-# Status lines seen -> their code (bounded: a status line is the app's to make up).
+# Status lines seen -> their code (bounded in number and length: a status line is the app's to
+# make up).
 _STATUS_CODES: dict[str, int] = {}
 _MAX_STATUS_LINES: Final = 256
 
@@ -320,7 +321,7 @@ class _Body:
         code = _STATUS_CODES.get(status) if type(status) is str else None
         if code is None:  # a status line not seen yet (an app uses a handful)
             code = _status_code(status)
-            if type(status) is str and len(_STATUS_CODES) < _MAX_STATUS_LINES:
+            if type(status) is str and len(status) <= 64 and len(_STATUS_CODES) < _MAX_STATUS_LINES:
                 _STATUS_CODES[status] = code
         self._request.status = code
         return self._start_response(status, headers, *exc_info)
