@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -18,6 +18,7 @@ from pynba_exporter.naming import UNMATCHED
 from pynba_exporter.spans import (
     MEASURE,
     RequestSpan,
+    TimerSpec,
     hostname,
 )
 
@@ -36,6 +37,12 @@ ASGI_EVENT_ATTRIBUTE: Final = "asgi.event.type"
 
 #: The clock of span ages (a module name so that tests can move time).
 _now = time.monotonic
+# An enum member read from its class costs a Python-level lookup; a module name does not.
+_CLIENT: Final = SpanKind.CLIENT
+_SERVER: Final = SpanKind.SERVER
+_CONSUMER: Final = SpanKind.CONSUMER
+_INTERNAL: Final = SpanKind.INTERNAL
+_ERROR: Final = StatusCode.ERROR
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +126,7 @@ def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
         operation = str(operation).upper()
     else:
         method = get("http.request.method") or get("http.method")
-        if method and span.kind == SpanKind.CLIENT:
+        if method and span.kind is _CLIENT:
             category, operation = "http", method
         elif get("rpc.system"):
             category = "rpc"
@@ -135,7 +142,7 @@ def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
     server = get("server.address") or get("net.peer.name") or get("net.sock.peer.addr")
     if not server:
         url = get("url.full") or get("http.url")
-        if url and span.kind == SpanKind.CLIENT:
+        if url and span.kind is _CLIENT:
             server = urlsplit(str(url)).hostname
     if server:
         tags["server"] = _without_port(server)
@@ -148,6 +155,97 @@ def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
             if name.startswith(TAG_PREFIX):
                 tags[name[len(TAG_PREFIX) :]] = str(a[name])
     return tags
+
+
+# --------------------------------------------------------------------------------------------
+# Default timer tags, cached by what they are made of
+
+
+#: The attributes the default timer tags read (besides ``pinba.tag.*`` and the URL).
+_TAG_SOURCES: Final = frozenset((
+    "db.system.name", "db.system", "db.operation.name", "db.operation", "http.request.method",
+    "http.method", "rpc.system", "rpc.method", "messaging.system", "messaging.operation.name",
+    "messaging.operation", "server.address", "net.peer.name", "net.sock.peer.addr",
+    "db.namespace", "db.name",
+))  # fmt: skip
+#: Read by the default timer tags for the host of a CLIENT span only: a URL, reduced to what
+#: decides its host (a full URL with its ids would make every span a new cache entry).
+_URL_SOURCES: Final = ("url.full", "http.url")
+
+
+class _Shape:
+    """What spans with one set of attribute names share (CLIENT spans apart: the only kind the
+    tags tell from the others): which of their attribute values decide the default timer tags,
+    and the timer specs already made from them."""
+
+    __slots__ = ("get", "specs", "urls")
+
+    def __init__(self, client: bool, names: tuple[str, ...]) -> None:
+        read = [n for n in names if n in _TAG_SOURCES or n.startswith(TAG_PREFIX)]
+        #: The deciding values as one C call: a value for one name, a tuple for more.
+        self.get: Callable[[Mapping[str, Any]], Any] | None = itemgetter(*read) if read else None
+        self.urls = tuple(n for n in _URL_SOURCES if n in names) if client else ()
+        #: Timer specs by (span name, deciding values), all of them text.
+        self.specs: dict[Any, TimerSpec] = {}
+
+
+# Shapes by (CLIENT or not, attribute names in order), and how many specs they hold in all: a
+# flood of distinct span names or values empties the cache rather than growing it. (Not keyed by
+# the kind itself: an enum member's hash is Python code, an identity test is not.)
+_SHAPES: dict[tuple[bool, tuple[str, ...]], _Shape] = {}
+_CACHED = [0]
+_MAX_CACHED: Final = 4096
+
+
+def _url_key(url: str) -> str:
+    # A URL's host is decided by what precedes its third "/" ("https://host:port" and any
+    # scheme or oddity before it): equal prefixes, equal hosts.
+    return "/".join(url.split("/", 3)[:3])
+
+
+def timer_spec(span: ReadableSpan, a: Mapping[str, Any]) -> TimerSpec:
+    """The timer spec of the default timer tags of a span whose attributes are ``a``.
+
+    Spans of one shape (kind and attribute names) with equal names and equal deciding values
+    have equal tags: the tags are made once, and each span after that costs two dict lookups.
+    Only text values are cached (``1``, ``1.0`` and ``True`` are equal keys with different
+    tags); any other value makes the tags the long way, as do shapes the cache has no room for.
+    """
+    name = span.name
+    client = span.kind is _CLIENT
+    try:
+        shape = _SHAPES.get((client, tuple(a)))
+        if shape is None:
+            shape = _new_shape(client, a)
+        get = shape.get
+        key: Any = (name, get(a)) if get is not None else name
+        if shape.urls:
+            key = (key, *[_url_key(u) if type(u := a.get(n)) is str else u for n in shape.urls])
+        spec = shape.specs.get(key)
+    except TypeError:  # a value that cannot be a key: not cached
+        return TimerSpec.of(_timer_tags(span, a))
+    if spec is None:
+        spec = TimerSpec.of(_timer_tags(span, a))
+        if _textual(key):
+            if _CACHED[0] >= _MAX_CACHED:
+                _SHAPES.clear()
+                _CACHED[0] = 0
+                shape = _new_shape(client, a)
+            shape.specs[key] = spec
+            _CACHED[0] += 1
+    return spec
+
+
+def _new_shape(client: bool, a: Mapping[str, Any]) -> _Shape:
+    names = tuple(a)
+    shape = _SHAPES[(client, names)] = _Shape(client, names)
+    return shape
+
+
+def _textual(key: Any) -> bool:
+    if type(key) is str:
+        return True
+    return type(key) is tuple and all(_textual(k) for k in key)
 
 
 def _fill(
@@ -163,9 +261,10 @@ def _fill(
     over the span's attributes."""
     a = _attributes(span)
     resource = span.resource.attributes if span.resource is not None else {}
-    for name, value in a.items():
-        if name.startswith(REQUEST_TAG_PREFIX):
-            request.tags[name[len(REQUEST_TAG_PREFIX) :]] = value
+    if REQUEST_TAG_PREFIX in "\0".join(a):  # one C-level scan of the names, as for timers
+        for name, value in a.items():
+            if name.startswith(REQUEST_TAG_PREFIX):
+                request.tags[name[len(REQUEST_TAG_PREFIX) :]] = value
     host0, server0, script0, schema0 = initial or (
         request.hostname,
         request.server_name,
@@ -190,9 +289,10 @@ def _fill(
         request.hostname = str(resource.get("host.name") or hostname())
     status = _first(a, "http.response.status_code", "http.status_code")
     if status is not None:
-        with contextlib.suppress(TypeError, ValueError):
-            request.status = int(status)
-    elif span.status.status_code == StatusCode.ERROR:
+        number = _int(status)
+        if number is not None:
+            request.status = number
+    elif span.status.status_code is _ERROR:
         request.status = 500
     scheme = _first(a, "url.scheme", "http.scheme")
     if scheme is not None and request.schema is schema0:
@@ -207,8 +307,17 @@ def _fill(
     if isinstance(size, (list, tuple)):
         size = size[0] if size else None
     if size is not None and request.document_size == MEASURE:
-        with contextlib.suppress(TypeError, ValueError):
-            request.document_size = int(size)
+        number = _int(size)
+        if number is not None:
+            request.document_size = number
+
+
+def _int(value: Any) -> int | None:
+    # Not contextlib.suppress: a context manager object per call, on every request.
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 #: The response's Content-Length as the HTTP server instrumentations capture it
@@ -229,7 +338,7 @@ def _script_name(span: ReadableSpan, a: Mapping[str, Any]) -> str:
         route = str(route)
         return route if route.startswith("/") else f"/{route}"
     method = _first(a, "http.request.method", "http.method")
-    if span.kind == SpanKind.SERVER and method is not None:
+    if span.kind is _SERVER and method is not None:
         status = _first(a, "http.response.status_code", "http.status_code")
         if str(status) in _NO_ROUTE_STATUSES:
             return UNMATCHED
@@ -248,12 +357,20 @@ def _is_request(span: ReadableSpan) -> bool:
     """A local root is a request if it serves (SERVER), consumes (CONSUMER) or is marked:
     ``pinba.script_name``, or an INTERNAL root naming the route it serves (``http.route``: a
     request span made by hand). Never a CLIENT or PRODUCER root: an outgoing call."""
-    if span.kind in (SpanKind.SERVER, SpanKind.CONSUMER):
+    kind = span.kind
+    if kind is _SERVER or kind is _CONSUMER:
         return True
     a = _attributes(span)
-    if any(a.get(name) for name in SCRIPT_NAME_ATTRIBUTES):
+    get = a.get
+    # SCRIPT_NAME_ATTRIBUTES, spelled out: no generator per root.
+    if (
+        get(SCRIPT_NAME_ATTRIBUTE)
+        or get("pinba.scriptname")
+        or get("pynba.script_name")
+        or get("pynba.scriptname")
+    ):
         return True
-    return span.kind == SpanKind.INTERNAL and bool(a.get("http.route"))
+    return kind is _INTERNAL and bool(get("http.route"))
 
 
 def _is_asgi_event(span: ReadableSpan) -> bool:
