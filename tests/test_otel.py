@@ -223,6 +223,78 @@ def test_custom_timer_tags(receiver: UdpReceiver) -> None:
     assert [t.tags for t in receiver.request().timers] == [{"op": "STEP"}]
 
 
+def test_each_timer_has_the_tags_of_its_own_span_whatever_came_before(
+    receiver: UdpReceiver,
+) -> None:
+    # The default tags are cached by span shape; spans of one shape whose deciding values
+    # differ (text or not: 1, 1.0 and True are equal as keys) must never share tags, and the
+    # values that decide nothing (statements, URL paths) must not matter.
+    memory = InMemorySpanExporter()
+    provider, tracer = provider_with(PinbaSpanProcessor(receiver.address))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    client, internal = SpanKind.CLIENT, SpanKind.INTERNAL
+    queries = [
+        {"db.system": "postgresql", "db.operation": op, "server.address": server,
+         "db.statement": f"{op} {server} 42"}
+        for op in ("SELECT", "select", "UPDATE")
+        for server in ("db1", "db2:5432", "[::1]:5432")
+    ]  # fmt: skip
+    urls = ("http://pay.example/charge?id=1", "http://pay.example/refund?id=2",
+            "https://pay.example:8443/x", "http://pay.example.org/x", "http://shop.example/a",
+            "//cdn.example/b", "relative/path", "http:/odd.example/c/d")  # fmt: skip
+    children: list[tuple[str, SpanKind, dict[str, Any]]] = [
+        *[("query", client, attributes) for attributes in queries],
+        *[
+            ("cache", internal, {"pinba.tag.hit": value, "db.statement": "GET"})
+            for value in ("1", 1, 1.0, True, ("a", "b"), "")
+        ],
+        *[
+            ("POST", kind, {"http.method": "POST", "http.url": url})
+            for url in urls
+            for kind in (client, internal)
+        ],
+        ("a", internal, {"x": 1}),
+        ("b", internal, {"x": 1}),
+    ]
+    for order in (children, children[::-1]):  # each spec made by other spans the second time
+        with tracer.start_as_current_span("root", kind=SpanKind.SERVER):
+            for name, kind, attributes in order:
+                with tracer.start_as_current_span(name, kind=kind, attributes=attributes):
+                    pass
+        expected: dict[tuple[tuple[str, str], ...], int] = {}
+        for span in memory.get_finished_spans()[:-1]:  # each child, not the root
+            key = tuple(sorted(default_timer_tags(span).items()))
+            expected[key] = expected.get(key, 0) + 1
+        memory.clear()
+        got = {tuple(sorted(t.tags.items())): t.hit_count for t in receiver.request().timers}
+        assert got == expected
+        assert len(got) == 19  # spans that must not share tags did not
+
+
+def test_a_server_span_whose_remote_parent_is_in_this_process_is_its_own_request(
+    receiver: UdpReceiver,
+) -> None:
+    # An app calling itself over HTTP: the server span's remote parent is a client span of
+    # another request of this process, followed right then; it is a request all the same.
+    _, tracer = provider_with(PinbaSpanProcessor(receiver.address))
+    with (
+        tracer.start_as_current_span("GET /outer", kind=SpanKind.SERVER),
+        tracer.start_as_current_span("GET", kind=SpanKind.CLIENT) as call,
+    ):
+        sent = call.get_span_context()  # what the callee receives in its headers
+        remote = trace.NonRecordingSpan(
+            trace.SpanContext(sent.trace_id, sent.span_id, True, sent.trace_flags)
+        )
+        with tracer.start_as_current_span(
+            "GET /inner", kind=SpanKind.SERVER, context=trace.set_span_in_context(remote)
+        ):
+            pass
+    inner, outer = receiver.request(), receiver.request()
+    assert (inner.script_name, outer.script_name) == ("GET /inner", "GET /outer")
+    assert [t.tags["group"] for t in outer.timers] == ["GET"]
+    assert not inner.timers
+
+
 # --------------------------------------------------------------------------------------------
 # Mixing with the classic API
 

@@ -26,13 +26,14 @@ from pynba_exporter.otel._mapping import (
     _duration,
     _fill,
     _is_request,
-    _timer_tags,
     default_timer_tags,
+    timer_spec,
 )
 from pynba_exporter.otel._shared import _Sender
 from pynba_exporter.spans import (
     CpuSample,
     RequestSpan,
+    TimerSpec,
     cpu_delta,
     current_request,
     hostname,
@@ -44,23 +45,35 @@ from pynba_exporter.spans import (
 # The processor
 
 
-_OWN, _ADOPTED, _TIMER = range(3)
+#: What a followed span is: the root of a request of its own, a SERVER span adopted by a classic
+#: request, a timer measured on its own (CPU, or in a classic request), or a child of an own
+#: request without CPU (all of them share one entry).
+_OWN, _ADOPTED, _TIMER, _CHILD = range(4)
 
 
 class _InFlight:
-    __slots__ = ("born", "cpu0", "initial", "kind", "request", "thread")
+    __slots__ = ("born", "children", "cpu0", "initial", "kind", "request", "thread")
 
-    def __init__(self, kind: int, request: RequestSpan, cpu0: CpuSample | None) -> None:
+    def __init__(
+        self, kind: int, request: RequestSpan, cpu0: CpuSample | None, born: float | None = None
+    ) -> None:
         self.kind = kind
         self.request = request
         self.cpu0 = cpu0
         # The thread matters only for CPU: a span's or its request's own.
         self.thread = threading.get_ident() if cpu0 is not None or kind == _OWN else 0
-        self.born = _shared._now()
+        self.born = _shared._now() if born is None else born
+        #: The entry every span under this one shares, if they can (no CPU of their own, the
+        #: request is ours): a child starts with one dict lookup and one dict insert.
+        self.children: _InFlight | None = None
         if kind == _OWN:
             self.initial = (
                 request.hostname, request.server_name, request.script_name, request.schema
             )  # fmt: skip
+            if not request.timer_rusage:
+                self.children = _InFlight(_CHILD, request, None, self.born)
+        elif kind == _CHILD:
+            self.children = self
 
 
 #: Live processors, for the finder of the current request (see ``CurrentRequest``).
@@ -147,10 +160,25 @@ class PinbaSpanProcessor(SpanProcessor):
         return self._sender.stats()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        sender = self._sender
-        if not sender.enabled or sender.shut_down:
-            return
+        # A child of a request of ours, without CPU: the common case, kept to a few steps.
+        # (Nothing is followed while disabled or shut down, so the lookup finds nothing then.)
         try:
+            parent = span.parent
+            if parent is not None and not parent.is_remote:
+                spans = self._spans
+                owner = spans.get(parent.span_id)
+                if owner is not None:
+                    shared = owner.children
+                    if (
+                        shared is not None
+                        and not shared.request.finished
+                        and len(spans) < self.max_spans
+                    ):
+                        spans[span.get_span_context().span_id] = shared
+                        return
+            sender = self._sender
+            if not sender.enabled or sender.shut_down:
+                return
             self._start(span)
         except Exception as exc:  # never into the app
             errors.log(("otel", "on_start"), f"pynba: span not followed: {exc!r}", exc_info=exc)
@@ -236,7 +264,8 @@ class PinbaSpanProcessor(SpanProcessor):
     def _end(self, span: ReadableSpan, entry: _InFlight) -> None:
         request = entry.request
         sender = self._sender
-        if entry.kind == _TIMER:
+        kind = entry.kind
+        if kind in (_CHILD, _TIMER):
             if request.finished:
                 sender.drop("late")
                 return
@@ -244,7 +273,12 @@ class PinbaSpanProcessor(SpanProcessor):
             if ASGI_EVENT_ATTRIBUTE in a and not sender.asgi_events:
                 return
             tags_of = sender.timer_tags
-            tags = _timer_tags(span, a) if tags_of is default_timer_tags else tags_of(span)
+            # The default tags are made once per span shape (see timer_spec), not per span.
+            spec = (
+                timer_spec(span, a)
+                if tags_of is default_timer_tags
+                else TimerSpec.of(tags_of(span))
+            )
             start, end = span.start_time, span.end_time
             value = (
                 (end - start) / 1e9
@@ -252,12 +286,12 @@ class PinbaSpanProcessor(SpanProcessor):
                 else 0.0
             )
             if entry.cpu0 is None:
-                request.add_timer(tags, value)
+                request.add(spec, value)
                 return
             u = s = 0.0
             if entry.thread == threading.get_ident():
                 u, s = cpu_delta(entry.cpu0, thread_cpu())
-            request.add_timer(tags, value, 1, u, s)
+            request.add(spec, value, 1, u, s)
             return
         if entry.kind == _ADOPTED:
             _fill(request, span, own=False)
