@@ -64,7 +64,8 @@ class _InFlight:
         self.thread = threading.get_ident() if cpu0 is not None or kind == _OWN else 0
         self.born = _shared._now() if born is None else born
         #: The entry every span under this one shares, if they can (no CPU of their own, the
-        #: request is ours): a child starts with one dict lookup and one dict insert.
+        #: request is ours): a child starts with one dict lookup and one dict insert. (A child
+        #: entry does not point at itself: a cycle would leave each request to the GC.)
         self.children: _InFlight | None = None
         if kind == _OWN:
             self.initial = (
@@ -72,8 +73,6 @@ class _InFlight:
             )  # fmt: skip
             if not request.timer_rusage:
                 self.children = _InFlight(_CHILD, request, None, self.born)
-        elif kind == _CHILD:
-            self.children = self
 
 
 #: Live processors, for the finder of the current request (see ``CurrentRequest``).
@@ -132,6 +131,7 @@ class PinbaSpanProcessor(SpanProcessor):
         self.max_spans: int = setting("max_spans", max_spans, int)
         self.max_age: float = setting("max_age", max_age, float)
         self._spans: dict[int, _InFlight] = {}
+        self._default_tags = self._sender.timer_tags is default_timer_tags
         self._evicting = threading.Lock()
         self._starts = 0
         if self._sender.enabled:
@@ -168,7 +168,7 @@ class PinbaSpanProcessor(SpanProcessor):
                 spans = self._spans
                 owner = spans.get(parent.span_id)
                 if owner is not None:
-                    shared = owner.children
+                    shared = owner if owner.kind == _CHILD else owner.children
                     if (
                         shared is not None
                         and not shared.request.finished
@@ -257,6 +257,19 @@ class PinbaSpanProcessor(SpanProcessor):
         if entry is None:
             return
         try:
+            if entry.kind == _CHILD and self._default_tags and not entry.request.finished:
+                # A child of a request of ours, without CPU, with the default tags: the common
+                # case, kept to a few steps (the others are _end's).
+                a = _attributes(span)
+                if ASGI_EVENT_ATTRIBUTE in a and not self._sender.asgi_events:
+                    return
+                start, end = span.start_time, span.end_time
+                entry.request.add(
+                    timer_spec(span, a),
+                    (end - start) / 1e9 if start is not None and end is not None and end > start
+                    else 0.0,
+                )  # fmt: skip
+                return
             self._end(span, entry)
         except Exception as exc:
             errors.log(("otel", "on_end"), f"pynba: span not reported: {exc!r}", exc_info=exc)
