@@ -42,6 +42,7 @@ from pynba_exporter.otel import (
     PinbaSampler,
     PinbaSpanExporter,
     PinbaSpanProcessor,
+    _mapping,
     default_timer_tags,
 )
 from pynba_exporter.spans import current_request, hostname
@@ -269,6 +270,28 @@ def test_each_timer_has_the_tags_of_its_own_span_whatever_came_before(
         got = {tuple(sorted(t.tags.items())): t.hit_count for t in receiver.request().timers}
         assert got == expected
         assert len(got) == 19  # spans that must not share tags did not
+
+
+def test_the_cache_of_default_timer_tags_stays_bounded() -> None:
+    # Span names with ids in them (one shape, ever more keys), then attribute names with ids
+    # in them (ever more shapes): the cache empties itself rather than grow.
+    _, tracer = provider_with(PinbaSpanProcessor(transport=MemoryTransport()))
+    limit = _mapping._MAX_CACHED
+
+    def cached() -> int:
+        shapes = [*_mapping._SHAPES.values(), *_mapping._CLIENT_SHAPES.values()]
+        return len(shapes) + sum(len(shape.specs) for shape in shapes)
+
+    names: list[dict[str, Any]] = [{"db.system": "x"}] * 2 * limit
+    keys: list[dict[str, Any]] = [{f"x{i}": i} for i in range(2 * limit)]
+    for attributes in (names, keys):
+        for i, attribute in enumerate(attributes):
+            with (
+                tracer.start_as_current_span("job", kind=SpanKind.CONSUMER),
+                tracer.start_as_current_span(f"step {i}", attributes=attribute),
+            ):
+                pass
+            assert cached() <= limit
 
 
 def test_a_server_span_whose_remote_parent_is_in_this_process_is_its_own_request(

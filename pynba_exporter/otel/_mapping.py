@@ -60,9 +60,11 @@ def _attributes(span: ReadableSpan) -> Mapping[str, Any]:
     return dict(span.attributes) if span.attributes else {}
 
 
-def _first(attributes: Mapping[str, Any], *names: str) -> Any:
+def _first(attributes: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+    """The first of these attributes that is set and not empty."""
+    get = attributes.get
     for name in names:
-        value = attributes.get(name)
+        value = get(name)
         if value is not None and value != "":
             return value
     return None
@@ -189,10 +191,11 @@ class _Shape:
         self.specs: dict[Any, TimerSpec] = {}
 
 
-# Shapes by (CLIENT or not, attribute names in order), and how many specs they hold in all: a
-# flood of distinct span names or values empties the cache rather than growing it. (Not keyed by
-# the kind itself: an enum member's hash is Python code, an identity test is not.)
-_SHAPES: dict[tuple[bool, tuple[str, ...]], _Shape] = {}
+# Shapes by attribute names in order, CLIENT spans apart (not keyed by the kind itself: an enum
+# member's hash is Python code, an identity test is not). Shapes and specs count alike: a flood
+# of distinct span names, attribute names or values empties the cache rather than growing it.
+_SHAPES: dict[tuple[str, ...], _Shape] = {}
+_CLIENT_SHAPES: dict[tuple[str, ...], _Shape] = {}
 _CACHED = [0]
 _MAX_CACHED: Final = 4096
 
@@ -206,19 +209,19 @@ def _url_key(url: str) -> str:
 def timer_spec(span: ReadableSpan, a: Mapping[str, Any]) -> TimerSpec:
     """The timer spec of the default timer tags of a span whose attributes are ``a``.
 
-    Spans of one shape (kind and attribute names) with equal names and equal deciding values
-    have equal tags: the tags are made once, and each span after that costs two dict lookups.
-    Only text values are cached (``1``, ``1.0`` and ``True`` are equal keys with different
-    tags); any other value makes the tags the long way, as do shapes the cache has no room for.
+    Spans of one shape (CLIENT or not, attribute names) with equal names and equal deciding
+    values have equal tags: the tags are made once, and each span after that costs two dict
+    lookups. Only text values are cached (``1``, ``1.0`` and ``True`` are equal keys with
+    different tags); any other value makes the tags the long way.
     """
-    name = span.name
     client = span.kind is _CLIENT
     try:
-        shape = _SHAPES.get((client, tuple(a)))
+        names = tuple(a)
+        shape = (_CLIENT_SHAPES if client else _SHAPES).get(names)
         if shape is None:
-            shape = _new_shape(client, a)
+            shape = _new_shape(client, names)
         get = shape.get
-        key: Any = (name, get(a)) if get is not None else name
+        key: Any = (span.name, get(a)) if get is not None else span.name
         if shape.urls:
             key = (key, *[_url_key(u) if type(u := a.get(n)) is str else u for n in shape.urls])
         spec = shape.specs.get(key)
@@ -228,17 +231,19 @@ def timer_spec(span: ReadableSpan, a: Mapping[str, Any]) -> TimerSpec:
         spec = TimerSpec.of(_timer_tags(span, a))
         if _textual(key):
             if _CACHED[0] >= _MAX_CACHED:
-                _SHAPES.clear()
-                _CACHED[0] = 0
-                shape = _new_shape(client, a)
+                shape = _new_shape(client, names)  # in a cache emptied first
             shape.specs[key] = spec
             _CACHED[0] += 1
     return spec
 
 
-def _new_shape(client: bool, a: Mapping[str, Any]) -> _Shape:
-    names = tuple(a)
-    shape = _SHAPES[(client, names)] = _Shape(client, names)
+def _new_shape(client: bool, names: tuple[str, ...]) -> _Shape:
+    if _CACHED[0] >= _MAX_CACHED:
+        _SHAPES.clear()
+        _CLIENT_SHAPES.clear()
+        _CACHED[0] = 0
+    shape = (_CLIENT_SHAPES if client else _SHAPES)[names] = _Shape(client, names)
+    _CACHED[0] += 1
     return shape
 
 
@@ -260,7 +265,6 @@ def _fill(
     request was opened with; a name the app has set since (``pynba.scriptname = ...``) wins
     over the span's attributes."""
     a = _attributes(span)
-    resource = span.resource.attributes if span.resource is not None else {}
     if REQUEST_TAG_PREFIX in "\0".join(a):  # one C-level scan of the names, as for timers
         for name, value in a.items():
             if name.startswith(REQUEST_TAG_PREFIX):
@@ -271,39 +275,30 @@ def _fill(
         request.script_name,
         request.schema,
     )
-    override = _first(a, *SCRIPT_NAME_ATTRIBUTES)
+    override = _first(a, SCRIPT_NAME_ATTRIBUTES)
     if override:
         request.script_name = str(override)
     if not own:
         return
     if not override and request.script_name is script0:
         request.script_name = _script_name(span, a)
+    service, host = _resource_names(span)
     if request.server_name is server0:
-        server = _first(a, "server.address", "http.host", "http.server_name")
-        if server is None:
-            service = resource.get("service.name")
-            if service and not str(service).startswith("unknown_service"):
-                server = service
-        request.server_name = _without_port(server) if server is not None else "unknown"
+        server = _first(a, _SERVER_NAMES)
+        request.server_name = _without_port(server) if server is not None else service
     if request.hostname is host0:
-        request.hostname = str(resource.get("host.name") or hostname())
-    status = _first(a, "http.response.status_code", "http.status_code")
+        request.hostname = host
+    status = _first(a, _STATUS_NAMES)
     if status is not None:
         number = _int(status)
         if number is not None:
             request.status = number
     elif span.status.status_code is _ERROR:
         request.status = 500
-    scheme = _first(a, "url.scheme", "http.scheme")
+    scheme = _first(a, _SCHEME_NAMES)
     if scheme is not None and request.schema is schema0:
         request.schema = str(scheme)
-    size = _first(
-        a,
-        "http.response.body.size",
-        "http.response_content_length",
-        "http.response_content_length_uncompressed",
-        CONTENT_LENGTH_ATTRIBUTE,  # the header, when the instrumentation captures it
-    )
+    size = _first(a, _SIZE_NAMES)
     if isinstance(size, (list, tuple)):
         size = size[0] if size else None
     if size is not None and request.document_size == MEASURE:
@@ -324,6 +319,45 @@ def _int(value: Any) -> int | None:
 #: (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE`` includes ``content-length``).
 CONTENT_LENGTH_ATTRIBUTE: Final = "http.response.header.content_length"
 
+# Where each field of a request is read from, in order of preference (new names, then old).
+_SERVER_NAMES: Final = ("server.address", "http.host", "http.server_name")
+_STATUS_NAMES: Final = ("http.response.status_code", "http.status_code")
+_SCHEME_NAMES: Final = ("url.scheme", "http.scheme")
+_SIZE_NAMES: Final = (
+    "http.response.body.size",
+    "http.response_content_length",
+    "http.response_content_length_uncompressed",
+    CONTENT_LENGTH_ATTRIBUTE,  # the header, when the instrumentation captures it
+)
+_METHOD_NAMES: Final = ("http.request.method", "http.method")
+_PATH_NAMES: Final = ("url.path", "http.target", "http.url")
+
+# The last resource seen and what it names: (resource, server name, host name). A provider has
+# one resource, immutable: its names are read once, not per request.
+_last_resource: tuple[object, str, str] = (object(), "", "")
+
+
+def _resource_names(span: ReadableSpan) -> tuple[str, str]:
+    """The server name the span's resource gives (its service without port, unless the SDK's
+    default ``unknown_service...``; else ``unknown``) and the host name (``host.name``, else
+    this machine's)."""
+    global _last_resource
+    resource = span.resource
+    last = _last_resource
+    if last[0] is resource:
+        return last[1], last[2]
+    attributes = resource.attributes if resource is not None else {}
+    service = attributes.get("service.name")
+    server = (
+        _without_port(service)
+        if service and not str(service).startswith("unknown_service")
+        else "unknown"
+    )
+    host = str(attributes.get("host.name") or hostname())
+    _last_resource = (resource, server, host)
+    return server, host
+
+
 #: What frameworks answer a request that matched none of their routes (Flask, Django,
 #: FastAPI/Starlette alike); their instrumentations then record no ``http.route``.
 _NO_ROUTE_STATUSES: Final = frozenset(("404", "405"))
@@ -333,16 +367,16 @@ def _script_name(span: ReadableSpan, a: Mapping[str, Any]) -> str:
     """A request's name with bounded cardinality: the route template with a leading ``/``;
     :data:`UNMATCHED` for an HTTP request without a route answered 404 or 405 (it matched no
     route: a scanner, a typo); the path for apps without a router; else the span name."""
-    route = _first(a, "http.route")
-    if route is not None:
+    route = a.get("http.route")
+    if route is not None and route != "":
         route = str(route)
         return route if route.startswith("/") else f"/{route}"
-    method = _first(a, "http.request.method", "http.method")
+    method = _first(a, _METHOD_NAMES)
     if span.kind is _SERVER and method is not None:
-        status = _first(a, "http.response.status_code", "http.status_code")
+        status = _first(a, _STATUS_NAMES)
         if str(status) in _NO_ROUTE_STATUSES:
             return UNMATCHED
-    path = _first(a, "url.path", "http.target", "http.url")
+    path = _first(a, _PATH_NAMES)
     if path is not None:
         return _path(path)
     # HTTP server spans are named "{method} {target}" (semantic conventions), and the
