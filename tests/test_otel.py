@@ -20,6 +20,7 @@ pytest.importorskip("opentelemetry.sdk")
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation import _semconv
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -37,7 +38,7 @@ from test_classic_wsgi import environ, serve
 
 from pynba import PynbaMiddleware, pynba
 from pynba.util import ScriptMonitor
-from pynba_exporter import MemoryTransport, PinbaRequest
+from pynba_exporter import MemoryTransport, PinbaRequest, UdpTransport
 from pynba_exporter.otel import (
     PinbaSampler,
     PinbaSpanExporter,
@@ -292,6 +293,32 @@ def test_the_cache_of_default_timer_tags_stays_bounded() -> None:
             ):
                 pass
             assert cached() <= limit
+
+
+def test_our_own_sending_is_not_traced_and_the_app_context_is_back_after(
+    receiver: UdpReceiver,
+) -> None:
+    # An instrumented socket library would make a span per packet, and a packet per span.
+    seen: list[tuple[bool, bool]] = []
+
+    class Watched(UdpTransport):
+        def send(self, request: Any) -> bool:
+            current = trace.get_current_span().get_span_context().is_valid
+            seen.append((is_instrumentation_enabled(), current))
+            return super().send(request)
+
+    _, tracer = provider_with(PinbaSpanProcessor(transport=Watched(receiver.address)))
+    for name in ("first", "second"):
+        with (
+            tracer.start_as_current_span(name, kind=SpanKind.SERVER),
+            tracer.start_as_current_span("step"),
+        ):
+            pass
+        assert is_instrumentation_enabled()
+        assert not trace.get_current_span().get_span_context().is_valid
+        r = receiver.request()
+        assert (r.script_name, [t.tags["group"] for t in r.timers]) == (name, ["step"])
+    assert seen == [(False, False), (False, False)]
 
 
 def test_a_server_span_whose_remote_parent_is_in_this_process_is_its_own_request(
