@@ -412,9 +412,10 @@ def _is_asgi_event(span: ReadableSpan) -> bool:
 
 
 def _duration(span: ReadableSpan) -> float:
-    if span.start_time is None or span.end_time is None:
+    start, end = span.start_time, span.end_time  # properties: each read once
+    if start is None or end is None or end <= start:
         return 0.0
-    return max(0, span.end_time - span.start_time) / 1e9
+    return (end - start) / 1e9
 
 
 def _is_local_root(span: ReadableSpan) -> bool:
