@@ -44,6 +44,7 @@ from pynba_exporter.otel import (
     PinbaSpanExporter,
     PinbaSpanProcessor,
     _mapping,
+    _processor,
     default_timer_tags,
 )
 from pynba_exporter.spans import current_request, hostname
@@ -271,6 +272,31 @@ def test_each_timer_has_the_tags_of_its_own_span_whatever_came_before(
         got = {tuple(sorted(t.tags.items())): t.hit_count for t in receiver.request().timers}
         assert got == expected
         assert len(got) == 19  # spans that must not share tags did not
+
+
+@pytest.mark.expect_pynba_errors  # the late span
+@pytest.mark.parametrize("direct", [True, False])
+def test_spans_read_directly_or_through_the_sdk_properties_make_the_same_packets(
+    receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    # The processor reads span fields directly only where the SDK keeps them (checked at
+    # import); otherwise through the public properties. Both ways give the same packets.
+    monkeypatch.setattr(_processor, "DIRECT", direct and _mapping.DIRECT)
+    processor = PinbaSpanProcessor(receiver.address)
+    _, tracer = provider_with(processor)
+    with tracer.start_as_current_span("GET /a", kind=SpanKind.SERVER) as root:
+        db_query(tracer)
+        with tracer.start_as_current_span("step"), tracer.start_as_current_span("inner"):
+            pass
+        late = tracer.start_span("late", context=trace.set_span_in_context(root))
+    late.end()
+    r = receiver.request()
+    assert r.script_name == "GET /a"
+    assert sorted((t.tags["group"], t.hit_count) for t in r.timers) == [
+        ("db::SELECT", 1), ("inner", 1), ("step", 1),
+    ]  # fmt: skip
+    assert processor.stats()["late"] == 1
+    assert processor._spans == {}
 
 
 def test_the_cache_of_default_timer_tags_stays_bounded() -> None:

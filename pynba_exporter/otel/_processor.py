@@ -21,6 +21,7 @@ from pynba_exporter.log import errors
 from pynba_exporter.otel import _shared
 from pynba_exporter.otel._mapping import (
     ASGI_EVENT_ATTRIBUTE,
+    DIRECT,
     TimerTags,
     _attributes,
     _duration,
@@ -163,18 +164,22 @@ class PinbaSpanProcessor(SpanProcessor):
         # A child of a request of ours, without CPU: the common case, kept to a few steps.
         # (Nothing is followed while disabled or shut down, so the lookup finds nothing then.)
         try:
-            parent = span.parent
-            if parent is not None and not parent.is_remote:
+            # Read directly: span._parent, span._context and their span ids ([1]) and remote
+            # flags ([2]), where the SDK keeps them (checked once, see DIRECT).
+            parent = span._parent if DIRECT else None
+            if parent is not None and not parent[2]:
                 spans = self._spans
-                owner = spans.get(parent.span_id)
+                owner = spans.get(parent[1])
                 if owner is not None:
                     shared = owner if owner.kind == _CHILD else owner.children
+                    context = span._context
                     if (
                         shared is not None
+                        and context is not None
                         and not shared.request.finished
                         and len(spans) < self.max_spans
                     ):
-                        spans[span.get_span_context().span_id] = shared
+                        spans[context[1]] = shared
                         return
             sender = self._sender
             if not sender.enabled or sender.shut_down:
@@ -253,7 +258,11 @@ class PinbaSpanProcessor(SpanProcessor):
         spans[context.span_id] = _InFlight(_TIMER, request, cpu0)
 
     def on_end(self, span: ReadableSpan) -> None:
-        entry = self._spans.pop(span.context.span_id, None) if span.context else None
+        if not DIRECT:
+            self._end_public(span)
+            return
+        context = span._context  # read directly (see on_start)
+        entry = self._spans.pop(context[1], None) if context is not None else None
         if entry is None:
             return
         try:
@@ -263,13 +272,23 @@ class PinbaSpanProcessor(SpanProcessor):
                 a = _attributes(span)
                 if ASGI_EVENT_ATTRIBUTE in a and not self._sender.asgi_events:
                     return
-                start, end = span.start_time, span.end_time
+                start, end = span._start_time, span._end_time
                 entry.request.add(
-                    timer_spec(span, a),
+                    timer_spec(span, a, span._name, span._kind),
                     (end - start) / 1e9 if start is not None and end is not None and end > start
                     else 0.0,
                 )  # fmt: skip
                 return
+            self._end(span, entry)
+        except Exception as exc:
+            errors.log(("otel", "on_end"), f"pynba: span not reported: {exc!r}", exc_info=exc)
+
+    def _end_public(self, span: ReadableSpan) -> None:
+        """on_end through the SDK's public properties only (an SDK laid out otherwise)."""
+        entry = self._spans.pop(span.context.span_id, None) if span.context else None
+        if entry is None:
+            return
+        try:
             self._end(span, entry)
         except Exception as exc:
             errors.log(("otel", "on_end"), f"pynba: span not reported: {exc!r}", exc_info=exc)
@@ -288,7 +307,7 @@ class PinbaSpanProcessor(SpanProcessor):
             tags_of = sender.timer_tags
             # The default tags are made once per span shape (see timer_spec), not per span.
             spec = (
-                timer_spec(span, a)
+                timer_spec(span, a, span.name, span.kind)
                 if tags_of is default_timer_tags
                 else TimerSpec.of(tags_of(span))
             )
