@@ -20,6 +20,7 @@ pytest.importorskip("opentelemetry.sdk")
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation import _semconv
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -37,11 +38,13 @@ from test_classic_wsgi import environ, serve
 
 from pynba import PynbaMiddleware, pynba
 from pynba.util import ScriptMonitor
-from pynba_exporter import MemoryTransport, PinbaRequest
+from pynba_exporter import MemoryTransport, PinbaRequest, UdpTransport
 from pynba_exporter.otel import (
     PinbaSampler,
     PinbaSpanExporter,
     PinbaSpanProcessor,
+    _mapping,
+    _processor,
     default_timer_tags,
 )
 from pynba_exporter.spans import current_request, hostname
@@ -221,6 +224,151 @@ def test_custom_timer_tags(receiver: UdpReceiver) -> None:
     ):
         pass
     assert [t.tags for t in receiver.request().timers] == [{"op": "STEP"}]
+
+
+def test_each_timer_has_the_tags_of_its_own_span_whatever_came_before(
+    receiver: UdpReceiver,
+) -> None:
+    # The default tags are cached by span shape; spans of one shape whose deciding values
+    # differ (text or not: 1, 1.0 and True are equal as keys) must never share tags, and the
+    # values that decide nothing (statements, URL paths) must not matter.
+    memory = InMemorySpanExporter()
+    provider, tracer = provider_with(PinbaSpanProcessor(receiver.address))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    client, internal = SpanKind.CLIENT, SpanKind.INTERNAL
+    queries = [
+        {"db.system": "postgresql", "db.operation": op, "server.address": server,
+         "db.statement": f"{op} {server} 42"}
+        for op in ("SELECT", "select", "UPDATE")
+        for server in ("db1", "db2:5432", "[::1]:5432")
+    ]  # fmt: skip
+    urls = ("http://pay.example/charge?id=1", "http://pay.example/refund?id=2",
+            "https://pay.example:8443/x", "http://pay.example.org/x", "http://shop.example/a",
+            "//cdn.example/b", "relative/path", "http:/odd.example/c/d")  # fmt: skip
+    children: list[tuple[str, SpanKind, dict[str, Any]]] = [
+        *[("query", client, attributes) for attributes in queries],
+        *[
+            ("cache", internal, {"pinba.tag.hit": value, "db.statement": "GET"})
+            for value in ("1", 1, 1.0, True, ("a", "b"), "")
+        ],
+        *[
+            ("POST", kind, {"http.method": "POST", "http.url": url})
+            for url in urls
+            for kind in (client, internal)
+        ],
+        ("a", internal, {"x": 1}),
+        ("b", internal, {"x": 1}),
+    ]
+    for order in (children, children[::-1]):  # each spec made by other spans the second time
+        with tracer.start_as_current_span("root", kind=SpanKind.SERVER):
+            for name, kind, attributes in order:
+                with tracer.start_as_current_span(name, kind=kind, attributes=attributes):
+                    pass
+        expected: dict[tuple[tuple[str, str], ...], int] = {}
+        for span in memory.get_finished_spans()[:-1]:  # each child, not the root
+            key = tuple(sorted(default_timer_tags(span).items()))
+            expected[key] = expected.get(key, 0) + 1
+        memory.clear()
+        got = {tuple(sorted(t.tags.items())): t.hit_count for t in receiver.request().timers}
+        assert got == expected
+        assert len(got) == 19  # spans that must not share tags did not
+
+
+@pytest.mark.expect_pynba_errors  # the late span
+@pytest.mark.parametrize("direct", [True, False])
+def test_spans_read_directly_or_through_the_sdk_properties_make_the_same_packets(
+    receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    # The processor reads span fields directly only where the SDK keeps them (checked at
+    # import); otherwise through the public properties. Both ways give the same packets.
+    monkeypatch.setattr(_processor, "DIRECT", direct and _mapping.DIRECT)
+    processor = PinbaSpanProcessor(receiver.address)
+    _, tracer = provider_with(processor)
+    with tracer.start_as_current_span("GET /a", kind=SpanKind.SERVER) as root:
+        db_query(tracer)
+        with tracer.start_as_current_span("step"), tracer.start_as_current_span("inner"):
+            pass
+        late = tracer.start_span("late", context=trace.set_span_in_context(root))
+    late.end()
+    r = receiver.request()
+    assert r.script_name == "GET /a"
+    assert sorted((t.tags["group"], t.hit_count) for t in r.timers) == [
+        ("db::SELECT", 1), ("inner", 1), ("step", 1),
+    ]  # fmt: skip
+    assert processor.stats()["late"] == 1
+    assert processor._spans == {}
+
+
+def test_the_cache_of_default_timer_tags_stays_bounded() -> None:
+    # Span names with ids in them (one shape, ever more keys), then attribute names with ids
+    # in them (ever more shapes): the cache empties itself rather than grow.
+    _, tracer = provider_with(PinbaSpanProcessor(transport=MemoryTransport()))
+    limit = _mapping._MAX_CACHED
+
+    def cached() -> int:
+        shapes = [*_mapping._SHAPES.values(), *_mapping._CLIENT_SHAPES.values()]
+        return len(shapes) + sum(len(shape.specs) for shape in shapes)
+
+    names: list[dict[str, Any]] = [{"db.system": "x"}] * 2 * limit
+    keys: list[dict[str, Any]] = [{f"x{i}": i} for i in range(2 * limit)]
+    for attributes in (names, keys):
+        for i, attribute in enumerate(attributes):
+            with (
+                tracer.start_as_current_span("job", kind=SpanKind.CONSUMER),
+                tracer.start_as_current_span(f"step {i}", attributes=attribute),
+            ):
+                pass
+            assert cached() <= limit
+
+
+def test_our_own_sending_is_not_traced_and_the_app_context_is_back_after(
+    receiver: UdpReceiver,
+) -> None:
+    # An instrumented socket library would make a span per packet, and a packet per span.
+    seen: list[tuple[bool, bool]] = []
+
+    class Watched(UdpTransport):
+        def send(self, request: Any) -> bool:
+            current = trace.get_current_span().get_span_context().is_valid
+            seen.append((is_instrumentation_enabled(), current))
+            return super().send(request)
+
+    _, tracer = provider_with(PinbaSpanProcessor(transport=Watched(receiver.address)))
+    for name in ("first", "second"):
+        with (
+            tracer.start_as_current_span(name, kind=SpanKind.SERVER),
+            tracer.start_as_current_span("step"),
+        ):
+            pass
+        assert is_instrumentation_enabled()
+        assert not trace.get_current_span().get_span_context().is_valid
+        r = receiver.request()
+        assert (r.script_name, [t.tags["group"] for t in r.timers]) == (name, ["step"])
+    assert seen == [(False, False), (False, False)]
+
+
+def test_a_server_span_whose_remote_parent_is_in_this_process_is_its_own_request(
+    receiver: UdpReceiver,
+) -> None:
+    # An app calling itself over HTTP: the server span's remote parent is a client span of
+    # another request of this process, followed right then; it is a request all the same.
+    _, tracer = provider_with(PinbaSpanProcessor(receiver.address))
+    with (
+        tracer.start_as_current_span("GET /outer", kind=SpanKind.SERVER),
+        tracer.start_as_current_span("GET", kind=SpanKind.CLIENT) as call,
+    ):
+        sent = call.get_span_context()  # what the callee receives in its headers
+        remote = trace.NonRecordingSpan(
+            trace.SpanContext(sent.trace_id, sent.span_id, True, sent.trace_flags)
+        )
+        with tracer.start_as_current_span(
+            "GET /inner", kind=SpanKind.SERVER, context=trace.set_span_in_context(remote)
+        ):
+            pass
+    inner, outer = receiver.request(), receiver.request()
+    assert (inner.script_name, outer.script_name) == ("GET /inner", "GET /outer")
+    assert [t.tags["group"] for t in outer.timers] == ["GET"]
+    assert not inner.timers
 
 
 # --------------------------------------------------------------------------------------------

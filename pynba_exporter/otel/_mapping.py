@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, Span
 from opentelemetry.trace import (
+    SpanContext,
     SpanKind,
     StatusCode,
 )
@@ -18,6 +19,7 @@ from pynba_exporter.naming import UNMATCHED
 from pynba_exporter.spans import (
     MEASURE,
     RequestSpan,
+    TimerSpec,
     hostname,
 )
 
@@ -36,6 +38,46 @@ ASGI_EVENT_ATTRIBUTE: Final = "asgi.event.type"
 
 #: The clock of span ages (a module name so that tests can move time).
 _now = time.monotonic
+# An enum member read from its class costs a Python-level lookup; a module name does not.
+_CLIENT: Final = SpanKind.CLIENT
+_SERVER: Final = SpanKind.SERVER
+_CONSUMER: Final = SpanKind.CONSUMER
+_INTERNAL: Final = SpanKind.INTERNAL
+_ERROR: Final = StatusCode.ERROR
+
+
+# --------------------------------------------------------------------------------------------
+# Reading spans directly
+
+
+def _sdk_keeps_what_we_read_where_we_read_it() -> bool:
+    """True if this SDK's spans keep their context, parent, name, kind and times in the
+    attributes the public properties read, and span contexts are the tuples they have always
+    been. The properties are Python functions, a few per span on the SDK's own path; read
+    directly, a child span costs the processor a third less. Another layout: the properties."""
+    try:
+        context = SpanContext(1, 2, True)
+        parent = SpanContext(1, 3, False)
+        probe = ReadableSpan(
+            name="probe", context=context, parent=parent, kind=SpanKind.CLIENT, start_time=5,
+            end_time=7,
+        )  # fmt: skip
+        return (
+            issubclass(Span, ReadableSpan)
+            and isinstance(context, tuple)
+            and (context[1], context[2], parent[1], parent[2]) == (2, True, 3, False)
+            and probe._context is context
+            and probe._parent is parent
+            and probe._name == "probe"
+            and probe._kind is SpanKind.CLIENT
+            and (probe._start_time, probe._end_time) == (5, 7)
+        )
+    except Exception:  # anything unexpected: the public way
+        return False
+
+
+#: Whether the processor may read spans directly (see above).
+DIRECT: Final = _sdk_keeps_what_we_read_where_we_read_it()
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,9 +95,11 @@ def _attributes(span: ReadableSpan) -> Mapping[str, Any]:
     return dict(span.attributes) if span.attributes else {}
 
 
-def _first(attributes: Mapping[str, Any], *names: str) -> Any:
+def _first(attributes: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+    """The first of these attributes that is set and not empty."""
+    get = attributes.get
     for name in names:
-        value = attributes.get(name)
+        value = get(name)
         if value is not None and value != "":
             return value
     return None
@@ -119,7 +163,7 @@ def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
         operation = str(operation).upper()
     else:
         method = get("http.request.method") or get("http.method")
-        if method and span.kind == SpanKind.CLIENT:
+        if method and span.kind is _CLIENT:
             category, operation = "http", method
         elif get("rpc.system"):
             category = "rpc"
@@ -135,7 +179,7 @@ def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
     server = get("server.address") or get("net.peer.name") or get("net.sock.peer.addr")
     if not server:
         url = get("url.full") or get("http.url")
-        if url and span.kind == SpanKind.CLIENT:
+        if url and span.kind is _CLIENT:
             server = urlsplit(str(url)).hostname
     if server:
         tags["server"] = _without_port(server)
@@ -150,6 +194,101 @@ def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
     return tags
 
 
+# --------------------------------------------------------------------------------------------
+# Default timer tags, cached by what they are made of
+
+
+#: The attributes the default timer tags read (besides ``pinba.tag.*`` and the URL).
+_TAG_SOURCES: Final = frozenset((
+    "db.system.name", "db.system", "db.operation.name", "db.operation", "http.request.method",
+    "http.method", "rpc.system", "rpc.method", "messaging.system", "messaging.operation.name",
+    "messaging.operation", "server.address", "net.peer.name", "net.sock.peer.addr",
+    "db.namespace", "db.name",
+))  # fmt: skip
+#: Read by the default timer tags for the host of a CLIENT span only: a URL, reduced to what
+#: decides its host (a full URL with its ids would make every span a new cache entry).
+_URL_SOURCES: Final = ("url.full", "http.url")
+
+
+class _Shape:
+    """What spans with one set of attribute names share (CLIENT spans apart: the only kind the
+    tags tell from the others): which of their attribute values decide the default timer tags,
+    and the timer specs already made from them."""
+
+    __slots__ = ("get", "specs", "urls")
+
+    def __init__(self, client: bool, names: tuple[str, ...]) -> None:
+        read = [n for n in names if n in _TAG_SOURCES or n.startswith(TAG_PREFIX)]
+        #: The deciding values as one C call: a value for one name, a tuple for more.
+        self.get: Callable[[Mapping[str, Any]], Any] | None = itemgetter(*read) if read else None
+        self.urls = tuple(n for n in _URL_SOURCES if n in names) if client else ()
+        #: Timer specs by (span name, deciding values), all of them text.
+        self.specs: dict[Any, TimerSpec] = {}
+
+
+# Shapes by attribute names in order, CLIENT spans apart (not keyed by the kind itself: an enum
+# member's hash is Python code, an identity test is not). Shapes and specs count alike: a flood
+# of distinct span names, attribute names or values empties the cache rather than growing it.
+_SHAPES: dict[tuple[str, ...], _Shape] = {}
+_CLIENT_SHAPES: dict[tuple[str, ...], _Shape] = {}
+_CACHED = [0]
+_MAX_CACHED: Final = 4096
+
+
+def _url_key(url: str) -> str:
+    # A URL's host is decided by what precedes its third "/" ("https://host:port" and any
+    # scheme or oddity before it): equal prefixes, equal hosts.
+    return "/".join(url.split("/", 3)[:3])
+
+
+def timer_spec(span: ReadableSpan, a: Mapping[str, Any], name: str, kind: SpanKind) -> TimerSpec:
+    """The timer spec of the default timer tags of a span whose attributes, name and kind are
+    ``a``, ``name`` and ``kind`` (read by the caller, directly where it can).
+
+    Spans of one shape (CLIENT or not, attribute names) with equal names and equal deciding
+    values have equal tags: the tags are made once, and each span after that costs two dict
+    lookups. Only text values are cached (``1``, ``1.0`` and ``True`` are equal keys with
+    different tags); any other value makes the tags the long way.
+    """
+    client = kind is _CLIENT
+    try:
+        names = tuple(a)
+        shape = (_CLIENT_SHAPES if client else _SHAPES).get(names)
+        if shape is None:
+            shape = _new_shape(client, names)
+        get = shape.get
+        key: Any = (name, get(a)) if get is not None else name
+        if shape.urls:
+            key = (key, *[_url_key(u) if type(u := a.get(n)) is str else u for n in shape.urls])
+        spec = shape.specs.get(key)
+    except TypeError:  # a value that cannot be a key: not cached
+        return TimerSpec.of(_timer_tags(span, a))
+    if spec is None:
+        spec = TimerSpec.of(_timer_tags(span, a))
+        if _textual(key):
+            if _CACHED[0] >= _MAX_CACHED:
+                shape = _new_shape(client, names)  # in a cache emptied first
+            shape.specs[key] = spec
+            _CACHED[0] += 1
+    return spec
+
+
+def _new_shape(client: bool, names: tuple[str, ...]) -> _Shape:
+    if _CACHED[0] >= _MAX_CACHED:
+        _SHAPES.clear()
+        _CLIENT_SHAPES.clear()
+        _CACHED[0] = 0
+    shape = (_CLIENT_SHAPES if client else _SHAPES)[names] = _Shape(client, names)
+    _CACHED[0] += 1
+    return shape
+
+
+def _textual(key: Any) -> bool:
+    if type(key) is str:
+        return True
+    return type(key) is tuple and all(_textual(k) for k in key)
+
+
 def _fill(
     request: RequestSpan,
     span: ReadableSpan,
@@ -162,58 +301,98 @@ def _fill(
     request was opened with; a name the app has set since (``pynba.scriptname = ...``) wins
     over the span's attributes."""
     a = _attributes(span)
-    resource = span.resource.attributes if span.resource is not None else {}
-    for name, value in a.items():
-        if name.startswith(REQUEST_TAG_PREFIX):
-            request.tags[name[len(REQUEST_TAG_PREFIX) :]] = value
+    if REQUEST_TAG_PREFIX in "\0".join(a):  # one C-level scan of the names, as for timers
+        for name, value in a.items():
+            if name.startswith(REQUEST_TAG_PREFIX):
+                request.tags[name[len(REQUEST_TAG_PREFIX) :]] = value
     host0, server0, script0, schema0 = initial or (
         request.hostname,
         request.server_name,
         request.script_name,
         request.schema,
     )
-    override = _first(a, *SCRIPT_NAME_ATTRIBUTES)
+    override = _first(a, SCRIPT_NAME_ATTRIBUTES)
     if override:
         request.script_name = str(override)
     if not own:
         return
     if not override and request.script_name is script0:
         request.script_name = _script_name(span, a)
+    service, host = _resource_names(span)
     if request.server_name is server0:
-        server = _first(a, "server.address", "http.host", "http.server_name")
-        if server is None:
-            service = resource.get("service.name")
-            if service and not str(service).startswith("unknown_service"):
-                server = service
-        request.server_name = _without_port(server) if server is not None else "unknown"
+        server = _first(a, _SERVER_NAMES)
+        request.server_name = _without_port(server) if server is not None else service
     if request.hostname is host0:
-        request.hostname = str(resource.get("host.name") or hostname())
-    status = _first(a, "http.response.status_code", "http.status_code")
+        request.hostname = host
+    status = _first(a, _STATUS_NAMES)
     if status is not None:
-        with contextlib.suppress(TypeError, ValueError):
-            request.status = int(status)
-    elif span.status.status_code == StatusCode.ERROR:
+        number = _int(status)
+        if number is not None:
+            request.status = number
+    elif span.status.status_code is _ERROR:
         request.status = 500
-    scheme = _first(a, "url.scheme", "http.scheme")
+    scheme = _first(a, _SCHEME_NAMES)
     if scheme is not None and request.schema is schema0:
         request.schema = str(scheme)
-    size = _first(
-        a,
-        "http.response.body.size",
-        "http.response_content_length",
-        "http.response_content_length_uncompressed",
-        CONTENT_LENGTH_ATTRIBUTE,  # the header, when the instrumentation captures it
-    )
+    size = _first(a, _SIZE_NAMES)
     if isinstance(size, (list, tuple)):
         size = size[0] if size else None
     if size is not None and request.document_size == MEASURE:
-        with contextlib.suppress(TypeError, ValueError):
-            request.document_size = int(size)
+        number = _int(size)
+        if number is not None:
+            request.document_size = number
+
+
+def _int(value: Any) -> int | None:
+    # Not contextlib.suppress: a context manager object per call, on every request.
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 #: The response's Content-Length as the HTTP server instrumentations capture it
 #: (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE`` includes ``content-length``).
 CONTENT_LENGTH_ATTRIBUTE: Final = "http.response.header.content_length"
+
+# Where each field of a request is read from, in order of preference (new names, then old).
+_SERVER_NAMES: Final = ("server.address", "http.host", "http.server_name")
+_STATUS_NAMES: Final = ("http.response.status_code", "http.status_code")
+_SCHEME_NAMES: Final = ("url.scheme", "http.scheme")
+_SIZE_NAMES: Final = (
+    "http.response.body.size",
+    "http.response_content_length",
+    "http.response_content_length_uncompressed",
+    CONTENT_LENGTH_ATTRIBUTE,  # the header, when the instrumentation captures it
+)
+_METHOD_NAMES: Final = ("http.request.method", "http.method")
+_PATH_NAMES: Final = ("url.path", "http.target", "http.url")
+
+# The last resource seen and what it names: (resource, server name, host name). A provider has
+# one resource, immutable: its names are read once, not per request.
+_last_resource: tuple[object, str, str] = (object(), "", "")
+
+
+def _resource_names(span: ReadableSpan) -> tuple[str, str]:
+    """The server name the span's resource gives (its service without port, unless the SDK's
+    default ``unknown_service...``; else ``unknown``) and the host name (``host.name``, else
+    this machine's)."""
+    global _last_resource
+    resource = span.resource
+    last = _last_resource
+    if last[0] is resource:
+        return last[1], last[2]
+    attributes = resource.attributes if resource is not None else {}
+    service = attributes.get("service.name")
+    server = (
+        _without_port(service)
+        if service and not str(service).startswith("unknown_service")
+        else "unknown"
+    )
+    host = str(attributes.get("host.name") or hostname())
+    _last_resource = (resource, server, host)
+    return server, host
+
 
 #: What frameworks answer a request that matched none of their routes (Flask, Django,
 #: FastAPI/Starlette alike); their instrumentations then record no ``http.route``.
@@ -224,16 +403,16 @@ def _script_name(span: ReadableSpan, a: Mapping[str, Any]) -> str:
     """A request's name with bounded cardinality: the route template with a leading ``/``;
     :data:`UNMATCHED` for an HTTP request without a route answered 404 or 405 (it matched no
     route: a scanner, a typo); the path for apps without a router; else the span name."""
-    route = _first(a, "http.route")
-    if route is not None:
+    route = a.get("http.route")
+    if route is not None and route != "":
         route = str(route)
         return route if route.startswith("/") else f"/{route}"
-    method = _first(a, "http.request.method", "http.method")
-    if span.kind == SpanKind.SERVER and method is not None:
-        status = _first(a, "http.response.status_code", "http.status_code")
+    method = _first(a, _METHOD_NAMES)
+    if span.kind is _SERVER and method is not None:
+        status = _first(a, _STATUS_NAMES)
         if str(status) in _NO_ROUTE_STATUSES:
             return UNMATCHED
-    path = _first(a, "url.path", "http.target", "http.url")
+    path = _first(a, _PATH_NAMES)
     if path is not None:
         return _path(path)
     # HTTP server spans are named "{method} {target}" (semantic conventions), and the
@@ -248,12 +427,20 @@ def _is_request(span: ReadableSpan) -> bool:
     """A local root is a request if it serves (SERVER), consumes (CONSUMER) or is marked:
     ``pinba.script_name``, or an INTERNAL root naming the route it serves (``http.route``: a
     request span made by hand). Never a CLIENT or PRODUCER root: an outgoing call."""
-    if span.kind in (SpanKind.SERVER, SpanKind.CONSUMER):
+    kind = span.kind
+    if kind is _SERVER or kind is _CONSUMER:
         return True
     a = _attributes(span)
-    if any(a.get(name) for name in SCRIPT_NAME_ATTRIBUTES):
+    get = a.get
+    # SCRIPT_NAME_ATTRIBUTES, spelled out: no generator per root.
+    if (
+        get(SCRIPT_NAME_ATTRIBUTE)
+        or get("pinba.scriptname")
+        or get("pynba.script_name")
+        or get("pynba.scriptname")
+    ):
         return True
-    return span.kind == SpanKind.INTERNAL and bool(a.get("http.route"))
+    return kind is _INTERNAL and bool(get("http.route"))
 
 
 def _is_asgi_event(span: ReadableSpan) -> bool:
@@ -261,9 +448,10 @@ def _is_asgi_event(span: ReadableSpan) -> bool:
 
 
 def _duration(span: ReadableSpan) -> float:
-    if span.start_time is None or span.end_time is None:
+    start, end = span.start_time, span.end_time  # properties: each read once
+    if start is None or end is None or end <= start:
         return 0.0
-    return max(0, span.end_time - span.start_time) / 1e9
+    return (end - start) / 1e9
 
 
 def _is_local_root(span: ReadableSpan) -> bool:

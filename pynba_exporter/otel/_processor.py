@@ -21,18 +21,20 @@ from pynba_exporter.log import errors
 from pynba_exporter.otel import _shared
 from pynba_exporter.otel._mapping import (
     ASGI_EVENT_ATTRIBUTE,
+    DIRECT,
     TimerTags,
     _attributes,
     _duration,
     _fill,
     _is_request,
-    _timer_tags,
     default_timer_tags,
+    timer_spec,
 )
 from pynba_exporter.otel._shared import _Sender
 from pynba_exporter.spans import (
     CpuSample,
     RequestSpan,
+    TimerSpec,
     cpu_delta,
     current_request,
     hostname,
@@ -44,23 +46,34 @@ from pynba_exporter.spans import (
 # The processor
 
 
-_OWN, _ADOPTED, _TIMER = range(3)
+#: What a followed span is: the root of a request of its own, a SERVER span adopted by a classic
+#: request, a timer measured on its own (CPU, or in a classic request), or a child of an own
+#: request without CPU (all of them share one entry).
+_OWN, _ADOPTED, _TIMER, _CHILD = range(4)
 
 
 class _InFlight:
-    __slots__ = ("born", "cpu0", "initial", "kind", "request", "thread")
+    __slots__ = ("born", "children", "cpu0", "initial", "kind", "request", "thread")
 
-    def __init__(self, kind: int, request: RequestSpan, cpu0: CpuSample | None) -> None:
+    def __init__(
+        self, kind: int, request: RequestSpan, cpu0: CpuSample | None, born: float | None = None
+    ) -> None:
         self.kind = kind
         self.request = request
         self.cpu0 = cpu0
         # The thread matters only for CPU: a span's or its request's own.
         self.thread = threading.get_ident() if cpu0 is not None or kind == _OWN else 0
-        self.born = _shared._now()
+        self.born = _shared._now() if born is None else born
+        #: The entry every span under this one shares, if they can (no CPU of their own, the
+        #: request is ours): a child starts with one dict lookup and one dict insert. (A child
+        #: entry does not point at itself: a cycle would leave each request to the GC.)
+        self.children: _InFlight | None = None
         if kind == _OWN:
             self.initial = (
                 request.hostname, request.server_name, request.script_name, request.schema
             )  # fmt: skip
+            if not request.timer_rusage:
+                self.children = _InFlight(_CHILD, request, None, self.born)
 
 
 #: Live processors, for the finder of the current request (see ``CurrentRequest``).
@@ -119,6 +132,7 @@ class PinbaSpanProcessor(SpanProcessor):
         self.max_spans: int = setting("max_spans", max_spans, int)
         self.max_age: float = setting("max_age", max_age, float)
         self._spans: dict[int, _InFlight] = {}
+        self._default_tags = self._sender.timer_tags is default_timer_tags
         self._evicting = threading.Lock()
         self._starts = 0
         if self._sender.enabled:
@@ -147,10 +161,29 @@ class PinbaSpanProcessor(SpanProcessor):
         return self._sender.stats()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        sender = self._sender
-        if not sender.enabled or sender.shut_down:
-            return
+        # A child of a request of ours, without CPU: the common case, kept to a few steps.
+        # (Nothing is followed while disabled or shut down, so the lookup finds nothing then.)
         try:
+            # Read directly: span._parent, span._context and their span ids ([1]) and remote
+            # flags ([2]), where the SDK keeps them (checked once, see DIRECT).
+            parent = span._parent if DIRECT else None
+            if parent is not None and not parent[2]:
+                spans = self._spans
+                owner = spans.get(parent[1])
+                if owner is not None:
+                    shared = owner if owner.kind == _CHILD else owner.children
+                    context = span._context
+                    if (
+                        shared is not None
+                        and context is not None
+                        and not shared.request.finished
+                        and len(spans) < self.max_spans
+                    ):
+                        spans[context[1]] = shared
+                        return
+            sender = self._sender
+            if not sender.enabled or sender.shut_down:
+                return
             self._start(span)
         except Exception as exc:  # never into the app
             errors.log(("otel", "on_start"), f"pynba: span not followed: {exc!r}", exc_info=exc)
@@ -225,6 +258,33 @@ class PinbaSpanProcessor(SpanProcessor):
         spans[context.span_id] = _InFlight(_TIMER, request, cpu0)
 
     def on_end(self, span: ReadableSpan) -> None:
+        if not DIRECT:
+            self._end_public(span)
+            return
+        context = span._context  # read directly (see on_start)
+        entry = self._spans.pop(context[1], None) if context is not None else None
+        if entry is None:
+            return
+        try:
+            if entry.kind == _CHILD and self._default_tags and not entry.request.finished:
+                # A child of a request of ours, without CPU, with the default tags: the common
+                # case, kept to a few steps (the others are _end's).
+                a = _attributes(span)
+                if ASGI_EVENT_ATTRIBUTE in a and not self._sender.asgi_events:
+                    return
+                start, end = span._start_time, span._end_time
+                entry.request.add(
+                    timer_spec(span, a, span._name, span._kind),
+                    (end - start) / 1e9 if start is not None and end is not None and end > start
+                    else 0.0,
+                )  # fmt: skip
+                return
+            self._end(span, entry)
+        except Exception as exc:
+            errors.log(("otel", "on_end"), f"pynba: span not reported: {exc!r}", exc_info=exc)
+
+    def _end_public(self, span: ReadableSpan) -> None:
+        """on_end through the SDK's public properties only (an SDK laid out otherwise)."""
         entry = self._spans.pop(span.context.span_id, None) if span.context else None
         if entry is None:
             return
@@ -236,7 +296,8 @@ class PinbaSpanProcessor(SpanProcessor):
     def _end(self, span: ReadableSpan, entry: _InFlight) -> None:
         request = entry.request
         sender = self._sender
-        if entry.kind == _TIMER:
+        kind = entry.kind
+        if kind in (_CHILD, _TIMER):
             if request.finished:
                 sender.drop("late")
                 return
@@ -244,7 +305,12 @@ class PinbaSpanProcessor(SpanProcessor):
             if ASGI_EVENT_ATTRIBUTE in a and not sender.asgi_events:
                 return
             tags_of = sender.timer_tags
-            tags = _timer_tags(span, a) if tags_of is default_timer_tags else tags_of(span)
+            # The default tags are made once per span shape (see timer_spec), not per span.
+            spec = (
+                timer_spec(span, a, span.name, span.kind)
+                if tags_of is default_timer_tags
+                else TimerSpec.of(tags_of(span))
+            )
             start, end = span.start_time, span.end_time
             value = (
                 (end - start) / 1e9
@@ -252,12 +318,12 @@ class PinbaSpanProcessor(SpanProcessor):
                 else 0.0
             )
             if entry.cpu0 is None:
-                request.add_timer(tags, value)
+                request.add(spec, value)
                 return
             u = s = 0.0
             if entry.thread == threading.get_ident():
                 u, s = cpu_delta(entry.cpu0, thread_cpu())
-            request.add_timer(tags, value, 1, u, s)
+            request.add(spec, value, 1, u, s)
             return
         if entry.kind == _ADOPTED:
             _fill(request, span, own=False)

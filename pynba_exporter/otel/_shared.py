@@ -10,6 +10,7 @@ from typing import Any
 
 from opentelemetry.context import (
     _SUPPRESS_INSTRUMENTATION_KEY,
+    Context,
     attach,
     detach,
     set_value,
@@ -34,6 +35,11 @@ def _address(address: Address | None) -> Address:
         return address
     endpoint: str = config.value("server")
     return endpoint
+
+
+#: The context our own sending runs in: instrumentation suppressed, and nothing else (what the
+#: app's context holds means nothing to a send of ours), made once rather than per request.
+_SUPPRESSED: Context = set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, Context())
 
 
 def _sdk_disabled() -> bool:
@@ -122,7 +128,7 @@ class _Sender:
         """Finish and send the request of a root span by the one path every request takes.
         Our own sending must not be traced (an instrumented socket library would otherwise
         make a span per packet, and a packet per span...)."""
-        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        token = attach(_SUPPRESSED)
         try:
             sent = finish_and_send(request, self.transport, "otel", duration=duration, cpu=cpu)
         finally:
