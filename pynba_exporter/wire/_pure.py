@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+from collections.abc import Sequence
 from operator import methodcaller
 from typing import Any, Final, NamedTuple
 
@@ -280,7 +281,7 @@ def _timer(tags: dict[str, Any], value: float, hits: int, ru_u: float, ru_s: flo
     return t
 
 
-def _multi(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+def _multi(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """Tags where a name comes several times: that name maps to the tuple of its values."""
     out: dict[str, Any] = {}
     for name, value in pairs:
@@ -361,7 +362,7 @@ def _build(
                     f"(dictionary has {n} entries)",
                     INDEX_RANGE,
                 )
-    timers: list[tuple[list[tuple[str, str]], float, int, float, float]] = []
+    timers: list[tuple[tuple[tuple[str, str], ...], float, int, float, float]] = []
     if n_timers:
         if min(hits) == 0:
             raise PinbaDecodeError(f"timer {hits.index(0)} has hit_count 0", ZERO_HITS)
@@ -383,10 +384,12 @@ def _build(
             ru_u = [*ru_u, *([0.0] * (n_timers - len(ru_u)))]
         if len(ru_s) < n_timers:
             ru_s = [*ru_s, *([0.0] * (n_timers - len(ru_s)))]
-        pairs = list(zip(map(words.__getitem__, names), map(words.__getitem__, tvalues)))
+        # A tuple: its slices are the timers' tag tuples, as they are kept.
+        pairs = tuple(zip(map(words.__getitem__, names), map(words.__getitem__, tvalues)))
+        groups: list[tuple[tuple[str, str], ...]]
         if max(counts) == min(counts):  # the usual case: every timer has as many tags
             c = counts[0]
-            groups = [pairs[i : i + c] for i in range(0, total, c)] if c else [[]] * n_timers
+            groups = [pairs[i : i + c] for i in range(0, total, c)] if c else [()] * n_timers
         else:
             groups = []
             off = 0
@@ -439,5 +442,5 @@ class Packet(NamedTuple):
     memory_footprint: int
     schema: str
     tags: list[tuple[str, str]]
-    timers: list[tuple[list[tuple[str, str]], float, int, float, float]]
+    timers: list[tuple[tuple[tuple[str, str], ...], float, int, float, float]]
     requests: list[Packet]
