@@ -150,7 +150,9 @@ class Record(NamedTuple):
             tuple(tags) if len(tags) < 2 else first_values(tags),
             tuple([
                 _tuple_new(TimerRecord, (
-                    pairs if len(pairs) < 2 else first_values(pairs), value, hits, u, s
+                    pairs if len(pairs) < 2 or len(dict(pairs)) == len(pairs)
+                    else first_values(pairs),
+                    value, hits, u, s,
                 ))
                 for pairs, value, hits, u, s in p.timers
             ]),
