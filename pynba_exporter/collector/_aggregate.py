@@ -148,13 +148,13 @@ class Record(NamedTuple):
             rt if rt > 0.0 else 0.0, ru if ru > 0.0 else 0.0, rs if rs > 0.0 else 0.0,
             p.document_size, p.memory_peak, p.memory_footprint,
             tuple(tags) if len(tags) < 2 else first_values(tags),
+            # A parsed timer is (tags, value, hits, ru_utime, ru_stime) already: copied as is
+            # unless a tag name repeats.
             tuple([
-                _tuple_new(TimerRecord, (
-                    pairs if len(pairs) < 2 or len(dict(pairs)) == len(pairs)
-                    else first_values(pairs),
-                    value, hits, u, s,
-                ))
-                for pairs, value, hits, u, s in p.timers
+                _tuple_new(TimerRecord, t)
+                if len(t[0]) < 2 or len(dict(t[0])) == len(t[0])
+                else _tuple_new(TimerRecord, (first_values(t[0]), *t[1:]))
+                for t in p.timers
             ]),
         ))  # fmt: skip
         return record
@@ -646,7 +646,10 @@ class Aggregator:
                 if key is None:
                     continue
                 if nv < 0:
-                    nv, nu, ns = round(value * 1e9), round(timer[3] * 1e9), round(timer[4] * 1e9)
+                    nv = round(value * 1e9)
+                    nu, ns = timer[3], timer[4]  # mostly 0.0 (timer CPU is off by default)
+                    nu = round(nu * 1e9) if nu else 0
+                    ns = round(ns * 1e9) if ns else 0
                 full = (script, *key)
                 if sign > 0:
                     tg = ttable.get(full)

@@ -276,10 +276,15 @@ class Collector:
         now = self.clock()
         records: list[Record] = []
         pending = 0
+        of_packet = Record.of_packet
         for data in packets:
             self.packets += 1
             try:
-                _flatten(parse(data), now, records)
+                p = parse(data)
+                records.append(of_packet(p, now))
+                if p.requests:
+                    for sub in p.requests:
+                        _flatten(sub, now, records)
             except PinbaDecodeError as exc:
                 kind = invalid_reason(exc)
                 self.aggregator.add_invalid(kind)
