@@ -181,9 +181,9 @@ assert Record._fields[_FINE_FROM:_FINE_TO] == _FINE
 
 
 def _revive(p: tuple[Any, ...]) -> Record:
-    return Record._make(
-        (*p[:_TIMERS], tuple(map(TimerRecord._make, p[_TIMERS])), *p[_TIMERS + 1 :])
-    )
+    timers = tuple([_tuple_new(TimerRecord, t) for t in p[_TIMERS]])
+    record: Record = _tuple_new(Record, (*p[:_TIMERS], timers, *p[_TIMERS + 1 :]))
+    return record
 
 
 def first_values(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -449,9 +449,11 @@ class Aggregator:
         with self._lock:
             return self._entries[0][_SERIAL] if self._entries else self.serial + 1
 
-    def add(self, records: Iterable[Record]) -> list[Record]:
+    def add(self, records: Iterable[Record], returned: bool = True) -> list[Record]:
         """Keep ``records`` (their strings shared, their size estimated, a serial given); the
-        oldest leave if the budget is exceeded. Returns the records kept, as kept."""
+        oldest leave if the budget is exceeded. Returns the records kept, as kept (with
+        ``returned`` False, nothing: they are not built, for a caller that has no use for them).
+        """
         kept: list[Record] = []
         with self._lock:
             self._expire(self.clock())
@@ -459,7 +461,7 @@ class Aggregator:
             compact, route = self._compact, self._route
             for record in records:
                 self.requests_total += 1
-                r, plain, keys = compact(record)
+                plain, keys = compact(record)
                 size = plain[_SIZE]
                 if size > self.max_bytes:
                     self._count(self.evicted_by, "larger than max_bytes")
@@ -467,7 +469,8 @@ class Aggregator:
                 entries.append(plain)
                 route(plain, 1, keys)
                 self.bytes += size
-                kept.append(r)
+                if returned:
+                    kept.append(_revive(plain))
             self._trim()
         return kept
 
@@ -513,9 +516,9 @@ class Aggregator:
             cost = 0
         return item, cost
 
-    def _compact(self, r: Record) -> tuple[Record, tuple[Any, ...], list[tuple[Any, ...]]]:
-        """``r`` as kept: its strings shared, its size estimated, a serial given; the same as a
-        plain tuple (for the window); the keys of each of its timers in the timer reports.
+    def _compact(self, r: Record) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        """``r`` as kept, as a plain tuple (for the window): its strings shared, its size
+        estimated, a serial given; and the keys of each of its timers in the timer reports.
         Strings and tag sets already in the dictionary (nearly all of them) cost one lookup."""
         get = self._words.get
         word = self._word
@@ -554,7 +557,6 @@ class Aggregator:
         keys: list[tuple[Any, ...]] = []
         timers = r.timers
         plain_timers: tuple[tuple[Any, ...], ...] = ()
-        kept_timers: tuple[TimerRecord, ...] = ()
         if timers:
             known_tagset = self._tagsets.get
             plain = []
@@ -567,15 +569,10 @@ class Aggregator:
                 plain.append((known[0], t.value, t.hit_count, t.ru_utime, t.ru_stime))
             size += len(timers) * (TIMER_BYTES + 8 * len(self.timer_tags))
             plain_timers = tuple(plain)
-            kept_timers = tuple([_tuple_new(TimerRecord, t) for t in plain])
         self.serial += 1
         fields = (r[0], host, server, script, r[4], schema, r[6], r[7], r[8], r[9], r[10], r[11],
                   tags)  # fmt: skip
-        return (
-            _tuple_new(Record, (*fields, kept_timers, self.serial, size)),
-            (*fields, plain_timers, self.serial, size),
-            keys,
-        )
+        return (*fields, plain_timers, self.serial, size), keys
 
     def _keys(self, t: Sequence[Any]) -> tuple[tuple[str, ...] | None, ...]:
         known = self._tagsets.get(t[0])

@@ -306,7 +306,8 @@ class Collector:
             self._keep(records)
 
     def _keep(self, records: list[Record]) -> None:
-        kept = self.aggregator.add(records)
+        # Without a store, the kept records are not needed: the aggregator does not build them.
+        kept = self.aggregator.add(records, self.store is not None)
         if self.store is not None and kept:
             self.store.add(kept)
         for listener in self.listeners:
