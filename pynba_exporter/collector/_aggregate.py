@@ -618,7 +618,10 @@ class Aggregator:
         if sign > 0:
             self._totals.add(r, t, u, s)
             for table, key in tables:
-                self._group(table, key, _Req, serial, 1).add(r, t, u, s)
+                g = table.get(key)
+                if g is None:
+                    g = self._group(table, key, _Req, serial, 1)
+                g.add(r, t, u, s)
         else:
             self._totals.remove(r, t, u, s)
             for table, key in tables:
@@ -637,6 +640,7 @@ class Aggregator:
         mark = serial * sign  # a request counts once per group (see _Tim.mark)
         for timer, keys in zip(timers, timer_keys):
             value, hits = timer[1], timer[2]
+            per_hit = value / hits if hits else value
             nv = -1  # the timer's sums in ns: once per timer, whatever the number of reports
             nu = ns = 0
             for key, ttable in zip(keys, ttables):
@@ -659,7 +663,7 @@ class Aggregator:
                     tg.value += nv
                     tg.utime += nu
                     tg.stime += ns
-                    tg.values.append(value / hits if hits else value)
+                    tg.values.append(per_hit)
                     tg.weights.append(hits)
                 else:
                     tg = group(ttable, full, _Tim, serial, -1)
