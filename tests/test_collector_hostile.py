@@ -287,6 +287,47 @@ def test_reports_kept_up_to_date_equal_reports_computed_afresh(
     assert c.status()["window_bytes"] == 0
 
 
+@given(st.lists(st.tuples(st.integers(0, 3),
+                          st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2),
+                                             st.integers(1, 4)), max_size=5),
+                          st.integers(0, 3)),
+                min_size=1, max_size=80))  # fmt: skip
+@settings(max_examples=60, deadline=None)
+def test_timer_reports_kept_up_to_date_count_each_request_once_per_group(
+    steps: list[tuple[int, list[tuple[int, int, int]], int]],
+) -> None:
+    # Several timers of one request in one group, requests leaving by age and by the byte
+    # budget: each group counts a request once while it stays, and nothing once it left.
+    now = [1000.0]
+    c = Collector("127.0.0.1:0", window=10, max_bytes=30_000, clock=lambda: now[0])
+    for script, timers, advance in steps:
+        c.handle([encode(PinbaRequest("h", "s", f"/s{script}", request_time=0.01, timers=[
+            PinbaTimer({"group": f"g{g}", "server": f"db{d}"}, hits / 1000, hits)
+            for g, d, hits in timers
+        ]))])  # fmt: skip
+        now[0] += advance
+    records = c.aggregator.records()
+    for names in (("group",), ("group", "server")):
+        rows = c.timer_report(names, per_script=True)
+        expected: dict[tuple[str, ...], list[int]] = {}
+        for r in records:
+            counted: set[tuple[str, ...]] = set()
+            for t in r.timers:
+                tags = dict(t.tags)
+                key = (r.script_name, *(tags[n] for n in names))
+                row = expected.setdefault(key, [0, 0])
+                row[1] += t.hit_count
+                if key not in counted:
+                    counted.add(key)
+                    row[0] += 1
+        got = {tuple(r[k] for k in ("script_name", *names)): [r["req_count"], r["hit_count"]]
+               for r in rows}  # fmt: skip
+        assert got == expected
+    c.aggregator.clock = lambda: now[0] + 100  # everything leaves
+    assert c.timer_report(("group",)) == []
+    assert c.status()["window_bytes"] == 0
+
+
 # --------------------------------------------------------------------------------------------
 # 3. losses counted, foreign databases refused
 

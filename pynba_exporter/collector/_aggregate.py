@@ -28,7 +28,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from operator import attrgetter
 from typing import Any, Final, NamedTuple, TypeVar
 
 from pynba_exporter._model import PinbaRequest
@@ -74,7 +73,6 @@ REQUEST_REPORTS: Final[dict[str, tuple[str, ...]]] = {s.table: s.keys for s in R
 
 # The fields of the finest request group, from which every request report is folded.
 _FINE: Final = ("hostname", "server_name", "script_name", "status", "schema")
-_FINE_KEY: Final = attrgetter(*_FINE)
 
 # Estimated bytes of the objects of a record (CPython 3.10-3.13, 64-bit), measured with
 # tracemalloc on records as the collector builds them and rounded up: the record tuple, its
@@ -144,35 +142,55 @@ class Record(NamedTuple):
     def of_packet(cls, p: Packet, timestamp: float) -> Record:
         """From a parsed packet, without building the decoded records first."""
         rt, ru, rs = p.request_time, p.ru_utime, p.ru_stime
-        return cls(
+        tags = p.tags
+        record: Record = _tuple_new(cls, (
             timestamp, p.hostname, p.server_name, p.script_name, p.status, p.schema,
             rt if rt > 0.0 else 0.0, ru if ru > 0.0 else 0.0, rs if rs > 0.0 else 0.0,
-            p.document_size, p.memory_peak, p.memory_footprint, first_values(p.tags),
-            tuple(
-                TimerRecord(first_values(pairs), value, hits, u, s)
-                for pairs, value, hits, u, s in p.timers
-            ),
-        )  # fmt: skip
+            p.document_size, p.memory_peak, p.memory_footprint,
+            tuple(tags) if len(tags) < 2 else first_values(tags),
+            # A parsed timer is (tags, value, hits, ru_utime, ru_stime) already: copied as is
+            # unless a tag name repeats.
+            tuple([
+                _tuple_new(TimerRecord, t)
+                if len(t[0]) < 2 or len(dict(t[0])) == len(t[0])
+                else _tuple_new(TimerRecord, (first_values(t[0]), *t[1:]))
+                for t in p.timers
+            ]),
+        ))  # fmt: skip
+        return record
 
+
+# Named tuples made straight through tuple.__new__ (one C call) where their generated __new__
+# (a Python function) would cost more than the rest of the work per timer.
+_tuple_new: Final[Callable[..., Any]] = tuple.__new__
 
 _SERIAL: Final = Record._fields.index("serial")
 _TIMERS: Final = Record._fields.index("timers")
-
-
-def _plain(r: Record) -> tuple[Any, ...]:
-    return (*r[:_TIMERS], tuple(map(tuple, r.timers)), *r[_TIMERS + 1 :])
+_SIZE: Final = Record._fields.index("size")
+_SCRIPT: Final = Record._fields.index("script_name")
+_TAGS: Final = Record._fields.index("tags")
+_REQ_TIME: Final = Record._fields.index("req_time")
+_RU_UTIME: Final = Record._fields.index("ru_utime")
+_RU_STIME: Final = Record._fields.index("ru_stime")
+_DOC_SIZE: Final = Record._fields.index("doc_size")
+_FOOTPRINT: Final = Record._fields.index("memory_footprint")
+# The fields of the finest group are adjacent in a record: its key is one slice.
+_FINE_FROM: Final = Record._fields.index(_FINE[0])
+_FINE_TO: Final = _FINE_FROM + len(_FINE)
+assert Record._fields[_FINE_FROM:_FINE_TO] == _FINE
 
 
 def _revive(p: tuple[Any, ...]) -> Record:
-    return Record._make(
-        (*p[:_TIMERS], tuple(map(TimerRecord._make, p[_TIMERS])), *p[_TIMERS + 1 :])
-    )
+    timers = tuple([_tuple_new(TimerRecord, t) for t in p[_TIMERS]])
+    record: Record = _tuple_new(Record, (*p[:_TIMERS], timers, *p[_TIMERS + 1 :]))
+    return record
 
 
 def first_values(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """Tag pairs where a name given several times keeps its first value (as pinba2 keys it)."""
-    if len(pairs) < 2 or len(dict(pairs)) == len(pairs):
-        return tuple(pairs)
+    n = len(pairs)
+    if n < 2 or (n == 2 and pairs[0][0] != pairs[1][0]) or len(dict(pairs)) == n:
+        return pairs if type(pairs) is tuple else tuple(pairs)
     first = dict(reversed(pairs))  # reversed: the first value is the one left
     return tuple((name, first[name]) for name in dict.fromkeys(name for name, _ in pairs))
 
@@ -267,34 +285,38 @@ class _Req:
         self.footprint = 0
         self.times: deque[float] = deque()
 
-    def add(self, r: Record, t: int, u: int, s: int) -> None:
+    # By index, so that records and the window's plain tuples go through alike.
+    def add(self, r: Sequence[Any], t: int, u: int, s: int) -> None:
         self.count += 1
         self.time += t
         self.utime += u
         self.stime += s
-        self.traffic += r.doc_size
-        self.footprint += r.memory_footprint
-        self.times.append(r.req_time)
+        self.traffic += r[_DOC_SIZE]
+        self.footprint += r[_FOOTPRINT]
+        self.times.append(r[_REQ_TIME])
 
-    def remove(self, r: Record, t: int, u: int, s: int) -> None:
+    def remove(self, r: Sequence[Any], t: int, u: int, s: int) -> None:
         self.count -= 1
         self.time -= t
         self.utime -= u
         self.stime -= s
-        self.traffic -= r.doc_size
-        self.footprint -= r.memory_footprint
+        self.traffic -= r[_DOC_SIZE]
+        self.footprint -= r[_FOOTPRINT]
         self.times.popleft()
 
 
 class _Tim:
     """Timers of one group: exact sums, and (per-hit value, hits) of each timer, oldest first."""
 
-    __slots__ = ("first", "hits", "key", "req_count", "stime", "utime", "value", "values",
-                 "weights")  # fmt: skip
+    __slots__ = ("first", "hits", "key", "mark", "req_count", "stime", "utime", "value",
+                 "values", "weights")  # fmt: skip
 
     def __init__(self) -> None:
         self.key: Any = None
         self.first = 0  # serial of the first record it took
+        # The last record that counted in req_count: its serial when it came, minus its serial
+        # when it left (a request counts once per group, however many of its timers are in it).
+        self.mark = 0
         self.req_count = 0
         self.hits = 0
         self.value = 0
@@ -303,17 +325,17 @@ class _Tim:
         self.values: deque[float] = deque()  # per-hit value of each timer
         self.weights: deque[int] = deque()  # its hits
 
-    def add(self, t: TimerRecord, ns: tuple[int, int, int]) -> None:
-        hits = t.hit_count
+    def add(self, t: Sequence[Any], ns: tuple[int, int, int]) -> None:
+        value, hits = t[1], t[2]
         self.hits += hits
         self.value += ns[0]
         self.utime += ns[1]
         self.stime += ns[2]
-        self.values.append(t.value / hits if hits else t.value)
+        self.values.append(value / hits if hits else value)
         self.weights.append(hits)
 
-    def remove(self, t: TimerRecord, ns: tuple[int, int, int]) -> None:
-        self.hits -= t.hit_count
+    def remove(self, t: Sequence[Any], ns: tuple[int, int, int]) -> None:
+        self.hits -= t[2]
         self.value -= ns[0]
         self.utime -= ns[1]
         self.stime -= ns[2]
@@ -427,22 +449,28 @@ class Aggregator:
         with self._lock:
             return self._entries[0][_SERIAL] if self._entries else self.serial + 1
 
-    def add(self, records: Iterable[Record]) -> list[Record]:
+    def add(self, records: Iterable[Record], returned: bool = True) -> list[Record]:
         """Keep ``records`` (their strings shared, their size estimated, a serial given); the
-        oldest leave if the budget is exceeded. Returns the records kept, as kept."""
+        oldest leave if the budget is exceeded. Returns the records kept, as kept (with
+        ``returned`` False, nothing: they are not built, for a caller that has no use for them).
+        """
         kept: list[Record] = []
         with self._lock:
             self._expire(self.clock())
+            entries = self._entries
+            compact, route = self._compact, self._route
             for record in records:
                 self.requests_total += 1
-                r = self._compact(record)
-                if r.size > self.max_bytes:
+                plain, keys = compact(record)
+                size = plain[_SIZE]
+                if size > self.max_bytes:
                     self._count(self.evicted_by, "larger than max_bytes")
                     continue
-                self._entries.append(_plain(r))
-                self._route(r, 1)
-                self.bytes += r.size
-                kept.append(r)
+                entries.append(plain)
+                route(plain, 1, keys)
+                self.bytes += size
+                if returned:
+                    kept.append(_revive(plain))
             self._trim()
         return kept
 
@@ -488,66 +516,101 @@ class Aggregator:
             cost = 0
         return item, cost
 
-    def _compact(self, r: Record) -> Record:
+    def _compact(self, r: Record) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        """``r`` as kept, as a plain tuple (for the window): its strings shared, its size
+        estimated, a serial given; and the keys of each of its timers in the timer reports.
+        Strings and tag sets already in the dictionary (nearly all of them) cost one lookup."""
+        get = self._words.get
         word = self._word
         size = RECORD_BYTES
-        host, c1 = word(r.hostname)
-        server, c2 = word(r.server_name)
-        script, c3 = word(r.script_name)
-        schema, c4 = word(r.schema)
-        size += c1 + c2 + c3 + c4
-        tags = []
-        for raw_name, raw_value in r.tags:
-            name, c1 = word(raw_name)
-            value, c2 = word(raw_value)
-            size += PAIR_BYTES + c1 + c2
-            tags.append((name, value))
-        timers = []
-        n_reports = len(self.timer_tags)
-        for t in r.timers:
-            (shared, _keys), cost = self._tagset(t.tags)
-            size += TIMER_BYTES + cost + 8 * n_reports
-            timers.append(TimerRecord(shared, t.value, t.hit_count, t.ru_utime, t.ru_stime))
+        host = get(r.hostname)
+        if host is None:
+            host, cost = word(r.hostname)
+            size += cost
+        server = get(r.server_name)
+        if server is None:
+            server, cost = word(r.server_name)
+            size += cost
+        script = get(r.script_name)
+        if script is None:
+            script, cost = word(r.script_name)
+            size += cost
+        schema = get(r.schema)
+        if schema is None:
+            schema, cost = word(r.schema)
+            size += cost
+        tags = r.tags
+        if tags:
+            shared = []
+            for raw_name, raw_value in tags:
+                name = get(raw_name)
+                if name is None:
+                    name, cost = word(raw_name)
+                    size += cost
+                value = get(raw_value)
+                if value is None:
+                    value, cost = word(raw_value)
+                    size += cost
+                shared.append((name, value))
+            tags = tuple(shared)
+            size += PAIR_BYTES * len(tags)
+        keys: list[tuple[Any, ...]] = []
+        timers = r.timers
+        plain_timers: tuple[tuple[Any, ...], ...] = ()
+        if timers:
+            known_tagset = self._tagsets.get
+            plain = []
+            for t in timers:
+                known = known_tagset(t.tags)
+                if known is None:
+                    known, cost = self._tagset(t.tags)
+                    size += cost
+                keys.append(known[1])
+                plain.append((known[0], t.value, t.hit_count, t.ru_utime, t.ru_stime))
+            size += len(timers) * (TIMER_BYTES + 8 * len(self.timer_tags))
+            plain_timers = tuple(plain)
         self.serial += 1
-        return Record(
-            r.timestamp, host, server, script, r.status, schema, r.req_time, r.ru_utime,
-            r.ru_stime, r.doc_size, r.mem_peak, r.memory_footprint, tuple(tags),
-            tuple(timers), self.serial, size,
-        )  # fmt: skip
+        fields = (r[0], host, server, script, r[4], schema, r[6], r[7], r[8], r[9], r[10], r[11],
+                  tags)  # fmt: skip
+        return (*fields, plain_timers, self.serial, size), keys
 
-    def _keys(self, t: TimerRecord) -> tuple[tuple[str, ...] | None, ...]:
-        known = self._tagsets.get(t.tags)
+    def _keys(self, t: Sequence[Any]) -> tuple[tuple[str, ...] | None, ...]:
+        known = self._tagsets.get(t[0])
         if known is not None:
             return known[1]  # type: ignore[no-any-return]
-        d = dict(t.tags)
+        d = dict(t[0])
         return tuple(_key(d, names) for names in self.timer_tags)
 
-    def _group(self, table: dict[Any, _G], key: Any, make: type[_G], r: Record, sign: int) -> _G:
-        """The group ``r`` goes to (sign 1: made if needed, ``<other>`` past the cap) or went
-        to (sign -1). A group made after ``r`` was kept cannot hold it: ``r`` went to
-        ``<other>`` then (a group is only dropped once empty, so no older one can hide it)."""
+    def _group(self, table: dict[Any, _G], key: Any, make: type[_G], serial: int, sign: int) -> _G:
+        """The group the record of ``serial`` goes to (sign 1: made if needed, ``<other>`` past
+        the cap) or went to (sign -1). A group made after the record was kept cannot hold it:
+        it went to ``<other>`` then (a group is only dropped once empty, so no older one can
+        hide it)."""
         g = table.get(key)
         if sign < 0:
-            if g is None or g.first > r.serial:
+            if g is None or g.first > serial:
                 return table[(OTHER,) * len(key)]
             return g
         if g is None:
             g, made = _groups_of(table, key, make, self._cap, len(key))
             if made:
-                g.first = r.serial
+                g.first = serial
                 self.bytes += GROUP_BYTES
             if table.get(key) is not g:
                 self.overflow_keys += 1
         return g
 
-    def _route(self, r: Record, sign: int) -> None:
-        """Add ``r`` to its groups (sign 1) or take it out of them (-1). The window holds the
-        records alone, not their groups: fewer objects for the garbage collector to walk (a
-        full collection over a big window stalls the receiving thread)."""
-        t, u, s = _ns(r.req_time), _ns(r.ru_utime), _ns(r.ru_stime)
-        tables: list[tuple[dict[Any, _Req], Any]] = [(self._fine, _FINE_KEY(r))]
+    def _route(self, r: Sequence[Any], sign: int, timer_keys: Sequence[Any] | None = None) -> None:
+        """Add the record ``r`` (a record or its plain tuple) to its groups (sign 1) or take it
+        out of them (-1); ``timer_keys``: its timers' keys in the timer reports, if known. The
+        window holds the records alone, not their groups: fewer objects for the garbage
+        collector to walk (a full collection over a big window stalls the receiving thread).
+        Sums in integer nanoseconds, rounded (see ``_ns``, inlined here: it runs per timer)."""
+        t, u, s = round(r[_REQ_TIME] * 1e9), round(r[_RU_UTIME] * 1e9), round(r[_RU_STIME] * 1e9)
+        serial = r[_SERIAL]
+        tables: list[tuple[dict[Any, _Req], Any]] = [(self._fine, r[_FINE_FROM:_FINE_TO])]
         if self.request_tags:
-            d = dict(r.tags)
+            d = dict(r[_TAGS])
             for names, rtable in zip(self.request_tags, self._rtags):
                 rkey = _key(d, names)
                 if rkey is not None:
@@ -555,34 +618,59 @@ class Aggregator:
         if sign > 0:
             self._totals.add(r, t, u, s)
             for table, key in tables:
-                self._group(table, key, _Req, r, 1).add(r, t, u, s)
+                g = table.get(key)
+                if g is None:
+                    g = self._group(table, key, _Req, serial, 1)
+                g.add(r, t, u, s)
         else:
             self._totals.remove(r, t, u, s)
             for table, key in tables:
-                g = self._group(table, key, _Req, r, -1)
+                g = self._group(table, key, _Req, serial, -1)
                 g.remove(r, t, u, s)
                 if not g.count:
                     self._drop(table, g)
-        if not (self.timer_tags and r.timers):
+        timers = r[_TIMERS]
+        if not (self.timer_tags and timers):
             return
-        seen: set[int] = set()
-        for timer in r.timers:
-            ns: tuple[int, int, int] | None = None
-            for key, ttable in zip(self._keys(timer), self._timers):
+        if timer_keys is None:
+            timer_keys = [self._keys(timer) for timer in timers]
+        script = r[_SCRIPT]
+        ttables = self._timers
+        group = self._group
+        mark = serial * sign  # a request counts once per group (see _Tim.mark)
+        for timer, keys in zip(timers, timer_keys):
+            value, hits = timer[1], timer[2]
+            per_hit = value / hits if hits else value
+            nv = -1  # the timer's sums in ns: once per timer, whatever the number of reports
+            nu = ns = 0
+            for key, ttable in zip(keys, ttables):
                 if key is None:
                     continue
-                if ns is None:  # once per timer, whatever the number of reports
-                    ns = (_ns(timer.value), _ns(timer.ru_utime), _ns(timer.ru_stime))
-                tg = self._group(ttable, (r.script_name, *key), _Tim, r, sign)
-                first = id(tg) not in seen
-                if first:
-                    seen.add(id(tg))
+                if nv < 0:
+                    nv = round(value * 1e9)
+                    nu, ns = timer[3], timer[4]  # mostly 0.0 (timer CPU is off by default)
+                    nu = round(nu * 1e9) if nu else 0
+                    ns = round(ns * 1e9) if ns else 0
+                full = (script, *key)
                 if sign > 0:
-                    tg.req_count += first
-                    tg.add(timer, ns)
+                    tg = ttable.get(full)
+                    if tg is None:
+                        tg = group(ttable, full, _Tim, serial, 1)
+                    if tg.mark != mark:
+                        tg.mark = mark
+                        tg.req_count += 1
+                    tg.hits += hits
+                    tg.value += nv
+                    tg.utime += nu
+                    tg.stime += ns
+                    tg.values.append(per_hit)
+                    tg.weights.append(hits)
                 else:
-                    tg.req_count -= first
-                    tg.remove(timer, ns)
+                    tg = group(ttable, full, _Tim, serial, -1)
+                    if tg.mark != mark:
+                        tg.mark = mark
+                        tg.req_count -= 1
+                    tg.remove(timer, (nv, nu, ns))
                     if not tg.values:
                         self._drop(ttable, tg)
 
@@ -593,9 +681,9 @@ class Aggregator:
             self.bytes -= GROUP_BYTES
 
     def _evict(self, reason: str | None) -> None:
-        r = _revive(self._entries.popleft())
-        self._route(r, -1)
-        self.bytes -= r.size
+        entry = self._entries.popleft()
+        self._route(entry, -1)
+        self.bytes -= entry[_SIZE]
         if reason is not None:
             self._count(self.evicted_by, reason)
 

@@ -276,10 +276,15 @@ class Collector:
         now = self.clock()
         records: list[Record] = []
         pending = 0
+        of_packet = Record.of_packet
         for data in packets:
             self.packets += 1
             try:
-                _flatten(parse(data), now, records)
+                p = parse(data)
+                records.append(of_packet(p, now))
+                if p.requests:
+                    for sub in p.requests:
+                        _flatten(sub, now, records)
             except PinbaDecodeError as exc:
                 kind = invalid_reason(exc)
                 self.aggregator.add_invalid(kind)
@@ -301,7 +306,8 @@ class Collector:
             self._keep(records)
 
     def _keep(self, records: list[Record]) -> None:
-        kept = self.aggregator.add(records)
+        # Without a store, the kept records are not needed: the aggregator does not build them.
+        kept = self.aggregator.add(records, self.store is not None)
         if self.store is not None and kept:
             self.store.add(kept)
         for listener in self.listeners:

@@ -112,6 +112,12 @@ def _sql_value(v: Any) -> Any:
 #: Tag names cached by the writer before the cache (and the ``tag`` table) are trimmed.
 _MAX_TAG_NAMES: Final = 50_000
 
+# The same few tag sets come in nearly every record (the aggregator shares them): the writer
+# keeps their rows ready instead of escaping and looking up each tag again. Only small sets are
+# kept, and at most this many, so the caches stay within a megabyte or two.
+_MAX_TAG_SETS: Final = 4096
+_SMALL_TAG_SET: Final = 256  # characters of a tag set's names and values, at most
+
 
 class SqliteStore:
     """Keeps the collector's window in a SQLite file (or ``:memory:``).
@@ -149,6 +155,11 @@ class SqliteStore:
         self._pending = 0
         self._count = threading.Lock()
         self._tags: dict[str, int] = {}
+        # Tag sets -> their rows: a request's ``tags`` column, a timer's (tag id, value) pairs.
+        # Forgotten whenever tag ids are (a new generation).
+        self._tags_text: dict[tuple[tuple[str, str], ...], str] = {}
+        self._tag_rows: dict[tuple[tuple[str, str], ...], list[tuple[int, str]]] = {}
+        self._tag_generation = 0
         # Opened here, so that an unwritable path is an error of the caller, not of a thread.
         directory = os.path.dirname(os.path.abspath(path)) if path != ":memory:" else "."
         if not os.access(directory, os.W_OK):
@@ -290,6 +301,8 @@ class SqliteStore:
                 # Distinct tag names without end (a hostile client): forget them, and the
                 # ones no timer of the window uses leave the table.
                 self._tags.clear()
+                self._tag_rows.clear()
+                self._tag_generation += 1
                 self._db.execute(
                     "DELETE FROM tag WHERE id NOT IN (SELECT DISTINCT tag_id FROM timertag)"
                 )
@@ -302,6 +315,30 @@ class SqliteStore:
             self._tags[name] = tag_id
         return tag_id
 
+    @staticmethod
+    def _small(tags: tuple[tuple[str, str], ...]) -> bool:
+        return sum(len(name) + len(value) for name, value in tags) <= _SMALL_TAG_SET
+
+    def _tags_column(self, tags: tuple[tuple[str, str], ...]) -> str:
+        """A request's ``tags`` column (kept for the next request with these tags)."""
+        text = _sql(",".join(f"{k}={v}" for k, v in tags))
+        if self._small(tags):
+            if len(self._tags_text) >= _MAX_TAG_SETS:
+                self._tags_text.clear()
+            self._tags_text[tags] = text
+        return text
+
+    def _timer_tag_rows(self, tags: tuple[tuple[str, str], ...]) -> list[tuple[int, str]]:
+        """A timer's (tag id, value) pairs (kept for the next timer with these tags, unless
+        tag ids were forgotten meanwhile)."""
+        generation = self._tag_generation
+        rows = [(self._tag_id(_sql(name)), _sql(value)) for name, value in tags]
+        if generation == self._tag_generation and self._small(tags):
+            if len(self._tag_rows) >= _MAX_TAG_SETS:
+                self._tag_rows.clear()
+            self._tag_rows[tags] = rows
+        return rows
+
     def _insert(self, records: list[Record]) -> None:
         # Ids are given here rather than read back row by row, so each table takes one
         # executemany: the rows of a whole batch go in at the speed of sqlite's C loop.
@@ -311,21 +348,24 @@ class SqliteStore:
         requests = []
         timers = []
         timertags: list[tuple[int, int, str]] = []
-        tag_id = self._tag_id
+        tags_text, tag_rows = self._tags_text, self._tag_rows
         for r in records:
             request_id = base + r.serial
+            text = tags_text.get(r.tags)
+            if text is None:
+                text = self._tags_column(r.tags)
             requests.append((
                 request_id, _sql(r.hostname), _sql(r.server_name), _sql(r.script_name),
                 r.doc_size, r.mem_peak, r.req_time, r.ru_utime, r.ru_stime, len(r.timers),
-                r.status, r.memory_footprint, _sql(r.schema), len(r.tags),
-                _sql(",".join(f"{k}={v}" for k, v in r.tags)), r.timestamp,
+                r.status, r.memory_footprint, _sql(r.schema), len(r.tags), text, r.timestamp,
             ))  # fmt: skip
             for t in r.timers:
                 timer_id += 1
                 timers.append((timer_id, request_id, t.hit_count, t.value, t.ru_utime, t.ru_stime))
-                timertags.extend(
-                    (timer_id, tag_id(_sql(name)), _sql(value)) for name, value in t.tags
-                )
+                rows = tag_rows.get(t.tags)
+                if rows is None:
+                    rows = self._timer_tag_rows(t.tags)
+                timertags.extend([(timer_id, tag, value) for tag, value in rows])
         db.execute("BEGIN")
         try:
             db.executemany(
