@@ -199,11 +199,14 @@ def test_rss_under_a_long_url_flood_stays_under_the_documented_bound(tmp_path: P
     assert status["evicted_records"] > 0
     assert status["window_bytes"] <= max_memory
     assert peak <= _bound(start, max_memory, queue), (peak / MiB, start / MiB)
-    # The raw table holds the window and nothing more.
+    # The raw table holds the window and nothing more: each request of the window is in it,
+    # or counted as dropped by the store (8 KB records arrive faster than a writer starved of
+    # CPU writes them: its queue, --max-queue, fills and it drops, as documented).
     db = sqlite3.connect(tmp_path / "flood.db")
     (rows,) = db.execute("select count(*) from request").fetchone()
     db.close()
-    assert rows == status["requests_in_window"]
+    assert rows <= status["requests_in_window"]
+    assert rows + status["store_dropped"] >= status["requests_in_window"]
 
 
 def test_nested_requests_count_against_the_budget() -> None:
