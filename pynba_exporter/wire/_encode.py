@@ -617,6 +617,9 @@ def encode(request: RequestLike, *, packed: bool = False) -> bytes:
 
     Raises :class:`PinbaEncodeError` (a ``ValueError`` and a ``TypeError``) naming the field when
     the request holds something that has no text form or is not of the expected kind.
+    A request may also have ``timer_shape``: a tuple of objects, one per timer, each standing
+    for one tag set that never changes (the span model's sealed requests have it), by which the
+    layout of its timers is found without hashing their tags.
     """
     # The span model's finished requests are encoded as they are (see RequestLike); anything
     # else without the attributes is refused here, naming what it was.
