@@ -26,13 +26,13 @@ from pynba._configured import configured
 from pynba._legacy import ReporterOption, call_reporter, split_reporter
 from pynba_exporter import Address, Transport, UdpTransport
 from pynba_exporter.log import errors, from_signal_handler, logger
-from pynba_exporter.spans import RequestSpan, current_request, finish_and_send, opened_request
+from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
 from pynba_exporter.spans import hostname as _hostname
 
 __all__ = ["PynbaMiddleware", "monitor"]
 
 # The context's request, read, set and left by C-level calls (the ContextVar's own methods).
-_opened = opened_request
+_opened = current_request.opened
 _enter = current_request.set
 _leave = current_request.reset
 _finders = current_request.finders
@@ -361,12 +361,7 @@ class _Body:
             if close is not None:
                 close()
         finally:
-            # The middleware's _close(), its first step inlined: every request ends here.
-            try:  # noqa: SIM105 - see _close
-                _leave(self.token)
-            except ValueError:
-                pass
-            self._middleware._report(self._request, self._size)
+            self._middleware._close(self._request, self.token, self._size)
 
 
 class _Response(_Body):

@@ -103,7 +103,7 @@ _current_var = current_request._var
 _finders = current_request.finders
 #: ``current_request.opened``, as a C-level call: the request the classic API set in this
 #: context, if any (the OpenTelemetry processor asks it for every span it sees start).
-opened_request = _current_var.get
+opened_request = current_request.opened
 
 
 def _current() -> RequestSpan | None:
@@ -188,7 +188,6 @@ _MAX_SPECS: Final = 4096
 _MAX_HANDLES: Final = 1000
 _thread_time = time.thread_time
 _getrusage = resource.getrusage
-_RUSAGE_THREAD: Final = RUSAGE_THREAD
 _get_ident = threading.get_ident
 
 # A request's CPU is the thread's precise clock (time.thread_time) between its start and end,
@@ -301,7 +300,7 @@ class RequestSpan:
                 # reading stands for this start too (see _REUSE_RUSAGE).
                 self._cpu0 = (now, last[1], last[2])
             else:
-                ru = _getrusage(_RUSAGE_THREAD)
+                ru = _getrusage(RUSAGE_THREAD)
                 self._cpu0 = (now, ru.ru_utime, ru.ru_stime)
         self._start = _perf_counter()
 
@@ -368,7 +367,7 @@ class RequestSpan:
                 self.ru_utime, self.ru_stime = cpu_delta(self._cpu0, process_cpu())
             elif thread == _get_ident():
                 # thread_cpu(), inlined: this runs at the end of every request.
-                ru = _getrusage(_RUSAGE_THREAD)
+                ru = _getrusage(RUSAGE_THREAD)
                 end_cpu = (_thread_time(), ru.ru_utime, ru.ru_stime)
                 self.ru_utime, self.ru_stime = cpu_delta(self._cpu0, end_cpu)
                 if len(_last_cpu) >= _MAX_THREADS:
