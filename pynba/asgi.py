@@ -33,16 +33,14 @@ status and timers are the request's own.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias
 
-from pynba._configured import configured
-from pynba_exporter import Address, Transport, UdpTransport, naming
-from pynba_exporter.log import errors, from_signal_handler
-from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
-from pynba_exporter.spans import hostname as _hostname
+from pynba._serving import NameOption, Serving, host_without_port, option_value
+from pynba_exporter import Address, Transport, naming
+from pynba_exporter.log import errors
+from pynba_exporter.spans import RequestSpan
 
 __all__ = ["UNMATCHED", "ASGIApp", "PynbaMiddleware", "RouteName", "Scope", "monitor"]
 
@@ -54,7 +52,6 @@ ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Names a request after the app ran, from the scope as it was when the request came in and
 #: the scope as the app left it (routers add to it); None means that no route matched.
 RouteName: TypeAlias = Callable[[Scope, Scope], "str | None"]
-NameOption: TypeAlias = "str | Callable[[Scope], str] | None"
 
 #: The script name of requests that matched no route (see ``route_name``).
 UNMATCHED: Final = naming.UNMATCHED
@@ -74,10 +71,7 @@ def _server_name(scope: Mapping[str, Any]) -> str:
         server = scope.get("server")
         host = str(server[0]) if server else "unknown"
         return host or "unknown"
-    if host.startswith("["):  # [v6addr]:port
-        end = host.find("]")
-        return host[: end + 1] if end > 0 else host
-    return host.partition(":")[0]
+    return host_without_port(host)
 
 
 def _size(message: Mapping[str, Any], key: str) -> int:
@@ -125,16 +119,21 @@ class PynbaMiddleware:
         **transport_options: Any,
     ) -> None:
         self.app = app
-        self.reporter, self.timer_rusage, self.enabled = configured(
+        self.serving = Serving(
             "ASGI middleware",
-            lambda: (
-                transport if transport is not None else UdpTransport(address, **transport_options)
-            ),
-            timer_rusage,
-            enabled,
+            address,
+            transport=transport,
+            timer_rusage=timer_rusage,
+            enabled=enabled,
+            prefix=prefix,
+            tags=tags,
+            **transport_options,
         )
+        self.reporter = self.serving.transport
+        self.timer_rusage = self.serving.timer_rusage
+        self.enabled = self.serving.enabled
         self.prefix = prefix
-        self.tags: dict[str, Any] = dict(tags or {})
+        self.tags = self.serving.tags
         self.hostname: NameOption = hostname
         self.server_name: NameOption = server_name
         self.script_name: NameOption = script_name
@@ -148,26 +147,24 @@ class PynbaMiddleware:
         if not self.enabled or kind not in ("http", "websocket"):
             await self.app(scope, receive, send)  # lifespan and the like: nothing to report
             return
-        outer = current_request.get()
-        if outer is not None and outer.serving and not outer.finished:
-            # Mounted inside another monitored app: that one reports this request.
-            for name, value in self.tags.items():
-                outer.tags.setdefault(name, value)
-            await self.app(scope, receive, send)
+        serving = self.serving
+        if serving.outer() is not None:
+            await self.app(scope, receive, send)  # mounted in a monitored app: it reports
             return
         try:
-            request = self._open(scope)
+            request, token = serving.open(
+                option_value(self.server_name, scope) or _server_name(scope),
+                option_value(self.script_name, scope) or str(scope.get("path") or ""),
+                option_value(self.schema, scope) or str(scope.get("scheme") or ""),
+                option_value(self.hostname, scope),
+            )
         except Exception as exc:  # our bug: the app still runs, unmonitored
-            if from_signal_handler(exc):
-                raise  # a request timeout that fired here: the app's, not ours
-            self._failed("open", exc)
+            serving.failed("open", exc)
             await self.app(scope, receive, send)
             return
         entry = dict(scope)  # routers change the scope in place; route_name wants it as it came
         opened_name = request.script_name
-        token = current_request.set(request)
         exchange = _Exchange(request, kind == "websocket")
-        request.serving = True
         try:
             await self.app(scope, receive, exchange.wrap(send))
         except BaseException:
@@ -175,49 +172,19 @@ class PynbaMiddleware:
                 request.status = 500
             raise
         finally:
-            request.serving = False
-            current_request.reset(token)
-            self._finish(request, exchange, entry, scope, opened_name)
+            self._name(request, entry, scope, opened_name)
+            serving.close(request, token, exchange.size)
 
-    def _value(self, option: NameOption, scope: Scope) -> str | None:
-        if option is None:
-            return None
-        return str(option(scope)) if callable(option) else option
-
-    def _open(self, scope: Scope) -> RequestSpan:
-        path = scope.get("path") or ""
-        return RequestSpan(
-            self._value(self.hostname, scope) or _hostname(),
-            self._value(self.server_name, scope) or _server_name(scope),
-            self._value(self.script_name, scope) or self.prefix + path,
-            schema=self._value(self.schema, scope) or str(scope.get("scheme") or ""),
-            tags=dict(self.tags) if self.tags else None,
-            timer_rusage=self.timer_rusage,
-        )
-
-    def _finish(
-        self, request: RequestSpan, exchange: _Exchange, entry: Scope, scope: Scope, name: str
-    ) -> None:
+    def _name(self, request: RequestSpan, entry: Scope, scope: Scope, opened: str) -> None:
+        """The route's name, unless the app named the request itself."""
+        if self.route_name is None or request.script_name != opened:
+            return
         try:
-            if self.route_name is not None and request.script_name == name:
-                route = self.route_name(entry, scope)
-                request.script_name = self.unmatched_name if route is None else self.prefix + route
+            route = self.route_name(entry, scope)
         except Exception as exc:
-            if from_signal_handler(exc):
-                raise
-            self._failed("route", exc)
-        if request.document_size < 0:
-            request.document_size = exchange.size
-        request.finish()  # done at the last body message, unless there was none
-        finish_and_send(request, self.reporter, "asgi")
-
-    def _failed(self, stage: str, exc: Exception) -> None:
-        errors.log(
-            ("asgi", stage, type(exc).__name__),
-            f"pynba: internal error ({stage}) in the ASGI middleware: {exc!r}",
-            level=logging.ERROR,
-            exc_info=exc,
-        )
+            self.serving.failed("route", exc)
+            return
+        request.script_name = self.unmatched_name if route is None else route
 
 
 class _Exchange:

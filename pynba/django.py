@@ -21,15 +21,13 @@ until the server closes them), this one only names the request that one reports.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pynba_exporter import Transport, UdpTransport, config
-from pynba_exporter.log import errors
+from pynba._serving import Serving, host_without_port
+from pynba_exporter import Transport
 from pynba_exporter.naming import UNMATCHED
-from pynba_exporter.spans import RequestSpan, current_request, finish_and_send
-from pynba_exporter.spans import hostname as _hostname
+from pynba_exporter.spans import RequestSpan
 
 __all__ = ["PynbaMiddleware", "route_name"]
 
@@ -60,20 +58,15 @@ class PynbaMiddleware:
         if self.is_async:
             markcoroutinefunction(self)
         options: dict[str, Any] = dict(getattr(settings, "PYNBA", None) or {})
-        transport = options.pop("transport", None)
-        address = options.pop("address", None)
-        self.prefix: str = options.pop("prefix", "")
-        self.tags: dict[str, Any] = dict(options.pop("tags", None) or {})
         self.unmatched_name: str = options.pop("unmatched_name", UNMATCHED)
         self.hostname: str | None = options.pop("hostname", None)
         self.server_name: str | None = options.pop("server_name", None)
-        timer_rusage = options.pop("timer_rusage", None)
-        self.timer_rusage = config.value("timer_rusage", timer_rusage)
-        enabled = options.pop("enabled", None)
-        self.enabled = bool(config.value("enabled", enabled))
-        self.reporter: Transport = (
-            transport if transport is not None else UdpTransport(address, **options)
-        )
+        self.serving = Serving("Django middleware", **options)
+        self.prefix = self.serving.prefix
+        self.tags = self.serving.tags
+        self.timer_rusage = self.serving.timer_rusage
+        self.enabled = self.serving.enabled
+        self.reporter: Transport = self.serving.transport
 
     def __call__(self, request: Any) -> Any:
         if self.is_async:
@@ -114,30 +107,20 @@ class PynbaMiddleware:
         self._close(span, token, request, response)
         return response
 
-    @staticmethod
-    def _outer() -> RequestSpan | None:
-        outer = current_request.get()
-        if outer is not None and outer.serving and not outer.finished:
-            return outer
-        return None
+    def _outer(self) -> RequestSpan | None:
+        return self.serving.outer(add_tags=False)
 
     def _open(self, request: Any) -> tuple[RequestSpan, Any]:
         try:
             host = str(request.get_host())
         except Exception:  # DisallowedHost and the like: Django answers 400 itself
             host = str(request.META.get("SERVER_NAME") or "unknown")
-        # Without the port; "[v6addr]:port" keeps its brackets.
-        host = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
-        span = RequestSpan(
-            self.hostname or _hostname(),
-            self.server_name or host,
-            self.prefix + str(request.path_info or ""),
-            schema=str(request.scheme or ""),
-            tags=dict(self.tags) if self.tags else None,
-            timer_rusage=self.timer_rusage,
+        return self.serving.open(
+            self.server_name or host_without_port(host),
+            str(request.path_info or ""),
+            str(request.scheme or ""),
+            self.hostname,
         )
-        span.serving = True
-        return span, current_request.set(span)
 
     def _name(self, span: RequestSpan, opened: str, request: Any) -> None:
         if span.script_name != opened:
@@ -145,25 +128,19 @@ class PynbaMiddleware:
         try:
             route = route_name(request)
         except Exception as exc:
-            errors.log(
-                ("django", "route", type(exc).__name__),
-                f"pynba: cannot read the request's route: {exc!r}",
-                level=logging.ERROR,
-            )
+            self.serving.failed("route", exc)
             return
-        span.script_name = self.unmatched_name if route is None else self.prefix + route
+        span.script_name = self.unmatched_name if route is None else route
 
     def _close(self, span: RequestSpan, token: Any, request: Any, response: Any) -> None:
-        span.serving = False
         try:
-            current_request.reset(token)
-        except ValueError:  # reset in another context than set in (sync_to_async threads)
-            current_request.set(None)
-        self._name(span, self.prefix + str(request.path_info or ""), request)
-        if response is None:
-            span.status = 500
-        else:
-            span.status = int(getattr(response, "status_code", 0) or 0)
-            if span.document_size < 0 and not getattr(response, "streaming", False):
-                span.document_size = len(getattr(response, "content", b""))
-        finish_and_send(span, self.reporter, "django")
+            self._name(span, str(request.path_info or ""), request)
+            if response is None:
+                span.status = 500
+            else:
+                span.status = int(getattr(response, "status_code", 0) or 0)
+                if span.document_size < 0 and not getattr(response, "streaming", False):
+                    span.document_size = len(getattr(response, "content", b""))
+        except Exception as exc:
+            self.serving.failed("close", exc)
+        self.serving.close(span, token)

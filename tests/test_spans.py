@@ -6,14 +6,13 @@ tested is the model's own rules: finishing, sealing, the cardinality guard, the 
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from typing import Any
 
 import pytest
 
-from pynba_exporter import MemoryTransport, PinbaRequest, PinbaTimer, Transport, encode, spans
+from pynba_exporter import MemoryTransport, PinbaRequest, PinbaTimer, Transport, encode
 from pynba_exporter.naming import OVERFLOW, UNMATCHED, ScriptNames, script_names, server_names
 from pynba_exporter.spans import (
     MEASURE,
@@ -197,37 +196,21 @@ def test_timer_layouts_found_by_identity_give_the_bytes_found_by_content() -> No
     assert encode(varying) == encode(as_record(varying))
 
 
-def test_back_to_back_requests_of_a_thread_read_getrusage_once_each(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A request that starts moments (in the thread's CPU time) after the thread's previous one
-    ended takes that end's getrusage reading for its start: one system call per request, not
-    two. A thread that worked in between reads it anew. The CPU total is the precise clock's."""
-    calls: list[int] = []
-    real = spans._getrusage
-
-    def counting(who: int) -> Any:
-        calls.append(who)
-        return real(who)
-
-    monkeypatch.setattr(spans, "_getrusage", counting)
-    spans._last_cpu.clear()
+@pytest.mark.parametrize("order", [(0, False), (False, 0), (0.0, -0.0, 0, False)])
+def test_tag_values_equal_in_python_are_sent_as_their_own_text(order: tuple[object, ...]) -> None:
+    """0, False, 0.0 and -0.0 are equal in Python but the reference client sends "0", "",
+    "0" and "-0": timers interned by equal tags must not share one text, in either order,
+    however many requests of the process used the other value first."""
     memory = MemoryTransport()
-    gc.disable()  # a collection between two requests would be CPU spent in between
-    try:
-        for _ in range(5):
-            assert finish_and_send(_request(), memory, "test")
-    finally:
-        gc.enable()
-    assert len(calls) == 1 + 5  # the first start, then each end
-    calls.clear()
-    start = time.thread_time()
-    while time.thread_time() - start < 3 * spans._REUSE_RUSAGE:  # the thread works in between
-        pass
-    request = _request()
-    start = time.thread_time()
-    while time.thread_time() - start < 0.01:  # and in the request
-        pass
-    assert finish_and_send(request, memory, "test")
-    assert len(calls) == 2
-    assert request.ru_utime + request.ru_stime >= 0.01
+    for value in order:
+        request = _request()
+        token = current_request.set(request)
+        try:
+            with Timer({"a": value}):
+                pass
+        finally:
+            current_request.reset(token)
+        finish_and_send(request, memory, "test")
+        (timer,) = memory.requests[-1].timers
+        text = {"0": "0", "False": "", "0.0": "0", "-0.0": "-0"}[repr(value)]
+        assert timer.tags == {"a": text}, value

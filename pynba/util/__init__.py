@@ -34,10 +34,10 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from pynba._configured import configured
-from pynba._legacy import ReporterOption, call_reporter, split_reporter
-from pynba.collector import DataCollector
-from pynba_exporter import Address, Transport, UdpTransport
+from pynba._compat.collector import DataCollector
+from pynba._compat.options import ReporterOption, as_transport
+from pynba._serving import Serving
+from pynba_exporter import Address, Transport
 from pynba_exporter.spans import MEASURE, RequestSpan, Timer, current_request, finish_and_send
 
 __all__ = ["ScriptMonitor"]
@@ -78,13 +78,18 @@ class ScriptMonitor:
         transport: Transport | None = None,
         **transport_options: Any,
     ) -> None:
-        given, self._call = split_reporter(reporter)
-        chosen = transport if transport is not None else given
-        self.transport, self.timer_rusage, self.enabled = configured(
+        serving = Serving(
             "script monitor",
-            lambda: chosen if chosen is not None else UdpTransport(address, **transport_options),
-            timer_rusage,
-            enabled,
+            address,
+            transport=transport or as_transport(reporter, "script-monitor"),
+            timer_rusage=timer_rusage,
+            enabled=enabled,
+            **transport_options,
+        )
+        self.transport, self.timer_rusage, self.enabled = (
+            serving.transport,
+            serving.timer_rusage,
+            serving.enabled,
         )
         #: What was given as ``reporter`` (else the transport): ``.raise_on_fail``, ``.stats()``.
         self.reporter: Any = reporter if reporter is not None else self.transport
@@ -220,10 +225,7 @@ class ScriptMonitor:
         request = self._current()
         self.stop()
         self._apply(request, status)
-        if self._call is not None:
-            sent = call_reporter(self._call, request, "script-monitor")
-        else:
-            sent = finish_and_send(request, self.transport, "script-monitor")
+        sent = finish_and_send(request, self.transport, "script-monitor")
         # The next unit starts once this one is sent: its time does not include the sending.
         self._request = self._new()
         self.collector.flush()
