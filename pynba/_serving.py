@@ -42,7 +42,7 @@ class Serving:
     """What an entry point (``who``, as its log lines name it) resolved once, and the opening
     and closing of its requests."""
 
-    __slots__ = ("enabled", "prefix", "tags", "timer_rusage", "transport", "who")
+    __slots__ = ("enabled", "host", "prefix", "tags", "timer_rusage", "transport", "who")
 
     def __init__(
         self,
@@ -57,6 +57,8 @@ class Serving:
         **transport_options: Any,
     ) -> None:
         self.who = who
+        #: This machine's name, the requests' hostname unless given per request.
+        self.host = hostname()
         #: Put before the script name when the request is sent (the originals' ``prefix``).
         self.prefix = prefix
         #: Request tags of every request (a callable value is called per request).
@@ -99,12 +101,12 @@ class Serving:
     ) -> tuple[RequestSpan, _Token]:
         """A new request, current in this context until :meth:`close`."""
         request = RequestSpan(
-            host or hostname(),
+            host or self.host,
             server_name,
             script_name,
-            schema=schema,
-            tags=dict(self.tags) if self.tags else None,
-            timer_rusage=self.timer_rusage,
+            schema,
+            dict(self.tags) if self.tags else None,
+            self.timer_rusage,
         )
         request.serving = True
         return request, current_request.set(request)

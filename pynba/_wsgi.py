@@ -34,7 +34,7 @@ _Token: TypeAlias = "Token[RequestSpan | None]"
 def _server_name(environ: Mapping[str, Any]) -> str:
     """The virtual host asked for (Host header), else the server's name; without the port."""
     host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "unknown"
-    return host_without_port(str(host))
+    return host if ":" not in host else host_without_port(str(host))
 
 
 def _path(environ: Mapping[str, Any]) -> str:
@@ -113,6 +113,7 @@ class PynbaMiddleware:
         self.server_name = server_name
         self.script_name = script_name
         self.schema = schema
+        self._named = any(o is not None for o in (hostname, server_name, script_name, schema))
         functools.update_wrapper(self, app, updated=())
 
     @property
@@ -140,12 +141,17 @@ class PynbaMiddleware:
         if not serving.enabled or serving.outer() is not None:
             return self.app(environ, start_response)  # off, or reported by the outer app
         try:
-            request, token = serving.open(
-                option_value(self.server_name, environ) or _server_name(environ),
-                option_value(self.script_name, environ) or _path(environ),
-                option_value(self.schema, environ) or environ.get("wsgi.url_scheme") or "",
-                option_value(self.hostname, environ),
-            )
+            if self._named:
+                request, token = serving.open(
+                    option_value(self.server_name, environ) or _server_name(environ),
+                    option_value(self.script_name, environ) or _path(environ),
+                    option_value(self.schema, environ) or environ.get("wsgi.url_scheme") or "",
+                    option_value(self.hostname, environ),
+                )
+            else:  # the common case, without asking four options
+                request, token = serving.open(
+                    _server_name(environ), _path(environ), environ.get("wsgi.url_scheme") or ""
+                )
         except Exception as exc:  # our bug: the app still runs, unmonitored
             serving.failed("open", exc)
             return self.app(environ, start_response)

@@ -15,18 +15,16 @@ open and close one use.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
+import resource
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar, Token
 from typing import Any, Final
 
-from pynba_exporter._cache import BoundedCache
 from pynba_exporter._model import PinbaRequest
 from pynba_exporter._probes import (
+    RUSAGE_THREAD,
     CpuSample,
     cpu_delta,
     hostname,
@@ -35,6 +33,15 @@ from pynba_exporter._probes import (
     thread_cpu,
 )
 from pynba_exporter._tags import expand_tags, safe_text
+from pynba_exporter._timers import (
+    CurrentRequest,
+    TimerLine,
+    TimerSpec,
+    _timed,
+    current_request,
+    opened_request,
+    timer_spec,
+)
 from pynba_exporter._transport import Transport
 from pynba_exporter.log import errors, from_signal_handler, logger
 from pynba_exporter.naming import script_names, server_names
@@ -66,158 +73,7 @@ MEASURE: Final = -1
 _perf_counter = time.perf_counter
 _thread_time = time.thread_time
 _thread_ident = threading.get_ident
-
-
-# --------------------------------------------------------------------------------------------
-# The current request
-
-
-class CurrentRequest:
-    """The request the running code belongs to, if any: ``get``, ``set``, ``reset`` as a
-    ``ContextVar``'s.
-
-    A classic middleware or ``ScriptMonitor`` sets its request in this context (thread, task,
-    greenlet). A request opened by an OpenTelemetry root span is not stored here: it is found
-    through the span current in the OpenTelemetry context (the bridge registers a finder), so it
-    is bound to its own context, and a root span that never ends cannot capture the later
-    requests of its thread.
-    """
-
-    __slots__ = ("_var", "finders")
-
-    def __init__(self) -> None:
-        self._var: ContextVar[RequestSpan | None] = ContextVar("pynba_request", default=None)
-        #: Functions giving the request of what runs now, asked when none is set here.
-        self.finders: list[Callable[[], RequestSpan | None]] = []
-
-    def get(self) -> RequestSpan | None:
-        """The request of the running code: the one set here, else the one a finder knows."""
-        request = self._var.get()
-        if request is None and self.finders:
-            for finder in self.finders:
-                request = finder()
-                if request is not None:
-                    break
-        return request
-
-    def opened(self) -> RequestSpan | None:
-        """Only the request set in this context (by the classic API), never a found one."""
-        return self._var.get()
-
-    def set(self, request: RequestSpan | None) -> Token[RequestSpan | None]:
-        return self._var.set(request)
-
-    def reset(self, token: Token[RequestSpan | None]) -> None:
-        self._var.reset(token)
-
-
-#: The request being served in this context (thread, task, greenlet), if any.
-current_request = CurrentRequest()
-#: The request the classic API set in this context, if any (the OpenTelemetry processor asks).
-opened_request = current_request.opened
-
-
-# --------------------------------------------------------------------------------------------
-# Timer specs: interned tag sets
-
-# Interned specs by their tag content. Keys are the raw items when every name and value is a
-# plain str; otherwise the items with each value's type (and a float's repr), because values
-# equal in Python are sent as different text: 0, False, 0.0 and -0.0 are "0", "", "0", "-0".
-_SPECS: BoundedCache[Any, TimerSpec] = BoundedCache(4096)
-_SCALARS: Final = (int, float, bool, bytes, type(None))
-
-
-class TimerSpec:
-    """One tag set, shared by every timer with these tags (see :func:`timer_spec`).
-
-    It is also a prebuilt timer, for hot loops: ``with spec:`` or ``@spec`` times into the
-    current request, like ``pynba.timer(**tags)`` without making a timer object per use.
-    """
-
-    __slots__ = ("tags", "text")
-
-    def __init__(self, tags: Mapping[Any, Any]) -> None:
-        #: The tags as given.
-        self.tags = tags
-        #: The tags as sent, expanded once; None while a value is callable (expanded per
-        #: request, as the original pynba called them when sending).
-        self.text: dict[str, Any] | None = None
-        if not any(callable(v) for v in tags.values()):
-            self.text = expand_tags(tags)
-
-    def expanded(self) -> dict[str, Any]:
-        """The tags as sent now."""
-        return self.text if self.text is not None else expand_tags(self.tags)
-
-    def __enter__(self) -> TimerSpec:
-        request = current_request.get()
-        if request is not None:
-            request.begin(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        request = current_request.get()
-        if request is not None:
-            request.end(self)
-
-    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        """Time every call of ``func`` into the request current at that call."""
-        return _timed(func, self)
-
-    def __repr__(self) -> str:
-        return f"<TimerSpec {dict(self.tags)!r}>"
-
-    @staticmethod
-    def of(tags: Mapping[Any, Any]) -> TimerSpec:
-        """The same as :func:`timer_spec`."""
-        return timer_spec(tags)
-
-
-def timer_spec(tags: Mapping[Any, Any]) -> TimerSpec:
-    """The spec of these tags, interned: every timer with the same tags (sent as the same
-    text) shares one, its tags expanded once, its uses adding up in one line per request."""
-    try:
-        spec = _SPECS.get(tuple(tags.items()))
-    except TypeError:  # an unhashable value: the slow path says what to do
-        spec = None
-    return spec if spec is not None else _intern(tags)
-
-
-def _intern(tags: Mapping[Any, Any]) -> TimerSpec:
-    try:
-        items = tuple(tags.items())
-    except Exception:  # not a mapping: expand_tags logs it, the spec has no tags
-        return TimerSpec({})
-    if all(type(n) is str and type(v) is str for n, v in items):
-        key: Any = items
-    elif all(type(n) is str and type(v) in _SCALARS for n, v in items):
-        key = tuple((n, type(v), repr(v) if type(v) is float else v) for n, v in items)
-        spec = _SPECS.get(key)
-        if spec is not None:
-            return spec
-    else:  # several values, nested tags, callables, objects: a spec of its own
-        return TimerSpec(dict(tags))
-    return _SPECS.put(key, TimerSpec(dict(tags)))  # a copy: the caller may change its dict
-
-
-class TimerLine:
-    """One timer line of a request: what the uses of one spec add up to. It has the attributes
-    of a PinbaTimer, so the encoder takes it as it is."""
-
-    __slots__ = ("cpu", "hit_count", "ru_stime", "ru_utime", "spec", "starts", "tags", "value")
-
-    def __init__(self, spec: TimerSpec) -> None:
-        self.spec = spec
-        self.tags: dict[str, Any] = {}  # the spec's text, when sealed
-        self.value = 0.0
-        self.hit_count = 0
-        self.ru_utime = 0.0
-        self.ru_stime = 0.0
-        #: Thread CPU seconds of the timers, split into user and system when sealed.
-        self.cpu = 0.0
-        #: The open uses: (perf_counter, thread CPU or -1.0) at their start. Uses may overlap
-        #: (threads, tasks, nesting); closing them in any order adds the same total.
-        self.starts: list[tuple[float, float]] = []
+_getrusage = resource.getrusage
 
 
 # Timer objects a request keeps for pynba.timers (their measurements add up in lines anyway).
@@ -268,15 +124,15 @@ class RequestSpan:
     request_count = 0
     requests: tuple[PinbaRequest, ...] = ()
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional for the entry points: keywords cost per request
         self,
         hostname: str,
         server_name: str,
         script_name: str,
-        *,
         schema: str = "",
         tags: dict[str, Any] | None = None,
         timer_rusage: bool = True,
+        *,
         process_cpu_time: bool = False,
     ) -> None:
         self.hostname = hostname
@@ -306,8 +162,13 @@ class RequestSpan:
         #: The first thousand timer objects made in this request (``pynba.timers``).
         self.handles: list[Timer] = []
         # None: the process's CPU (ScriptMonitor), else the thread's, read where it started.
-        self._thread = None if process_cpu_time else _thread_ident()
-        self._cpu0 = process_cpu() if process_cpu_time else thread_cpu()
+        if process_cpu_time:
+            self._thread = None
+            self._cpu0 = process_cpu()
+        else:
+            self._thread = _thread_ident()
+            ru = _getrusage(RUSAGE_THREAD)  # (thread_cpu(), without a call: every request)
+            self._cpu0 = (_thread_time(), ru.ru_utime, ru.ru_stime)
         self._start = _perf_counter()
 
     @property
@@ -380,7 +241,7 @@ class RequestSpan:
         if self.finished:
             return
         end = _perf_counter() if now is None else now
-        for line in self.lines.values():
+        for line in self.lines.values() if self.lines else ():
             while line.starts:
                 started, cpu0 = line.starts.pop()
                 line.value += end - started
@@ -392,7 +253,9 @@ class RequestSpan:
             if self._thread is None:
                 self.ru_utime, self.ru_stime = cpu_delta(self._cpu0, process_cpu())
             elif self._thread == _thread_ident():
-                self.ru_utime, self.ru_stime = cpu_delta(self._cpu0, thread_cpu())
+                ru = _getrusage(RUSAGE_THREAD)
+                now_cpu = (_thread_time(), ru.ru_utime, ru.ru_stime)
+                self.ru_utime, self.ru_stime = cpu_delta(self._cpu0, now_cpu)
             # else: finished on another thread, whose CPU would say nothing about this request
         if self.memory_peak < 0 or self.memory_footprint < 0:
             peak, rss = process_memory()
@@ -409,6 +272,8 @@ class RequestSpan:
         self.document_size = max(self.document_size, 0)
         if self.tags:
             self.tags = expand_tags(self.tags)
+        if not self.lines:  # no timer was used (most requests of most apps)
+            return self
         timers = []
         shape: list[TimerSpec] | None = []
         total = self.ru_utime + self.ru_stime
@@ -453,14 +318,18 @@ def finish_and_send(
     raised, unless ``transport.raise_on_fail``; the app's code never runs here.
     """
     try:
-        request.finish(cpu=cpu)
-        if duration is not None:
-            request.request_time = duration
+        if duration is not None or not cpu:
+            request.finish(cpu=cpu)
+            if duration is not None:
+                request.request_time = duration
         request.seal()
         if not request.enabled:
             return False
-        request.script_name = script_names.guard(request.script_name)
-        request.server_name = server_names.guard(request.server_name)
+        # The cardinality guards: a name seen before passes by one set lookup, without a call.
+        if request.script_name not in script_names.admitted:
+            request.script_name = script_names.guard(request.script_name)
+        if request.server_name not in server_names.admitted:
+            request.server_name = server_names.guard(request.server_name)
         return transport.send(request)
     except Exception as exc:
         if transport.raise_on_fail or from_signal_handler(exc):
@@ -552,10 +421,15 @@ class Timer:
         return self
 
     def stop(self) -> Timer:
+        self.__exit__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # (the work of stop(), here: a with block's end costs one call)
         start = self._start
         if start is None:
             errors.log(("timer", "not started"), "pynba: timer stopped but not started; ignored")
-            return self
+            return
         self._start = None
         request = self._request
         if request is None:
@@ -565,12 +439,8 @@ class Timer:
         else:
             self.elapsed_total += request.end(self.spec, start)
         self.runs += 1
-        return self
 
     __enter__ = start
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def clone(self) -> Timer:
         """A new, stopped timer with the same tags, in the current request."""
@@ -600,34 +470,3 @@ class Timer:
     def __repr__(self) -> str:
         state = "running" if self.started else f"{self.elapsed_total:.6f}s"
         return f"<Timer {dict(self.spec.tags)!r} {state}>"
-
-
-def _timed(func: Callable[..., Any], spec: TimerSpec) -> Callable[..., Any]:
-    """``func`` with every call timed into the request current at that call."""
-    if inspect.iscoroutinefunction(func):
-
-        @functools.wraps(func)
-        async def awrapper(*args: Any, **kwargs: Any) -> Any:
-            request = current_request.get()
-            if request is None:
-                return await func(*args, **kwargs)
-            start = request.begin(spec)
-            try:
-                return await func(*args, **kwargs)
-            finally:
-                request.end(spec, start)
-
-        return awrapper
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        request = current_request.get()
-        if request is None:
-            return func(*args, **kwargs)
-        start = request.begin(spec)
-        try:
-            return func(*args, **kwargs)
-        finally:
-            request.end(spec, start)
-
-    return wrapper

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pynba_exporter import MemoryTransport, PinbaRequest, PinbaTimer, Transport, encode
+from pynba_exporter import MemoryTransport, PinbaRequest, PinbaTimer, Transport, encode, spans
 from pynba_exporter.naming import OVERFLOW, UNMATCHED, ScriptNames, script_names, server_names
 from pynba_exporter.spans import (
     MEASURE,
@@ -214,3 +214,31 @@ def test_tag_values_equal_in_python_are_sent_as_their_own_text(order: tuple[obje
         (timer,) = memory.requests[-1].timers
         text = {"0": "0", "False": "", "0.0": "0", "-0.0": "-0"}[repr(value)]
         assert timer.tags == {"a": text}, value
+
+
+def test_a_prebuilt_timer_sends_what_an_ordinary_timer_sends() -> None:
+    """``with spec:`` and ``@spec`` time into the current request as ``Timer(tags)`` does:
+    same tags, hits and a time; uses that overlap (nested here) add up the same total."""
+    spec = spans.timer_spec({"group": "db::select", "server": "db1"})
+    memory = MemoryTransport()
+
+    @spec
+    def query() -> None:
+        time.sleep(0.001)
+
+    request = _request()
+    token = current_request.set(request)
+    try:
+        with spec, spec:
+            query()
+        with Timer({"group": "db::select", "server": "db1"}):
+            pass
+    finally:
+        current_request.reset(token)
+    with spec:  # outside any request: nothing recorded, nothing raised
+        pass
+    assert finish_and_send(request, memory, "test")
+    (timer,) = memory.requests[0].timers
+    assert timer.tags == {"group": "db::select", "server": "db1"}
+    assert timer.hit_count == 4
+    assert 0.003 <= timer.value < 1.0  # the outer and inner uses both hold the sleep
