@@ -22,7 +22,7 @@ from typing import Any, TypeAlias
 from pynba._compat.options import ReporterOption, legacy_options
 from pynba._serving import NameOption, Serving, host_without_port, option_value
 from pynba_exporter import Address, Transport
-from pynba_exporter.spans import RequestSpan
+from pynba_exporter.spans import RequestSpan, current_request
 
 __all__ = ["PynbaMiddleware", "monitor"]
 
@@ -138,8 +138,12 @@ class PynbaMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         serving = self.serving
-        if not serving.enabled or serving.outer() is not None:
-            return self.app(environ, start_response)  # off, or reported by the outer app
+        if not serving.enabled:
+            return self.app(environ, start_response)
+        if (current_request.opened() is not None or current_request.finders) and (
+            serving.outer() is not None
+        ):
+            return self.app(environ, start_response)  # mounted in a monitored app: it reports
         try:
             if self._named:
                 request, token = serving.open(
@@ -148,32 +152,46 @@ class PynbaMiddleware:
                     option_value(self.schema, environ) or environ.get("wsgi.url_scheme") or "",
                     option_value(self.hostname, environ),
                 )
-            else:  # the common case, without asking four options
+            else:  # the common case: no option to ask, names read in place
+                host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "unknown"
+                path = environ.get("PATH_INFO") or ""
                 request, token = serving.open(
-                    _server_name(environ), _path(environ), environ.get("wsgi.url_scheme") or ""
+                    host if ":" not in host else host_without_port(host),
+                    path if type(path) is str and path.isascii() else _path(environ),
+                    environ.get("wsgi.url_scheme") or "",
                 )
         except Exception as exc:  # our bug: the app still runs, unmonitored
             serving.failed("open", exc)
             return self.app(environ, start_response)
+        exchange = _Exchange(request, token, serving, start_response)
         try:
-            result = self.app(environ, _StartResponse(request, start_response))
+            result = self.app(environ, exchange)
         except BaseException:
             # Whatever it is (a timeout raised by a signal handler included), the app's
             # exception goes on unchanged; the request is reported first.
             request.status = 500
-            serving.close(request, token)
+            exchange.end(0)
             raise
         request.serving = False
-        return _body(result, environ, serving, request, token)
+        if type(result) is list or type(result) is tuple:
+            body = _ListBody(result)  # (no __init__ of ours: the list is made in C)
+            body.exchange = exchange
+            return body
+        return _other_body(result, environ, exchange)
 
 
-class _StartResponse:
-    """The server's ``start_response``, as the app calls it: the status is the request's."""
+class _Exchange:
+    """One request between the server and the app: the app's ``start_response`` (the status
+    is the request's), then the request's end, once."""
 
-    __slots__ = ("request", "start_response")
+    __slots__ = ("request", "serving", "start_response", "token")
 
-    def __init__(self, request: RequestSpan, start_response: StartResponse) -> None:
+    def __init__(
+        self, request: RequestSpan, token: _Token, serving: Serving, start_response: StartResponse
+    ) -> None:
         self.request = request
+        self.token: _Token | None = token
+        self.serving = serving
         self.start_response = start_response
 
     def __call__(self, status: str, headers: Any, *exc_info: Any) -> Any:
@@ -183,73 +201,56 @@ class _StartResponse:
             self.request.status = 0
         return self.start_response(status, headers, *exc_info)
 
+    def end(self, size: int) -> None:
+        """The request is over, ``size`` bytes served: report it (once)."""
+        token, self.token = self.token, None
+        if token is not None:
+            self.serving.close(self.request, token, size)
 
-def _body(
-    result: Iterable[bytes], environ: dict[str, Any], serving: Serving, request: RequestSpan,
-    token: _Token,
-) -> Iterable[bytes]:  # fmt: skip
-    """The response the server gets, chosen once the app has answered; its ``close()`` ends
-    the request."""
-    if type(result) is list or type(result) is tuple:
-        return _ListBody(result, serving, request, token)
+
+def _other_body(result: Any, environ: dict[str, Any], exchange: _Exchange) -> Iterable[bytes]:
+    """The response for an answer other than a list or tuple."""
     if not hasattr(result, "__iter__"):  # not a response (None...): the server will say so
-        serving.close(request, token)
-        return result
+        exchange.end(0)
+        return result  # type: ignore[no-any-return]
+    served: Iterable[bytes] = result
     wrapper = environ.get("wsgi.file_wrapper")
     if (
         isinstance(wrapper, type)
         and isinstance(result, wrapper)
-        and _end_in_close(result, serving, request, token)
+        and _end_in_close(result, exchange)
     ):
-        return result  # the server's own object, so that it can still sendfile() it
+        return served  # the server's own object, so that it can still sendfile() it
     if hasattr(result, "__len__"):
-        return _SizedStreamBody(result, serving, request, token)
-    return _StreamBody(result, serving, request, token)
-
-
-def _size(chunks: Iterable[object]) -> int:
-    try:
-        return sum(map(len, chunks))  # type: ignore[arg-type]
-    except TypeError:  # not bytes: the server will complain, not us
-        return 0
+        return _SizedStreamBody(result, exchange)
+    return _StreamBody(result, exchange)
 
 
 class _ListBody(list[bytes]):
     """A list or tuple answer (most apps'): a list, so that the server iterates it and takes
-    its ``len()`` in C; measured once, its only Python call is ``close()``."""
+    its ``len()`` in C; measured when closed, its only Python call is ``close()``."""
 
-    __slots__ = ("_closed", "_request", "_serving", "_token")
-
-    def __init__(
-        self, result: Iterable[bytes], serving: Serving, request: RequestSpan, token: _Token
-    ) -> None:
-        super().__init__(result)
-        self._serving = serving
-        self._request = request
-        self._token: _Token | None = token
-        self._closed = False
+    __slots__ = ("exchange",)
+    exchange: _Exchange
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._serving.close(self._request, self._token, _size(self))
+        try:
+            size = sum(map(len, self))
+        except TypeError:  # not bytes: the server will complain, not us
+            size = 0
+        self.exchange.end(size)
 
 
 class _StreamBody:
     """Any other iterable answer: counted chunk by chunk, closed with the app's ``close()``."""
 
-    __slots__ = ("_closed", "_iter", "_request", "_result", "_serving", "_size", "_token")
+    __slots__ = ("_exchange", "_iter", "_result", "_size")
 
-    def __init__(
-        self, result: Iterable[bytes], serving: Serving, request: RequestSpan, token: _Token
-    ) -> None:
+    def __init__(self, result: Iterable[bytes], exchange: _Exchange) -> None:
         self._result = result
-        self._serving = serving
-        self._request = request
-        self._token = token
+        self._exchange = exchange
         self._iter: Iterator[bytes] | None = None
         self._size = 0
-        self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -262,7 +263,7 @@ class _StreamBody:
         except StopIteration:
             raise
         except BaseException:
-            self._request.status = 500  # the body failed: so did the request
+            self._exchange.request.status = 500  # the body failed: so did the request
             raise
         # (not contextlib.suppress: a context manager per chunk costs more than the rest here)
         try:  # noqa: SIM105
@@ -272,15 +273,14 @@ class _StreamBody:
         return chunk
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        if self._exchange.token is None:
+            return  # closed already
         try:
             close = getattr(self._result, "close", None)
             if close is not None:
                 close()
         finally:
-            self._serving.close(self._request, self._token, self._size)
+            self._exchange.end(self._size)
 
 
 class _SizedStreamBody(_StreamBody):
@@ -303,7 +303,7 @@ def _file_size(wrapper: Any) -> int:
     return max(size, 0)
 
 
-def _end_in_close(result: Any, serving: Serving, request: RequestSpan, token: _Token) -> bool:
+def _end_in_close(result: Any, exchange: _Exchange) -> bool:
     """Make the server's ``wsgi.file_wrapper`` object end the request in its ``close()``.
     False if the object does not let its ``close`` be replaced."""
     size = _file_size(result)
@@ -319,7 +319,7 @@ def _end_in_close(result: Any, serving: Serving, request: RequestSpan, token: _T
             if original is not None:
                 original()
         finally:
-            serving.close(request, token, size)
+            exchange.end(size)
 
     try:
         result.close = close
