@@ -11,6 +11,7 @@ from pynba_exporter.collector._history import History
 from pynba_exporter.collector._http import WebServer
 from pynba_exporter.collector._percentile import column
 from pynba_exporter.collector._record import Record, TimerRecord
+from pynba_exporter.collector._render import ReportError, reports_text, stored_report, write_reports
 from pynba_exporter.collector._reports import REPORTS, REQUEST_REPORTS, ReportSpec
 from pynba_exporter.collector._server import (
     Collector,
@@ -30,6 +31,7 @@ __all__ = [
     "History",
     "Record",
     "RecordStore",
+    "ReportError",
     "ReportSpec",
     "SqliteStore",
     "StoreError",
@@ -39,4 +41,7 @@ __all__ = [
     "invalid_reason",
     "printable",
     "report_table",
+    "reports_text",
+    "stored_report",
+    "write_reports",
 ]
