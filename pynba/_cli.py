@@ -18,7 +18,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -29,11 +28,14 @@ from pynba_exporter.collector import (
     REPORTS,
     Collector,
     CollectorError,
+    ReportError,
     SqliteStore,
     WebServer,
-    column,
     printable,
     report_table,
+    reports_text,
+    stored_report,
+    write_reports,
 )
 from pynba_exporter.wire import PinbaDecodeError, decode
 
@@ -45,103 +47,6 @@ BY: dict[str, str] = {spec.short: spec.table for spec in REPORTS}
 
 class _Stopped(Exception):
     """SIGTERM or SIGINT arrived: leave the reporting loop now, not at the next interval."""
-
-
-_LABELS = {"invalid_by_reason": "invalid packets", "evicted_by_reason": "evicted records",
-           "store_dropped_by_reason": "not stored"}  # fmt: skip
-
-
-def _request_columns(percentiles: Sequence[float]) -> list[str]:
-    return ["req_count", "req_per_sec", "req_time_total", "req_time_percent", "req_time_median",
-            *(column("req_time", p) for p in percentiles), "ru_utime_total",
-            "traffic_total"]  # fmt: skip
-
-
-def _timer_columns(percentiles: Sequence[float]) -> list[str]:
-    return ["req_count", "hit_count", "hit_per_sec", "timer_value", "timer_median",
-            *(column("timer", p) for p in percentiles), "ru_utime_value"]  # fmt: skip
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
-    return printable("" if value is None else value)
-
-
-def render(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
-           top: int = 15) -> str:  # fmt: skip
-    """A report as an aligned text table (the first ``top`` rows); names that came from
-    packets are escaped (``printable``)."""
-    shown = [[_cell(row.get(c, "")) for c in columns] for row in rows[:top]]
-    columns = [printable(c) for c in columns]
-    widths = [max([len(c)] + [len(r[i]) for r in shown]) for i, c in enumerate(columns)]
-    lines = [f"{printable(title)} ({len(rows)} rows)"]
-    lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in shown)
-    return "\n".join(lines)
-
-
-def reports_text(
-    collector: Collector,
-    timer_tags: Sequence[Sequence[str]],
-    top: int = 15,
-    request_tags: Sequence[Sequence[str]] = (),
-) -> str:
-    a = collector.aggregator
-    ps = a.percentiles
-    parts = [
-        render("requests by script", a.request_report(("script_name",)),
-               ["script_name", *_request_columns(ps)], top),
-        render("requests by status", a.request_report(("status",)),
-               ["status", "req_count", "req_per_sec", "req_time_median",
-                *(column("req_time", p) for p in ps)], top),
-    ]  # fmt: skip
-    parts.extend(
-        render(f"timers by {','.join(tags)}", a.timer_report(tags),
-               [*tags, *_timer_columns(ps)], top)
-        for tags in timer_tags
-    )  # fmt: skip
-    parts.extend(
-        render(f"requests by tag {','.join(tags)}", a.tag_report(tags),
-               [*tags, "req_count", "req_per_sec", "req_time_total", "req_time_median",
-                *(column("req_time", p) for p in ps)], top)
-        for tags in request_tags
-    )  # fmt: skip
-    info = a.info()
-    parts.append("info: " + ", ".join(f"{k}={_cell(v)}" for k, v in info.items()))
-    status = collector.status()
-    by_reason = {k: status.pop(k) for k in list(status) if isinstance(status[k], dict)}
-    parts.append("status: " + ", ".join(f"{k}={_cell(v)}" for k, v in status.items()))
-    for name, counts in by_reason.items():
-        if counts:
-            label = _LABELS.get(name, name)
-            parts.append(
-                f"{label}: " + ", ".join(f"{printable(k)}: {v}" for k, v in counts.items())
-            )
-    return "\n\n".join(parts)
-
-
-_JSON = json.JSONEncoder()  # ASCII output: exact, and safe on a terminal
-
-
-def reports_json(
-    collector: Collector,
-    timer_tags: Sequence[Sequence[str]],
-    request_tags: Sequence[Sequence[str]] = (),
-) -> dict[str, Any]:
-    a = collector.aggregator
-    return {
-        "request_tags": {",".join(t): a.tag_report(t) for t in request_tags},
-        "time": time.time(),
-        "by_script": a.request_report(("script_name",)),
-        "by_status": a.request_report(("status",)),
-        "timers": {",".join(t): a.timer_report(t) for t in timer_tags},
-        "info": a.info(),
-        "status": collector.status(),
-    }
 
 
 def _tag_groups(
@@ -223,7 +128,7 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
                 # that this thread sees when it wakes, and it must act on it at once.
                 while (left := report_at - time.monotonic()) > 0:
                     time.sleep(min(left, 0.1))
-                _print_reports(args, collector, timer_tags, request_tags, out)
+                write_reports(out, collector, timer_tags, request_tags, as_json=args.json)
         except (_Stopped, KeyboardInterrupt):
             pass
         finally:
@@ -233,36 +138,11 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
             if web is not None:
                 web.stop()
             collector.stop()
-        _print_reports(args, collector, timer_tags, request_tags, out, final=True)
+        write_reports(out, collector, timer_tags, request_tags, as_json=args.json, final=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
-
-
-def _print_reports(
-    args: argparse.Namespace,
-    collector: Collector,
-    timer_tags: Sequence[Sequence[str]],
-    request_tags: Sequence[Sequence[str]],
-    out: TextIO,
-    *,
-    final: bool = False,
-) -> None:
-    if args.json:
-        # Written piece by piece: every row of every report, with names of kilobytes, would
-        # otherwise be one string of many megabytes next to the window it describes.
-        for chunk in _JSON.iterencode(reports_json(collector, timer_tags, request_tags)):
-            out.write(chunk)
-        out.write("\n")
-        out.flush()
-        return
-    text = reports_text(collector, timer_tags, request_tags=request_tags)
-    if final:
-        print("\nfinal report\n\n" + text, file=out, flush=True)
-    else:
-        clear = "\033[2J\033[H" if out.isatty() else "\n"
-        print(clear + text, file=out, flush=True)
 
 
 def _report_table(by: str) -> str | None:
@@ -286,37 +166,11 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
               "timer:TAGS or tag:TAGS", file=sys.stderr)  # fmt: skip
         return 2
     try:
-        db = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        print(f"pynba report: cannot open {printable(args.db)!r}: {exc}", file=sys.stderr)
+        text = stored_report(args.db, table, top=args.top, as_json=args.json)
+    except ReportError as exc:
+        print(f"pynba report: {exc}", file=sys.stderr)
         return 2
-    try:
-        try:
-            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        except sqlite3.DatabaseError as exc:
-            print(f"pynba report: {printable(args.db)!r} is not a database pynba collect wrote"
-                  f" ({exc})", file=sys.stderr)  # fmt: skip
-            return 2
-        if table not in tables:
-            print(f"pynba report: no table {printable(table)!r} in {printable(args.db)}; there"
-                  f" are: {', '.join(map(printable, tables))}", file=sys.stderr)  # fmt: skip
-            return 2
-        cur = db.execute(f'SELECT * FROM "{table}" ORDER BY 1')
-        columns = [d[0] for d in cur.description]
-        rows = [dict(zip(columns, r)) for r in cur.fetchall()]
-    except sqlite3.Error as exc:
-        print(f"pynba report: cannot read {printable(args.db)!r}: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        db.close()
-    if "req_time_total" in columns:
-        rows.sort(key=lambda r: -(r["req_time_total"] or 0))
-    elif "timer_value" in columns:
-        rows.sort(key=lambda r: -(r["timer_value"] or 0))
-    if args.json:
-        print(json.dumps(rows), file=out)
-    else:
-        print(render(table, rows, columns, args.top), file=out)
+    print(text, file=out)
     return 0
 
 
@@ -362,8 +216,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pynba", description="Pinba for Python: collector and tools"
     )
@@ -416,6 +269,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         "--serve", action="store_true",
         help="after the first requests, keep the app busy and the page up until Ctrl-C",
     )  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = _parser()
     args = parser.parse_args(argv)
     if getattr(args, "window", 1) <= 0 or getattr(args, "interval", 1) <= 0:
         parser.error("--window and --interval must be positive")

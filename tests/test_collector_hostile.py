@@ -564,7 +564,7 @@ def test_report_on_a_file_that_is_not_sqlite_says_so(tmp_path: Path, content: by
 def test_percentiles_in_sorted_runs_equal_a_brute_force_rank(
     items: list[tuple[float, int]], run: int
 ) -> None:
-    from pynba_exporter.collector import _aggregate  # noqa: PLC0415
+    from pynba_exporter.collector import _percentile as _aggregate  # noqa: PLC0415
 
     old = _aggregate.SORT_RUN
     setattr(_aggregate, "SORT_RUN", run)  # noqa: B010 - a Final constant, changed for the test

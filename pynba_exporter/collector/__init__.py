@@ -6,17 +6,13 @@ web page ``WebServer``, the ``pynba`` command (``pynba collect [--http HOST:PORT
 ``pynba report``, ``pynba decode``, ``pynba demo``), docs/collector.md and docs/web.md.
 """
 
-from pynba_exporter.collector._aggregate import (
-    REPORTS,
-    REQUEST_REPORTS,
-    Aggregator,
-    Record,
-    ReportSpec,
-    TimerRecord,
-    column,
-)
+from pynba_exporter.collector._aggregate import Aggregator
 from pynba_exporter.collector._history import History
 from pynba_exporter.collector._http import WebServer
+from pynba_exporter.collector._percentile import column
+from pynba_exporter.collector._record import Record, TimerRecord
+from pynba_exporter.collector._render import ReportError, reports_text, stored_report, write_reports
+from pynba_exporter.collector._reports import REPORTS, REQUEST_REPORTS, ReportSpec
 from pynba_exporter.collector._server import (
     Collector,
     CollectorError,
@@ -35,6 +31,7 @@ __all__ = [
     "History",
     "Record",
     "RecordStore",
+    "ReportError",
     "ReportSpec",
     "SqliteStore",
     "StoreError",
@@ -44,4 +41,7 @@ __all__ = [
     "invalid_reason",
     "printable",
     "report_table",
+    "reports_text",
+    "stored_report",
+    "write_reports",
 ]

@@ -14,8 +14,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, Final
 
-from pynba_exporter.collector._aggregate import percentile
 from pynba_exporter.collector._history import History
+from pynba_exporter.collector._percentile import percentile
 from pynba_exporter.collector._server import Collector
 from pynba_exporter.log import internal_errors
 

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from pynba_exporter.collector._aggregate import Record
+from pynba_exporter.collector._record import Record
 
 __all__ = ["History", "cell_of", "cell_value"]
 
@@ -44,7 +44,7 @@ def cell_value(cell: int) -> float:
 
 
 def _percentile(cells: dict[int, int], count: int, p: float) -> float | None:
-    # Nearest rank, like the reports (``_aggregate.percentile``), over the cells in order.
+    # Nearest rank, like the reports (``_percentile.percentile``), over the cells in order.
     if not count:
         return None  # no request, no time: a gap in the chart rather than a fall to 0
     rank = min(count, max(1, math.ceil(p / 100 * count)))

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from pynba_exporter.collector import _api
 from pynba_exporter.collector._history import History
-from pynba_exporter.collector._server import Collector, CollectorError
+from pynba_exporter.collector._server import Collector, CollectorError, passive_address
 from pynba_exporter.log import errors
 
 if TYPE_CHECKING:
@@ -274,13 +274,9 @@ class WebServer:
     def start(self) -> WebServer:
         if self._server is not None:
             return self
-        try:
-            infos = socket.getaddrinfo(
-                self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-        except socket.gaierror as exc:
-            raise CollectorError(f"cannot serve HTTP on {self.host}:{self.port}: {exc}") from None
-        family, _type, _proto, _canon, sockaddr = infos[0]
+        family, sockaddr = passive_address(
+            self.host, self.port, socket.SOCK_STREAM, f"serve HTTP on {self.host}:{self.port}"
+        )
         server_class = type("_Server", (_Server,), {"address_family": family})
         try:
             server = server_class(sockaddr[:2], _Handler)

@@ -31,7 +31,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector as _PromCollector
 from prometheus_client.registry import CollectorRegistry
 
-from pynba_exporter.collector._aggregate import OTHER, Record
+from pynba_exporter.collector._live import OTHER
+from pynba_exporter.collector._record import Record
 from pynba_exporter.collector._server import Collector
 
 __all__ = ["PrometheusMetrics"]
@@ -115,15 +116,15 @@ class PrometheusMetrics(_PromCollector):
                 row[2] += r.ru_utime
                 row[3] += r.ru_stime
                 row[4] += r.doc_size
-                for t in r.timers:
+                for tags, value, hits, _, _ in r.timer_rows:
                     # The same few tag sets repeat: their (group, server) is looked up once.
-                    tkey = keys.get(t.tags, _UNSET)
+                    tkey = keys.get(tags, _UNSET)
                     if tkey is _UNSET:
-                        tkey = _timer_key(t.tags)
-                        if len(t.tags) <= _SMALL_TAG_SET:
+                        tkey = _timer_key(tags)
+                        if len(tags) <= _SMALL_TAG_SET:
                             if len(keys) >= _TAG_SETS:
                                 keys.clear()
-                            keys[t.tags] = tkey
+                            keys[tags] = tkey
                     if tkey is None:
                         continue
                     trow = timers.get(tkey)
@@ -134,8 +135,8 @@ class PrometheusMetrics(_PromCollector):
                             trow = timers.get(tkey)
                         if trow is None:
                             trow = timers[tkey] = [0, 0.0]
-                    trow[0] += t.hit_count
-                    trow[1] += t.value
+                    trow[0] += hits
+                    trow[1] += value
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in the Prometheus text format, and its content type."""

@@ -25,7 +25,8 @@ from types import TracebackType
 from typing import Any, Final, Protocol
 
 from pynba_exporter.address import DEFAULT_PORT, parse_listen
-from pynba_exporter.collector._aggregate import Aggregator, Record
+from pynba_exporter.collector._aggregate import Aggregator
+from pynba_exporter.collector._record import Record
 from pynba_exporter.collector._text import printable
 from pynba_exporter.log import errors
 from pynba_exporter.wire import Packet, PinbaDecodeError, parse
@@ -88,6 +89,17 @@ class RecordStore(Protocol):
 
 class CollectorError(OSError):
     """The collector cannot listen where it was asked (port in use, bad address...)."""
+
+
+def passive_address(host: str, port: int, socktype: int, what: str) -> tuple[int, Any]:
+    """The address family and socket address to bind ``host``:``port`` to; a name that does
+    not resolve is a :class:`CollectorError` saying what could not be done (``what``)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socktype, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CollectorError(f"cannot {what}: {exc}") from None
+    family, _type, _proto, _canon, sockaddr = infos[0]
+    return family, sockaddr
 
 
 def _flatten(p: Packet, now: float, out: list[Record]) -> None:
@@ -159,13 +171,7 @@ class Collector:
 
     def bind(self) -> socket.socket:
         ep = self.listen
-        try:
-            infos = socket.getaddrinfo(
-                ep.host, ep.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
-            )
-        except socket.gaierror as exc:
-            raise CollectorError(f"cannot listen on {ep}: {exc}") from None
-        family, _type, _proto, _canon, sockaddr = infos[0]
+        family, sockaddr = passive_address(ep.host, ep.port, socket.SOCK_DGRAM, f"listen on {ep}")
         sock = socket.socket(family, socket.SOCK_DGRAM)
         # A big receive buffer absorbs bursts while the reports are rebuilt (the interpreter is
         # shared). The kernel caps SO_RCVBUF at net.core.rmem_max; SO_RCVBUFFORCE goes past it
@@ -276,15 +282,10 @@ class Collector:
         now = self.clock()
         records: list[Record] = []
         pending = 0
-        of_packet = Record.of_packet
         for data in packets:
             self.packets += 1
             try:
-                p = parse(data)
-                records.append(of_packet(p, now))
-                if p.requests:
-                    for sub in p.requests:
-                        _flatten(sub, now, records)
+                _flatten(parse(data), now, records)
             except PinbaDecodeError as exc:
                 kind = invalid_reason(exc)
                 self.aggregator.add_invalid(kind)

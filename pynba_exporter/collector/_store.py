@@ -35,10 +35,12 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
-from pynba_exporter.collector._aggregate import REPORTS, Aggregator, Record
+from pynba_exporter.collector._aggregate import Aggregator
+from pynba_exporter.collector._record import Record
+from pynba_exporter.collector._reports import REPORTS
 from pynba_exporter.collector._text import printable
 from pynba_exporter.log import errors
 
@@ -160,7 +162,16 @@ class SqliteStore:
         self._tags_text: dict[tuple[tuple[str, str], ...], str] = {}
         self._tag_rows: dict[tuple[tuple[str, str], ...], list[tuple[int, str]]] = {}
         self._tag_generation = 0
-        # Opened here, so that an unwritable path is an error of the caller, not of a thread.
+        last = self._open(path, busy_timeout, max_db_bytes)
+        self._base = last - aggregator.serial
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pynba-sqlite", daemon=True)
+        self._thread.start()
+
+    def _open(self, path: str, busy_timeout: float, max_db_bytes: int) -> int:
+        """Open the database, and return the last request id an earlier run left in it."""
+        # Opened from __init__: an unwritable path is an error of the caller, not of a thread.
         directory = os.path.dirname(os.path.abspath(path)) if path != ":memory:" else "."
         if not os.access(directory, os.W_OK):
             raise StoreError(f"cannot write the database {path!r}: {directory} is read-only")
@@ -191,11 +202,7 @@ class SqliteStore:
         except StoreError:
             self._db.close()
             raise
-        self._base = last - aggregator.serial
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pynba-sqlite", daemon=True)
-        self._thread.start()
+        return int(last)
 
     def _claim(self, path: str) -> None:
         """Refuse a file that is not a database the collector wrote (before changing it)."""
@@ -339,6 +346,22 @@ class SqliteStore:
             self._tag_rows[tags] = rows
         return rows
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN ... COMMIT, rolled back on any failure."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            # SQLite may have rolled back already (disk full): a second ROLLBACK would hide
+            # the real error behind "cannot rollback - no transaction is active".
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+
     def _insert(self, records: list[Record]) -> None:
         # Ids are given here rather than read back row by row, so each table takes one
         # executemany: the rows of a whole batch go in at the speed of sqlite's C loop.
@@ -356,18 +379,17 @@ class SqliteStore:
                 text = self._tags_column(r.tags)
             requests.append((
                 request_id, _sql(r.hostname), _sql(r.server_name), _sql(r.script_name),
-                r.doc_size, r.mem_peak, r.req_time, r.ru_utime, r.ru_stime, len(r.timers),
+                r.doc_size, r.mem_peak, r.req_time, r.ru_utime, r.ru_stime, len(r.timer_rows),
                 r.status, r.memory_footprint, _sql(r.schema), len(r.tags), text, r.timestamp,
             ))  # fmt: skip
-            for t in r.timers:
+            for tags, value, hits, ru_u, ru_s in r.timer_rows:
                 timer_id += 1
-                timers.append((timer_id, request_id, t.hit_count, t.value, t.ru_utime, t.ru_stime))
-                rows = tag_rows.get(t.tags)
+                timers.append((timer_id, request_id, hits, value, ru_u, ru_s))
+                rows = tag_rows.get(tags)
                 if rows is None:
-                    rows = self._timer_tag_rows(t.tags)
-                timertags.extend([(timer_id, tag, value) for tag, value in rows])
-        db.execute("BEGIN")
-        try:
+                    rows = self._timer_tag_rows(tags)
+                timertags.extend([(timer_id, tag_id, tag_value) for tag_id, tag_value in rows])
+        with self._transaction():
             db.executemany(
                 "INSERT INTO request (id, hostname, req_count, server_name, script_name, doc_size,"
                 " mem_peak_usage, req_time, ru_utime, ru_stime, timers_cnt, status,"
@@ -383,14 +405,6 @@ class SqliteStore:
             db.executemany(
                 "INSERT INTO timertag (timer_id, tag_id, value) VALUES (?, ?, ?)", timertags
             )
-            db.execute("COMMIT")
-        except BaseException:
-            # SQLite may have rolled back already (disk full): a second ROLLBACK would hide
-            # the real error behind "cannot rollback - no transaction is active".
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise
         self._last_timer_id = timer_id
 
     def _expire(self) -> None:
@@ -398,20 +412,13 @@ class SqliteStore:
         budget) leave the tables: the raw tables are the window."""
         first = self._base + self.aggregator.first_serial
         db = self._db
-        db.execute("BEGIN")
-        try:
+        with self._transaction():
             db.execute("DELETE FROM timer WHERE request_id < ?", (first,))
             db.execute(
                 "DELETE FROM timertag WHERE timer_id < (SELECT coalesce(min(id), ?) FROM timer)",
                 (self._last_timer_id + 1,),
             )
             db.execute("DELETE FROM request WHERE id < ?", (first,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise
 
     def _table(self, name: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         db = self._db
@@ -427,9 +434,7 @@ class SqliteStore:
 
     def _write_reports(self) -> None:
         a = self.aggregator
-        db = self._db
-        db.execute("BEGIN")
-        try:
+        with self._transaction():
             for spec in REPORTS:
                 rows = a.request_report(spec.keys)
                 self._table(spec.table, rows, list(rows[0]) if rows else list(spec.keys))
@@ -457,9 +462,3 @@ class SqliteStore:
                 dropped = dict(self.dropped_by)
             pairs += [{"name": f"store_dropped:{r}", "value": str(n)} for r, n in dropped.items()]
             self._table("status", pairs, ["name", "value"])
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from math import isfinite
 from operator import methodcaller
 from typing import Any, Final, NamedTuple
@@ -412,7 +412,7 @@ def _build(
                 raise PinbaDecodeError(
                     f"field {f} holds a non-finite or subnormal float: {bad!r}", INVALID_FLOAT
                 )
-    packet: Packet = _tuple_new(Packet, (
+    return Packet(
         hostname.decode("utf-8", "surrogateescape"),
         server.decode("utf-8", "surrogateescape"),
         script.decode("utf-8", "surrogateescape"),
@@ -424,12 +424,7 @@ def _build(
         if rnames else [],
         timers,
         nested,
-    ))  # fmt: skip
-    return packet
-
-
-# The packet made through tuple.__new__ (one C call, not the named tuple's Python __new__).
-_tuple_new: Final[Callable[..., Any]] = tuple.__new__
+    )  # fmt: skip
 
 
 class Packet(NamedTuple):

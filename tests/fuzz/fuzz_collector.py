@@ -20,8 +20,7 @@ import unicodedata
 import atheris
 
 with atheris.instrument_imports():
-    from pynba._cli import reports_text
-    from pynba_exporter.collector import Collector
+    from pynba_exporter.collector import Collector, reports_text
 
 COLLECTOR = Collector("127.0.0.1:0", max_bytes=8 * 1024 * 1024, max_keys=100,
                       request_tags=[("a",)])  # fmt: skip

@@ -1,0 +1,261 @@
+"""Report rows from the groups: pinba_engine's request reports, tag reports and timer reports.
+
+Groups are folded under the aggregator's lock (sums and copies of their values, quick, in C);
+rows and their percentiles are made outside it. A report shows at most ``max_keys`` rows: the
+rest, those of least total time, are summed in one ``<other>`` row. Reports asked for keys
+that are not configured are computed from the window's records.
+
+pinba2's rules where it defines them: a timer tag name given twice keeps its first value;
+timer percentiles weigh each timer's per-hit value by its hit count.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, NamedTuple
+
+from pynba_exporter.collector._live import (
+    FINE,
+    OTHER,
+    LiveReports,
+    RequestGroup,
+    TimerGroup,
+    ns,
+    tag_key,
+    timer_sums,
+)
+from pynba_exporter.collector._percentile import column, percentiles
+from pynba_exporter.collector._record import Record
+
+__all__ = ["REPORTS", "REQUEST_REPORTS", "ReportSpec", "Reports"]
+
+
+class ReportSpec(NamedTuple):
+    """One of pinba_engine's request reports: its short name (``pynba report --by``), its
+    table, and the record fields that make its key."""
+
+    short: str
+    table: str
+    keys: tuple[str, ...]
+
+
+#: The request reports, the one table every name comes from.
+REPORTS: Final[tuple[ReportSpec, ...]] = (
+    ReportSpec("script", "report_by_script_name", ("script_name",)),
+    ReportSpec("server", "report_by_server_name", ("server_name",)),
+    ReportSpec("host", "report_by_hostname", ("hostname",)),
+    ReportSpec("server-script", "report_by_server_and_script", ("server_name", "script_name")),
+    ReportSpec("host-script", "report_by_hostname_and_script", ("hostname", "script_name")),
+    ReportSpec("status", "report_by_status", ("status",)),
+    ReportSpec("script-status", "report_by_script_and_status", ("script_name", "status")),
+    ReportSpec("schema", "report_by_schema", ("schema",)),
+)
+
+#: pinba_engine's request reports: table name -> the record fields that make its key.
+REQUEST_REPORTS: Final[dict[str, tuple[str, ...]]] = {s.table: s.keys for s in REPORTS}
+
+# Folded sums of request groups: time, utime, stime (s), traffic, footprint, count, times.
+ReqSums = tuple[float, float, float, int, int, int, list[float]]
+# Of timer groups: value (s), req_count, hits, utime, stime, per-hit values, weights.
+TimSums = tuple[float, int, int, float, float, list[float], list[int]]
+
+
+def _percent(part: float, whole: float) -> float:
+    return 100.0 * part / whole if whole else 0.0
+
+
+def _request_group(r: Record) -> RequestGroup:
+    g = RequestGroup()
+    g.add(r, ns(r.req_time), ns(r.ru_utime), ns(r.ru_stime))
+    return g
+
+
+def _chain(lists: Iterable[Iterable[Any]]) -> list[Any]:
+    return list(itertools.chain.from_iterable(lists))
+
+
+def fold_requests(gs: list[RequestGroup], *, values: bool = True) -> ReqSums:
+    return (
+        sum(g.time for g in gs) / 1e9,
+        sum(g.utime for g in gs) / 1e9,
+        sum(g.stime for g in gs) / 1e9,
+        sum(g.traffic for g in gs),
+        sum(g.footprint for g in gs),
+        sum(g.count for g in gs),
+        _chain(g.times for g in gs) if values else [],
+    )
+
+
+def fold_timers(gs: list[TimerGroup]) -> TimSums:
+    return (
+        sum(g.value for g in gs) / 1e9, sum(g.req_count for g in gs),
+        sum(g.hits for g in gs), sum(g.utime for g in gs) / 1e9,
+        sum(g.stime for g in gs) / 1e9,
+        _chain(g.values for g in gs), _chain(g.weights for g in gs),
+    )  # fmt: skip
+
+
+def _merge(sums: list[tuple[Any, ...]]) -> Any:
+    """Folded sums summed, their value lists joined (the ``<other>`` row)."""
+    return tuple(
+        _chain(column) if isinstance(column[0], list) else sum(column) for column in zip(*sums)
+    )
+
+
+class Reports:
+    """Rows from the groups of ``live`` (or from ``records`` for keys not configured)."""
+
+    def __init__(self, live: LiveReports, max_keys: int, ps: tuple[float, ...]) -> None:
+        self.live = live
+        self.max_keys = max_keys
+        self.percentiles = ps
+
+    def _cap(self, sums: dict[Any, Any], width: int) -> dict[Any, Any]:
+        """At most ``max_keys`` rows: the ones of least total time merged into ``<other>``."""
+        if len(sums) <= self.max_keys:
+            return sums
+        other = (OTHER,) * width
+        ranked = sorted(((k, s) for k, s in sums.items() if k != other), key=lambda kv: -kv[1][0])
+        kept = dict(ranked[: self.max_keys - 1])
+        rest = [s for _, s in ranked[self.max_keys - 1 :]]
+        if other in sums:
+            rest.append(sums[other])
+        kept[other] = _merge(rest)
+        self.live.overflow_keys += len(rest)
+        return kept
+
+    def request_sums(self, keys: tuple[str, ...], records: Iterable[Record]) -> Any:
+        """Under the lock: the sums of the groups of ``keys`` (record fields) and the totals."""
+        folded: dict[Any, list[RequestGroup]] = {}
+        if set(keys) <= set(FINE):
+            idx = [FINE.index(k) for k in keys]
+            for fine, g in self.live.fine.items():
+                folded.setdefault(tuple(fine[i] for i in idx), []).append(g)
+        else:  # another field (doc_size...): from the records
+            for r in records:
+                folded.setdefault(tuple(getattr(r, k) for k in keys), []).append(_request_group(r))
+        return self._request_sums(keys, folded)
+
+    def tag_sums(self, names: tuple[str, ...], records: Iterable[Record]) -> Any:
+        """Under the lock: the sums of the groups of request tags ``names``, and the totals."""
+        folded: dict[Any, list[RequestGroup]] = {}
+        if names in self.live.request_tags:
+            table = self.live.rtags[self.live.request_tags.index(names)]
+            folded = {k: [g] for k, g in table.items()}
+        else:
+            for r in records:
+                key = tag_key(dict(r.tags), names)
+                if key is not None:
+                    folded.setdefault(key, []).append(_request_group(r))
+        return self._request_sums(names, folded)
+
+    def _request_sums(self, keys: tuple[str, ...], folded: dict[Any, list[RequestGroup]]) -> Any:
+        totals = fold_requests(list(self.live.fine.values()), values=False)
+        sums = {k: fold_requests(gs) for k, gs in folded.items()}
+        return totals, self._cap(sums, len(keys))
+
+    def request_rows(
+        self, keys: Sequence[str], folded: Any, interval: float, *, full: bool
+    ) -> list[dict[str, Any]]:
+        """Outside the lock: the rows, percentiles sorted in bounded runs."""
+        totals, sums = folded
+        rows = []
+        for key, (t, u, s, traffic, footprint, count, values) in sums.items():
+            median, *ranks = percentiles(values, None, (50.0, *self.percentiles))
+            row: dict[str, Any] = dict(zip(keys, key))
+            row.update(req_count=count, req_per_sec=count / interval)
+            for what, total, whole in (("req_time", t, totals[0]), ("ru_utime", u, totals[1]),
+                                       ("ru_stime", s, totals[2])):  # fmt: skip
+                row[f"{what}_total"] = total
+                row[f"{what}_percent"] = _percent(total, whole)
+                row[f"{what}_per_sec"] = total / interval
+            row.update(
+                traffic_total=traffic / 1024,
+                traffic_percent=_percent(traffic, totals[3]),
+                traffic_per_sec=traffic / 1024 / interval,
+                memory_footprint_total=footprint / 1024,
+                memory_footprint_percent=_percent(footprint, totals[4]),
+                req_time_median=median,
+            )
+            if not full:
+                for name in ("percent", "per_sec"):
+                    for what in ("req_time", "ru_utime", "ru_stime", "traffic"):
+                        del row[f"{what}_{name}"]
+                del row["memory_footprint_total"], row["memory_footprint_percent"]
+            rows.append(self._ranked(row, "req_time", ranks))
+        return _largest_first(rows, "req_time_total")
+
+    def timer_sums(
+        self, names: tuple[str, ...], records: Iterable[Record], *, per_script: bool
+    ) -> dict[Any, TimSums]:
+        """Under the lock: the sums of the timer groups of tags ``names`` (per script or not)."""
+        live = self.live
+        if names in live.timer_tags:
+            items: Iterable[tuple[tuple[Any, ...], TimerGroup]] = live.timers[
+                live.timer_tags.index(names)
+            ].items()
+        else:
+            items = _scan_timers(names, records).items()
+        # Groups are per script; tag_info folds the scripts (a request counted once per key).
+        folded: dict[Any, list[TimerGroup]] = {}
+        for key, g in items:
+            folded.setdefault(key if per_script else key[1:], []).append(g)
+        sums = {k: fold_timers(gs) for k, gs in folded.items()}
+        return self._cap(sums, len(names) + (1 if per_script else 0))
+
+    def timer_rows(
+        self, names: tuple[str, ...], sums: dict[Any, TimSums], interval: float, per_script: bool
+    ) -> list[dict[str, Any]]:
+        """Outside the lock: the rows of :meth:`timer_sums`."""
+        columns = (["script_name"] if per_script else []) + list(names)
+        rows = []
+        for key, (value, req_count, hits, u, s, values, weights) in sums.items():
+            median, *ranks = percentiles(values, weights, (50.0, *self.percentiles))
+            row: dict[str, Any] = dict(zip(columns, key))
+            row.update(
+                req_count=req_count,
+                req_per_sec=req_count / interval,
+                hit_count=hits,
+                hit_per_sec=hits / interval,
+                timer_value=value,
+                timer_median=median,
+                ru_utime_value=u,
+                ru_stime_value=s,
+            )
+            rows.append(self._ranked(row, "timer", ranks))
+        return _largest_first(rows, "timer_value")
+
+    def _ranked(self, row: dict[str, Any], prefix: str, ranks: list[float]) -> dict[str, Any]:
+        """``row`` with its percentile columns (``req_time_p95``...)."""
+        for p, value in zip(self.percentiles, ranks):
+            row[column(prefix, p)] = value
+        return row
+
+
+def _largest_first(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    rows.sort(key=lambda row: -row[by])
+    return rows
+
+
+def _scan_timers(
+    names: tuple[str, ...], records: Iterable[Record]
+) -> dict[tuple[Any, ...], TimerGroup]:
+    """Timer groups of tags ``names`` (per script) from the records: timers without one of the
+    tags are left out."""
+    scratch: dict[tuple[Any, ...], TimerGroup] = {}
+    for r in records:
+        seen: set[int] = set()
+        for tags, value, hits, ru_u, ru_s in r.timer_rows:
+            key = tag_key(dict(tags), names)
+            if key is None:
+                continue
+            full = (r.script_name, *key)
+            g = scratch.get(full)
+            if g is None:
+                g = scratch[full] = TimerGroup()
+            if id(g) not in seen:
+                seen.add(id(g))
+                g.req_count += 1
+            g.add(value, hits, timer_sums(value, ru_u, ru_s))
+    return scratch
