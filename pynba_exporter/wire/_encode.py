@@ -9,9 +9,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
-from operator import mul, truediv
+from operator import truediv
 from typing import Any, Final
 
+from pynba_exporter._cache import BoundedCache
 from pynba_exporter._model import PinbaRequest, RequestLike
 from pynba_exporter.wire._errors import FLT_MAX, FLT_MIN_NORMAL, UINT32_MAX, PinbaEncodeError
 from pynba_exporter.wire._text import (
@@ -30,71 +31,69 @@ __all__ = ["encode"]
 
 # Encoding
 #
-# encode() runs on every request of the host app, so the common case is made cheap by caching
-# what repeats between requests. An app sends the same few shapes of request over and over: the
-# same names, the same request tag names, the same timer tag sets in the same order. The
-# "layout" of a request (its dictionary and every index field: 12, 13, 14, 15, 20, 21, plus how
-# its timers merge) depends only on that shape, so it is computed once by the careful path and
-# then found by one dict lookup; only the numbers (fields 4-11, 16-17, 22-23) are written anew.
-# A layout is cached only when every tag name and value was a plain str: then equality of the
-# raw shape implies equality of the text (False == 0, but "" != "0").
+# encode() runs on every request of the host app. An app sends the same few shapes of request
+# over and over: the same names, the same request tag names, the same timer tag sets in the same
+# order. Everything a request's shape decides (the dictionary and every index field: 12, 13, 14,
+# 15, 20, 21, plus how its timers merge) is its "layout": computed once by the careful path,
+# which checks and converts every tag, and kept in the one layout cache; only the numbers
+# (fields 4-11, 16-17, 22-23) are written anew, each value checked where it is written.
 #
-# A request may also say what its timers' tag sets are by identity, in ``timer_shape``: a tuple
-# of objects, one per timer, each standing for one tag set that never changes (the span model's
-# interned timer specs). The layout is then found by hashing a few object identities instead of
-# every tag name and value; the first time, it is found by content and filed under both keys.
+# A layout is found by (packed, the request tags' items, the timers' key). The timers' key is
+# the request's ``timer_shape`` when it has one (the span model's interned timer specs: a tuple
+# of objects each standing for one fixed tag set, hashed by identity), else their tags' items.
+# A layout is kept only when its key says what the text is: every tag name and value a plain
+# str (False == 0, but "" != "0"), or timers named by their specs.
+#
+# Pieces of packets that repeat between requests are kept ready in a second cache: the names
+# (fields 1-3) and the schema (19) by their text (a process has a few hundred names at most: the
+# cardinality guard sees to that), and the varints of large numbers by their value (a status,
+# the memory sizes, which the span model reads at page granularity and at most every 10 ms): a
+# lookup instead of building them, a third of what a packet without timers costs.
 
-_CACHE_MAX: Final = 4096
 _CACHEABLE_LEN: Final = 256
 _US: Final = 1000000
 
-
-def _cache_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= _CACHE_MAX:
-        cache.clear()  # a burst of new shapes: start over rather than grow or track recency
-    cache[key] = value
+_Names = tuple[bytes, bytes]
+# (hostname, server_name, script_name, schema) -> (fields 1 to 3, field 19); an int -> its varint.
+_PIECES: BoundedCache[Any, Any] = BoundedCache(4096)
 
 
-# (hostname, server_name, script_name) -> fields 1 to 3.
-_NAMES_CACHE: dict[tuple[object, object, object], bytes] = {}
+def _varint(v: int) -> bytes:
+    """varint(v), for the numbers of a packet (through the pieces cache above 127)."""
+    if v < 0x80:
+        return SMALL_VARINTS[v]
+    data: bytes | None = _PIECES.get(v)
+    return data if data is not None else _PIECES.put(v, varint(v))
 
 
-def _names(r: RequestLike) -> bytes:
-    """Fields 1 to 3."""
-    key = (r.hostname, r.server_name, r.script_name)
+def _names(r: RequestLike) -> _Names:
+    """Fields 1 to 3, and field 19."""
+    key = (r.hostname, r.server_name, r.script_name, r.schema)
     try:
-        cached = _NAMES_CACHE.get(key)
-    except TypeError:  # unhashable: _str_bytes below says what is wrong
+        cached: _Names | None = _PIECES.get(key)
+    except TypeError:  # unhashable: str_bytes below says what is wrong
         cached = None
     if cached is not None:
         return cached
     host = str_bytes(r.hostname, "hostname")
     server = str_bytes(r.server_name, "server_name")
     script = str_bytes(r.script_name, "script_name")
-    out = b"".join(
+    names = b"".join(
         (b"\x0a", varint(len(host)), host, b"\x12", varint(len(server)), server,
          b"\x1a", varint(len(script)), script)
     )  # fmt: skip
-    if len(out) <= 3 * _CACHEABLE_LEN and all(type(x) is str for x in key):
-        _cache_put(_NAMES_CACHE, key, out)
+    schema = b""
+    if r.schema:
+        raw = str_bytes(r.schema, "schema")
+        schema = b"\x9a\x01" + varint(len(raw)) + raw
+    out = (names, schema)
+    if len(names) + len(schema) <= 4 * _CACHEABLE_LEN and all(type(x) is str for x in key):
+        _PIECES.put(key, out)
     return out
 
 
 _HEAD_FLOATS: Final = struct.Struct("<BfBfBf")
 _U32X5: Final = struct.Struct("<5I")
-# schema -> field 19, ready-made ("http", "https": a handful of values).
-_SCHEMAS: dict[str, bytes] = {}
-_STRUCTS: dict[tuple[int, int], struct.Struct] = {}
-
-
-def _interleaved(keylen: int, n: int) -> struct.Struct:
-    """A struct writing n floats, each after ``keylen`` key bytes (0: packed, no keys)."""
-    st = _STRUCTS.get((keylen, n))
-    if st is None:
-        st = struct.Struct("<" + ("B" * keylen + "f") * n)
-        if n <= 256:
-            _STRUCTS[(keylen, n)] = st
-    return st
 
 
 def _rep_varints(key: bytes, values: list[int], packed: bool) -> bytes:
@@ -121,14 +120,12 @@ def _rep_floats(key: bytes, values: list[float], packed: bool) -> bytes:
     if packed:
         size = varint(4 * n)
         if len(size) < (n - 1) * len(key):
-            st = _STRUCTS.get((0, n)) or _interleaved(0, n)
-            return _PACKED_KEY[key] + size + st.pack(*values)
+            return _PACKED_KEY[key] + size + struct.pack(f"<{n}f", *values)
         key = _UNPACKED_KEY[key]
     k = len(key)
-    st = _STRUCTS.get((k, n)) or _interleaved(k, n)
     args: list[Any] = [*key, 0.0] * n
     args[k :: k + 1] = values
-    return st.pack(*args)
+    return struct.pack("<" + ("B" * k + "f") * n, *args)
 
 
 # Keys of the repeated fields: (unpacked, packed)
@@ -214,8 +211,9 @@ def _entry(s: str) -> bytes:
     return b"\x7a" + varint(len(raw)) + raw
 
 
-# (packed, raw request tag items, raw timer tag items of each timer) -> _Layout
-_LAYOUTS: dict[tuple[bool, tuple[Any, ...], tuple[Any, ...]], _Layout] = {}
+# (packed, request tag items, timer_shape or the timers' tag items) -> _Layout
+_LAYOUTS: BoundedCache[tuple[bool, tuple[Any, ...], tuple[Any, ...]], _Layout]
+_LAYOUTS = BoundedCache(4096)
 _DICT_ITEMS = dict.items
 
 
@@ -308,27 +306,6 @@ def _merge(timers: object) -> _Merged:
     return m
 
 
-def _usecs(col: Sequence[Any]) -> list[int] | None:
-    """float_to_timeval() of the reference client (truncation to whole microseconds) over a
-    column of plain numbers; None when one needs the careful path (negative, NaN, huge...)."""
-    n = len(col)
-    if not any(col):
-        return [0] * n
-    total = sum(col)
-    if not (total < 4294967296.0 and min(col) >= 0):  # NaN and inf fail the first test
-        return None
-    if max(col) < 1.0:  # tv_sec == 0, so (v - tv_sec) * 1e6 is v * 1e6
-        return list(map(int, map(mul, col, repeat(1000000.0, n))))
-    return [int(v) * _US + int((v - int(v)) * 1000000.0) for v in col]
-
-
-def _summed(plan: list[int], n: int, col: list[int]) -> list[int]:
-    out = [0] * n
-    for slot, v in zip(plan, col):
-        out[slot] += v
-    return out
-
-
 def _f32s(usecs: list[int]) -> list[float]:
     # timeval_to_float(): (float)tv_sec + (float)tv_usec / 1000000.0, computed in double. Below
     # one second that is exactly us / 1e6.
@@ -338,19 +315,6 @@ def _f32s(usecs: list[int]) -> list[float]:
     if max(usecs) < _US:
         return list(map(truediv, usecs, repeat(1000000.0, n)))
     return [us // _US + (us % _US) / 1000000.0 for us in usecs]
-
-
-# Varints of the numbers that repeat between requests (statuses, memory sizes, which the span
-# model reads at page granularity and at most every 10 ms): a dict lookup instead of a call.
-_VARINTS: dict[int, bytes] = {}
-
-
-def _cached_varint(v: int) -> bytes:
-    data = varint(v)
-    if len(_VARINTS) >= _CACHE_MAX:
-        _VARINTS.clear()
-    _VARINTS[v] = data
-    return data
 
 
 def _timer_fields(layout: _Layout, hits: list[int], values: list[float]) -> bytes:
@@ -382,7 +346,7 @@ def _cpu_fields(layout: _Layout, ru_utime: list[float], ru_stime: list[float]) -
 
 def _assemble(  # noqa: PLR0917 - internal, called from two places with every column
     r: RequestLike,
-    names: bytes,
+    names: _Names,
     layout: _Layout,
     hits: list[int],
     values: list[float],
@@ -412,19 +376,19 @@ def _assemble(  # noqa: PLR0917 - internal, called from two places with every co
 
 def _packet(  # noqa: PLR0917 - internal, every part of a packet in field order
     r: RequestLike,
-    names: bytes,
+    names: _Names,
     timer_fields: bytes,
     dictionary: bytes,
     request_tags: bytes,
     cpu_fields: bytes,
     packed: bool,
 ) -> bytes:
-    """The packet, in field order: 1-3 ``names``; 4-9 from r; 10-11 ``timer_fields``; 12-15
-    the layout's ``dictionary`` and timer tags; 16-17 from r; 18 r's nested requests; 19 r's
-    schema; 20-21 the layout's ``request_tags``; 22-23 ``cpu_fields``. Every request's bytes
-    are joined here, in one call."""
+    """The packet, in field order: 1-3 ``names[0]``; 4-9 from r; 10-11 ``timer_fields``; 12-15
+    the layout's ``dictionary`` and timer tags; 16-17 from r; 18 r's nested requests; 19
+    ``names[1]``; 20-21 the layout's ``request_tags``; 22-23 ``cpu_fields``. Every request's
+    bytes are joined here, in one call."""
     rc, ds, mp = r.request_count, r.document_size, r.memory_peak
-    st, fp, schema = r.status, r.memory_footprint, r.schema
+    st, fp = r.status, r.memory_footprint
     try:
         # One C call checks the five integers (int, or bool, in 0..2**32-1) instead of five
         # type and range tests; anything else is made one by u32 as the careful path does.
@@ -450,19 +414,18 @@ def _packet(  # noqa: PLR0917 - internal, every part of a packet in field order
             0x3D, seconds(rt, "request_time"), 0x45, seconds(ru, "ru_utime"),
             0x4D, seconds(rs, "ru_stime"),
         )  # fmt: skip
-    vs = _VARINTS
     return b"".join(
-        (names,
-         b"\x20", SMALL_VARINTS[rc] if rc < 0x80 else varint(rc),
-         b"\x28", SMALL_VARINTS[ds] if ds < 0x80 else vs.get(ds) or _cached_varint(ds),
-         b"\x30", SMALL_VARINTS[mp] if mp < 0x80 else vs.get(mp) or _cached_varint(mp),
+        (names[0],
+         b"\x20", SMALL_VARINTS[rc] if rc < 0x80 else _varint(rc),
+         b"\x28", SMALL_VARINTS[ds] if ds < 0x80 else _varint(ds),
+         b"\x30", SMALL_VARINTS[mp] if mp < 0x80 else _varint(mp),
          times,
          timer_fields,
          dictionary,
-         b"\x80\x01", SMALL_VARINTS[st] if st < 0x80 else vs.get(st) or _cached_varint(st),
-         b"\x88\x01", SMALL_VARINTS[fp] if fp < 0x80 else vs.get(fp) or _cached_varint(fp),
+         b"\x80\x01", SMALL_VARINTS[st] if st < 0x80 else _varint(st),
+         b"\x88\x01", SMALL_VARINTS[fp] if fp < 0x80 else _varint(fp),
          b"".join(_nested(r.requests, packed)) if r.requests else b"",
-         (_SCHEMAS.get(schema) or _schema_field(schema)) if schema else b"",
+         names[1],
          request_tags,
          cpu_fields)
     )  # fmt: skip
@@ -483,130 +446,70 @@ def _nested(requests: object, packed: bool) -> list[bytes]:
     return parts
 
 
-def _seconds_col(col: Sequence[Any]) -> list[float] | None:
-    """What the reference client writes for a column of durations: float_to_timeval() then
-    timeval_to_float(), i.e. whole microseconds; None when a value needs the careful path."""
-    if not any(col):
-        return [0.0] * len(col)
-    if min(col) >= 0 and max(col) < 1.0:
-        # tv_sec == 0, so the reference's (v - tv_sec) * 1e6 is v * 1e6. A NaN that slipped
-        # past min() and max() makes int() raise, and the caller takes the careful path.
-        return [int(v * 1000000.0) / 1000000.0 for v in col]
-    us_list = _usecs(col)
-    return None if us_list is None else _f32s(us_list)
-
-
-def _encode_fast(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
-    """The packet from a cached layout, or None when there is none or a value is unusual."""
-    tags, timers = r.tags, r.timers
-    if not timers:  # nested requests only: the careful path
-        return None
-    raw_tags: tuple[Any, ...] = tuple(_DICT_ITEMS(tags)) if tags else ()  # type: ignore[arg-type]  # TypeError unless a dict
-    shape = getattr(r, "timer_shape", None)
-    layout = _LAYOUTS.get((packed, raw_tags, shape)) if shape is not None else None
-    if layout is None:
-        # Columns by comprehension: cheaper than zip(*map(attrgetter(...))) for small requests.
-        raw_keys = tuple([tuple(t.tags.items()) for t in timers])
-        layout = _LAYOUTS.get((packed, raw_tags, raw_keys))
-        if layout is None:
-            return None
-        if shape is not None:  # found by content: found by identity from now on
-            _cache_put(_LAYOUTS, (packed, raw_tags, shape), layout)
-    if layout.plan is None and not packed:
-        # The common case in one pass: no timer merges, hit counts of one byte, times below
-        # a second (converted as the reference client does, see _seconds_col). Anything
-        # else, or a value that is not a number, takes the general path below.
+def _columns(timers: Sequence[Any], layout: _Layout) -> tuple[list[Any], ...]:
+    """The timers' hit counts and their three times in seconds as the reference client writes
+    them (whole microseconds: float_to_timeval(), then timeval_to_float()), merged by the
+    layout's plan."""
+    if layout.plan is None:
         hits: list[int] = []
         values: list[float] = []
         user: list[float] = []
         system: list[float] = []
         for t in timers:
-            h, v, cu, cs = t.hit_count, t.value, t.ru_utime, t.ru_stime
-            if not (0 < h < 0x80 and 0.0 <= v < 1.0 and 0.0 <= cu < 1.0 and 0.0 <= cs < 1.0):
-                break
+            h, v, u, s = t.hit_count, t.value, t.ru_utime, t.ru_stime
+            if not (0 < h <= UINT32_MAX and 0.0 <= v < 1.0 and 0.0 <= u < 1.0 and 0.0 <= s < 1.0):
+                break  # (a time of a second or more, or anything odd: the general way below)
             hits.append(h)
-            # int(v * 1e6) / 1e6 as _seconds_col has it, without a call: for 0 <= x < 2**52,
-            # x // 1.0 is exactly trunc(x); the + 0.0 makes -0.0 a 0.0 as int() would.
+            # Below one second the reference's (v - tv_sec) * 1e6 is v * 1e6, truncated: for
+            # 0 <= x < 2**52, x // 1.0 is int()'s truncation without a call (+ 0.0 makes -0.0 a
+            # 0.0): this loop costs half as much as with int(), and runs for nearly every timer.
             values.append((v * 1000000.0 + 0.0) // 1.0 / 1000000.0)
-            # (CPU is often zero: timers without it, a short timer's system time)
-            user.append((cu * 1000000.0 + 0.0) // 1.0 / 1000000.0 if cu else 0.0)
-            system.append((cs * 1000000.0 + 0.0) // 1.0 / 1000000.0 if cs else 0.0)
+            user.append((u * 1000000.0 + 0.0) // 1.0 / 1000000.0)
+            system.append((s * 1000000.0 + 0.0) // 1.0 / 1000000.0)
         else:
-            return _packet(
-                r, names, _timer_fields(layout, hits, values), layout.dictionary,
-                layout.request_tags, _cpu_fields(layout, user, system), False,
-            )  # fmt: skip
-    hits = [t.hit_count for t in timers]
-    if not (min(hits) > 0 and max(hits) <= UINT32_MAX):
-        return None
-    value_col = [t.value for t in timers]
-    ru_u_col = [t.ru_utime for t in timers]
-    ru_s_col = [t.ru_stime for t in timers]
-    plan = layout.plan
-    if plan is None:
-        n = len(hits)
-        if not any(ru_u_col) and not any(ru_s_col):
-            # No timer CPU (timers measured without it, most OpenTelemetry spans): zeros as
-            # they are, only the times to convert.
-            times = _seconds_col(value_col)
-            if times is None:
-                return None
-            zeros = [0.0] * n  # (not the columns: -0.0 or 0 must be written as 0.0)
-            return _assemble(r, names, layout, hits, times, zeros, zeros, packed)
-        # One conversion over the three columns at once: fewer passes than one per column.
-        both = _seconds_col(value_col + ru_u_col + ru_s_col)
-        if both is None:
-            return None
-        return _assemble(r, names, layout, hits, both[:n], both[n : 2 * n], both[2 * n :], packed)
-    us = _usecs(value_col)
-    u = _usecs(ru_u_col)
-    s = _usecs(ru_s_col)
-    if us is None or u is None or s is None:
-        return None
+            return hits, values, user, system
+    return _columns_in_usec(timers, layout)
+
+
+def _columns_in_usec(timers: Sequence[Any], layout: _Layout) -> tuple[list[Any], ...]:
+    """_columns for any values: each checked and converted (usec), then merged."""
     n = layout.n
-    hits = [min(h, UINT32_MAX) for h in _summed(plan, n, hits)]
-    return _assemble(
-        r, names, layout, hits,
-        _f32s(_summed(plan, n, us)), _f32s(_summed(plan, n, u)), _f32s(_summed(plan, n, s)),
-        packed,
-    )  # fmt: skip
+    plan = layout.plan or range(n)
+    hits, values, user, system = [0] * n, [0] * n, [0] * n, [0] * n
+    for i, (slot, t) in enumerate(zip(plan, timers)):
+        hits[slot] += u32(t.hit_count, f"timers[{i}].hit_count") or 1
+        values[slot] += usec(t.value, f"timers[{i}].value")
+        user[slot] += usec(t.ru_utime, f"timers[{i}].ru_utime")
+        system[slot] += usec(t.ru_stime, f"timers[{i}].ru_stime")
+    hits = [min(h, UINT32_MAX) for h in hits]
+    return hits, _f32s(values), _f32s(user), _f32s(system)
 
 
-def _encode_plain(r: RequestLike, names: bytes, packed: bool) -> bytes | None:
-    """A request without timers or nested requests (most requests of most apps): no column to
-    build, and the layout of its request tags alone."""
-    tags = r.tags
-    if tags:
-        layout = _LAYOUTS.get((packed, tuple(_DICT_ITEMS(tags)), ()))  # type: ignore[arg-type]  # TypeError unless a dict
-        if layout is None:
-            return None
-        return _packet(r, names, b"", layout.dictionary, layout.request_tags, b"", packed)
-    # The layout of no tags and no timers: nothing.
-    return _packet(r, names, b"", b"", b"", b"", packed)
+def _layout_key(r: RequestLike, packed: bool) -> tuple[bool, tuple[Any, ...], tuple[Any, ...]]:
+    """What finds r's layout: its request tags' items and its timers' key."""
+    tags, timers = r.tags, r.timers
+    raw_tags: tuple[Any, ...] = tuple(_DICT_ITEMS(tags)) if tags else ()  # type: ignore[arg-type]  # TypeError unless a dict
+    if not timers:
+        return packed, raw_tags, ()
+    shape = getattr(r, "timer_shape", None)
+    if shape is None:
+        shape = tuple([tuple(t.tags.items()) for t in timers])
+    return packed, raw_tags, shape
 
 
-def _schema_field(schema: object) -> bytes:
-    """Field 19, cached for the handful of schemas an app has."""
-    field = _SCHEMAS.get(schema) if type(schema) is str else None
-    if field is None:
-        raw = str_bytes(schema, "schema")
-        field = b"\x9a\x01" + varint(len(raw)) + raw
-        if type(schema) is str and len(raw) <= _CACHEABLE_LEN:
-            _cache_put(_SCHEMAS, schema, field)
-    return field
-
-
-def _encode_careful(r: RequestLike, names: bytes, packed: bool) -> bytes:
-    """Every value checked and converted; the layout computed, and cached when it may be."""
+def _encode_careful(r: RequestLike, names: _Names, packed: bool) -> bytes:
+    """Every value checked and converted; the layout computed, and kept when its key says
+    what its text is."""
     tags, timers = r.tags, r.timers
     request_tags = _tag_pairs(tags, "tags") if tags else []
     m = _merge(timers) if timers else _Merged()
     layout = _make_layout(request_tags, m.keys, m.plan, packed)
-    if m.cacheable and (not tags or (type(tags) is dict and _all_str(tags.items()))):
-        raw_tags = tuple(tags.items()) if tags else ()
-        raw_keys = tuple(tuple(t.tags.items()) for t in timers) if timers else ()
-        if sum(map(len, raw_keys)) <= 1024:
-            _cache_put(_LAYOUTS, (packed, raw_tags, raw_keys), layout)
+    if not tags or (type(tags) is dict and _all_str(tags.items())):
+        shape = getattr(r, "timer_shape", None) if timers else None
+        if shape is not None or m.cacheable:
+            key = _layout_key(r, packed)
+            if shape is not None or sum(map(len, key[2])) <= 1024:
+                _LAYOUTS.put(key, layout)
     return _assemble(
         r, names, layout, m.hits, _f32s(m.values), _f32s(m.ru_utime), _f32s(m.ru_stime), packed
     )
@@ -621,8 +524,6 @@ def encode(request: RequestLike, *, packed: bool = False) -> bytes:
     for one tag set that never changes (the span model's sealed requests have it), by which the
     layout of its timers is found without hashing their tags.
     """
-    # The span model's finished requests are encoded as they are (see RequestLike); anything
-    # else without the attributes is refused here, naming what it was.
     try:
         names = _names(request)
     except AttributeError:
@@ -630,12 +531,14 @@ def encode(request: RequestLike, *, packed: bool = False) -> bytes:
             "request", f"expected a PinbaRequest, got {type(request).__name__}"
         ) from None
     try:
-        if request.timers or request.requests:
-            data = _encode_fast(request, names, packed)
-        else:
-            data = _encode_plain(request, names, packed)
+        layout = _LAYOUTS.get(_layout_key(request, packed))
+        if layout is not None and not request.requests:
+            if not layout.n:
+                return _packet(
+                    request, names, b"", layout.dictionary, layout.request_tags, b"", packed
+                )
+            hits, values, user, system = _columns(request.timers, layout)
+            return _assemble(request, names, layout, hits, values, user, system, packed)
     except Exception:  # anything unusual in the shape or the numbers: the careful path decides
-        data = None
-    if data is None:
-        data = _encode_careful(request, names, packed)
-    return data
+        pass
+    return _encode_careful(request, names, packed)
