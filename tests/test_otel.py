@@ -308,7 +308,7 @@ def test_the_cache_of_default_timer_tags_stays_bounded() -> None:
     limit = _mapping._MAX_CACHED
 
     def cached() -> int:
-        shapes = _mapping._SHAPES.values()
+        shapes = [*_mapping._SHAPES.values(), *_mapping._CLIENT_SHAPES.values()]
         return len(shapes) + sum(len(shape.specs) for shape in shapes)
 
     names: list[dict[str, Any]] = [{"db.system": "x"}] * 2 * limit

@@ -160,11 +160,12 @@ class _Shape:
         self.specs: dict[Any, TimerSpec] = {}
 
 
-#: Shapes by (CLIENT or not, attribute names in order). Shapes and the specs they hold count
-#: alike: past _MAX_CACHED the whole cache is emptied, so a flood of distinct span names,
-#: attribute names or values cannot grow it. (The kind is not in the key: an enum member's hash
-#: is Python code, an identity test is not.)
-_SHAPES: dict[tuple[bool, tuple[str, ...]], _Shape] = {}
+#: Shapes by attribute names in order, CLIENT spans apart (not keyed by the kind: an enum
+#: member's hash is Python code, and a (kind, names) key is one more tuple per span). Shapes
+#: and the specs they hold count alike: past _MAX_CACHED the whole cache is emptied, so a flood
+#: of distinct span names, attribute names or values cannot grow it.
+_SHAPES: dict[tuple[str, ...], _Shape] = {}
+_CLIENT_SHAPES: dict[tuple[str, ...], _Shape] = {}
 _cached = 0
 _MAX_CACHED: Final = 4096
 
@@ -188,7 +189,7 @@ def timer_spec(span: ReadableSpan, a: Mapping[str, Any], name: str, kind: SpanKi
     client = kind is _CLIENT
     try:
         names = tuple(a)
-        shape = _SHAPES.get((client, names))
+        shape = (_CLIENT_SHAPES if client else _SHAPES).get(names)
         if shape is None:
             shape = _new_shape(client, names)
         get = shape.get
@@ -212,8 +213,9 @@ def _new_shape(client: bool, names: tuple[str, ...]) -> _Shape:
     global _cached
     if _cached >= _MAX_CACHED:
         _SHAPES.clear()
+        _CLIENT_SHAPES.clear()
         _cached = 0
-    shape = _SHAPES[client, names] = _Shape(client, names)
+    shape = (_CLIENT_SHAPES if client else _SHAPES)[names] = _Shape(client, names)
     _cached += 1
     return shape
 

@@ -20,7 +20,6 @@ from pynba_exporter.otel._mapping import (
     _duration,
     _fill,
     _is_request,
-    _seconds,
     default_timer_tags,
     timer_spec,
 )
@@ -273,10 +272,14 @@ class PinbaSpanProcessor(SpanProcessor):
                 if tags_of is default_timer_tags
                 else TimerSpec.of(tags_of(span))
             )
+            value = (end - start) / 1e9 if end > start else 0.0  # both set: the span ended
+            if entry.cpu0 is None:
+                request.add(spec, value)
+                return
             u = s = 0.0
-            if entry.cpu0 is not None and entry.thread == threading.get_ident():
+            if entry.thread == threading.get_ident():
                 u, s = cpu_delta(entry.cpu0, thread_cpu())
-            request.add(spec, _seconds(start, end), 1, u, s)
+            request.add(spec, value, 1, u, s)
         except Exception as exc:
             errors.log(("otel", "on_end"), f"pynba: span not reported: {exc!r}", exc_info=exc)
 

@@ -3,7 +3,7 @@
 The SDK's public properties (``span.context``, ``span.attributes``, ``span.start_time``...) are
 Python functions, several per span, and ``span.attributes`` wraps the attributes in a mapping
 whose every lookup runs Python code. The SDK's spans keep the same values in private attributes
-that one C call (``operator.attrgetter``) reads. Whether this SDK keeps them there is checked
+that plain attribute loads read. Whether this SDK keeps them there is checked
 once, at import, on a real SDK span started and ended: if every private field holds what its
 property returns, the readers below read the private fields, else the public properties.
 Nothing else in ``pynba_exporter.otel`` touches a span's private attributes.
@@ -62,11 +62,22 @@ PUBLIC: Final = Readers(
     attrgetter("context", "attributes", "name", "kind", "start_time", "end_time"),
     _public_attributes,
 )
-PRIVATE: Final = Readers(
-    attrgetter("_context", "_parent"),
-    attrgetter("_context", "_attributes._dict", "_name", "_kind", "_start_time", "_end_time"),
-    _private_attributes,
-)
+
+
+def _started(span: Any) -> tuple[SpanContext | None, SpanContext | None]:
+    return span._context, span._parent
+
+
+def _ended(span: Any) -> tuple[Any, ...]:
+    return (
+        span._context, span._attributes._dict, span._name, span._kind, span._start_time,
+        span._end_time,
+    )  # fmt: skip
+
+
+# Python functions, not attrgetters: their attribute loads specialize to the SDK's span
+# classes, where attrgetter's generic lookups cost a child span about 2,500 instructions more.
+PRIVATE: Final = Readers(_started, _ended, _private_attributes)
 
 
 def _private_fields_agree() -> bool:
