@@ -44,7 +44,7 @@ from pynba_exporter.otel import (
     PinbaSpanExporter,
     PinbaSpanProcessor,
     _mapping,
-    _processor,
+    _sdk,
     default_timer_tags,
 )
 from pynba_exporter.spans import current_request, hostname
@@ -281,7 +281,9 @@ def test_spans_read_directly_or_through_the_sdk_properties_make_the_same_packets
 ) -> None:
     # The processor reads span fields directly only where the SDK keeps them (checked at
     # import); otherwise through the public properties. Both ways give the same packets.
-    monkeypatch.setattr(_processor, "DIRECT", direct and _mapping.DIRECT)
+    readers = _sdk.PRIVATE if direct and _sdk.PRIVATE_AGREES else _sdk.PUBLIC
+    for name, reader in readers._asdict().items():
+        monkeypatch.setattr(_sdk, name, reader)
     processor = PinbaSpanProcessor(receiver.address)
     _, tracer = provider_with(processor)
     with tracer.start_as_current_span("GET /a", kind=SpanKind.SERVER) as root:

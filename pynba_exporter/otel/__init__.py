@@ -23,8 +23,9 @@ Ways in, each constructible with no arguments (configuration from the environmen
   buffered per trace, bounded in count and age. It sees only sampled traces and no CPU.
 
 This package is the only part of the project that imports ``opentelemetry``; one job a
-module: ``_mapping`` (span attributes -> Pinba fields), ``_shared`` (configuration and sending),
-``_processor``, ``_exporter``, ``_sampling``, ``_configurator``.
+module: ``_sdk`` (where the SDK keeps a span's fields), ``_mapping`` (span attributes -> Pinba
+fields), ``_shared`` (configuration and sending), ``_processor``, ``_exporter``, ``_sampling``,
+``_configurator``.
 """
 
 from pynba_exporter.otel._configurator import PinbaConfigurator

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from operator import itemgetter
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from opentelemetry.sdk.trace import ReadableSpan, Span
-from opentelemetry.trace import (
-    SpanContext,
-    SpanKind,
-    StatusCode,
-)
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
 
 from pynba_exporter.naming import UNMATCHED
+from pynba_exporter.otel import _sdk
 from pynba_exporter.spans import (
     MEASURE,
     RequestSpan,
@@ -36,8 +32,6 @@ SCRIPT_NAME_ATTRIBUTES: Final = (
 #: Set on the ASGI instrumentation's internal ``http send``/``http receive`` spans.
 ASGI_EVENT_ATTRIBUTE: Final = "asgi.event.type"
 
-#: The clock of span ages (a module name so that tests can move time).
-_now = time.monotonic
 # An enum member read from its class costs a Python-level lookup; a module name does not.
 _CLIENT: Final = SpanKind.CLIENT
 _SERVER: Final = SpanKind.SERVER
@@ -47,52 +41,7 @@ _ERROR: Final = StatusCode.ERROR
 
 
 # --------------------------------------------------------------------------------------------
-# Reading spans directly
-
-
-def _sdk_keeps_what_we_read_where_we_read_it() -> bool:
-    """True if this SDK's spans keep their context, parent, name, kind and times in the
-    attributes the public properties read, and span contexts are the tuples they have always
-    been. The properties are Python functions, a few per span on the SDK's own path; read
-    directly, a child span costs the processor a third less. Another layout: the properties."""
-    try:
-        context = SpanContext(1, 2, True)
-        parent = SpanContext(1, 3, False)
-        probe = ReadableSpan(
-            name="probe", context=context, parent=parent, kind=SpanKind.CLIENT, start_time=5,
-            end_time=7,
-        )  # fmt: skip
-        return (
-            issubclass(Span, ReadableSpan)
-            and isinstance(context, tuple)
-            and (context[1], context[2], parent[1], parent[2]) == (2, True, 3, False)
-            and probe._context is context
-            and probe._parent is parent
-            and probe._name == "probe"
-            and probe._kind is SpanKind.CLIENT
-            and (probe._start_time, probe._end_time) == (5, 7)
-        )
-    except Exception:  # anything unexpected: the public way
-        return False
-
-
-#: Whether the processor may read spans directly (see above).
-DIRECT: Final = _sdk_keeps_what_we_read_where_we_read_it()
-
-
-# --------------------------------------------------------------------------------------------
 # Mapping: span attributes -> Pinba fields
-
-
-def _attributes(span: ReadableSpan) -> Mapping[str, Any]:
-    """The span's attributes as a plain mapping, for reading only.
-
-    The SDK wraps them in a mapping class whose every lookup runs Python code; the dict inside
-    is read directly when it is there (a private detail of the SDK, hence the fallback)."""
-    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
-    if isinstance(inner, dict):
-        return inner
-    return dict(span.attributes) if span.attributes else {}
 
 
 def _first(attributes: Mapping[str, Any], names: tuple[str, ...]) -> Any:
@@ -106,22 +55,7 @@ def _first(attributes: Mapping[str, Any], names: tuple[str, ...]) -> Any:
 
 
 def _without_port(host: object) -> str:
-    known = _PORTLESS.get(host) if type(host) is str else None
-    if known is not None:
-        return known
-    text = _strip_port(str(host))
-    if type(host) is str:
-        if len(_PORTLESS) >= 4096:
-            _PORTLESS.clear()
-        _PORTLESS[host] = text
-    return text
-
-
-# Server names without their port, as they were last seen: a handful of hosts per app.
-_PORTLESS: dict[str, str] = {}
-
-
-def _strip_port(text: str) -> str:
+    text = str(host)
     if text.startswith("["):
         end = text.find("]")
         return text[: end + 1] if end > 0 else text
@@ -145,7 +79,7 @@ def default_timer_tags(span: ReadableSpan) -> dict[str, str]:
     spans, and every attribute ``pinba.tag.<name>`` as tag ``<name>``. Statements, full URLs
     and ids never become tags.
     """
-    return _timer_tags(span, _attributes(span))
+    return _timer_tags(span, _sdk.attributes(span))
 
 
 def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
@@ -226,12 +160,13 @@ class _Shape:
         self.specs: dict[Any, TimerSpec] = {}
 
 
-# Shapes by attribute names in order, CLIENT spans apart (not keyed by the kind itself: an enum
-# member's hash is Python code, an identity test is not). Shapes and specs count alike: a flood
-# of distinct span names, attribute names or values empties the cache rather than growing it.
+#: Shapes by attribute names in order, CLIENT spans apart (not keyed by the kind: an enum
+#: member's hash is Python code, and a (kind, names) key is one more tuple per span). Shapes
+#: and the specs they hold count alike: past _MAX_CACHED the whole cache is emptied, so a flood
+#: of distinct span names, attribute names or values cannot grow it.
 _SHAPES: dict[tuple[str, ...], _Shape] = {}
 _CLIENT_SHAPES: dict[tuple[str, ...], _Shape] = {}
-_CACHED = [0]
+_cached = 0
 _MAX_CACHED: Final = 4096
 
 
@@ -243,13 +178,14 @@ def _url_key(url: str) -> str:
 
 def timer_spec(span: ReadableSpan, a: Mapping[str, Any], name: str, kind: SpanKind) -> TimerSpec:
     """The timer spec of the default timer tags of a span whose attributes, name and kind are
-    ``a``, ``name`` and ``kind`` (read by the caller, directly where it can).
+    ``a``, ``name`` and ``kind`` (read by the caller, with the span's other fields).
 
     Spans of one shape (CLIENT or not, attribute names) with equal names and equal deciding
     values have equal tags: the tags are made once, and each span after that costs two dict
     lookups. Only text values are cached (``1``, ``1.0`` and ``True`` are equal keys with
     different tags); any other value makes the tags the long way.
     """
+    global _cached
     client = kind is _CLIENT
     try:
         names = tuple(a)
@@ -266,20 +202,21 @@ def timer_spec(span: ReadableSpan, a: Mapping[str, Any], name: str, kind: SpanKi
     if spec is None:
         spec = TimerSpec.of(_timer_tags(span, a))
         if _textual(key):
-            if _CACHED[0] >= _MAX_CACHED:
+            if _cached >= _MAX_CACHED:
                 shape = _new_shape(client, names)  # in a cache emptied first
             shape.specs[key] = spec
-            _CACHED[0] += 1
+            _cached += 1
     return spec
 
 
 def _new_shape(client: bool, names: tuple[str, ...]) -> _Shape:
-    if _CACHED[0] >= _MAX_CACHED:
+    global _cached
+    if _cached >= _MAX_CACHED:
         _SHAPES.clear()
         _CLIENT_SHAPES.clear()
-        _CACHED[0] = 0
+        _cached = 0
     shape = (_CLIENT_SHAPES if client else _SHAPES)[names] = _Shape(client, names)
-    _CACHED[0] += 1
+    _cached += 1
     return shape
 
 
@@ -300,7 +237,7 @@ def _fill(
     classic one it belongs to, whose middleware knows better). ``initial``: the names the
     request was opened with; a name the app has set since (``pynba.scriptname = ...``) wins
     over the span's attributes."""
-    a = _attributes(span)
+    a = _sdk.attributes(span)
     if REQUEST_TAG_PREFIX in "\0".join(a):  # one C-level scan of the names, as for timers
         for name, value in a.items():
             if name.startswith(REQUEST_TAG_PREFIX):
@@ -430,7 +367,7 @@ def _is_request(span: ReadableSpan) -> bool:
     kind = span.kind
     if kind is _SERVER or kind is _CONSUMER:
         return True
-    a = _attributes(span)
+    a = _sdk.attributes(span)
     get = a.get
     # SCRIPT_NAME_ATTRIBUTES, spelled out: no generator per root.
     if (
@@ -444,14 +381,19 @@ def _is_request(span: ReadableSpan) -> bool:
 
 
 def _is_asgi_event(span: ReadableSpan) -> bool:
-    return ASGI_EVENT_ATTRIBUTE in _attributes(span)
+    return ASGI_EVENT_ATTRIBUTE in _sdk.attributes(span)
 
 
-def _duration(span: ReadableSpan) -> float:
-    start, end = span.start_time, span.end_time  # properties: each read once
+def _seconds(start: int | None, end: int | None) -> float:
+    """A span's duration from its start and end times (0 if either is unknown, or if the
+    clock went back)."""
     if start is None or end is None or end <= start:
         return 0.0
     return (end - start) / 1e9
+
+
+def _duration(span: ReadableSpan) -> float:
+    return _seconds(span.start_time, span.end_time)
 
 
 def _is_local_root(span: ReadableSpan) -> bool:
