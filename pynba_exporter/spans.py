@@ -281,12 +281,14 @@ class RequestSpan:
         for spec, line in self.lines.items():
             if line.hit_count <= 0:
                 continue
-            line.tags = spec.expanded()
+            if spec.text is not None:
+                line.tags = spec.text
+            else:
+                line.tags = spec.expanded()  # a callable value, called now
+                shape = None  # no fixed tag set
             if not line.tags:
-                continue
-            if spec.text is None:
-                shape = None  # a callable value: no fixed tag set
-            elif shape is not None:
+                continue  # a timer needs a tag: nothing to send
+            if shape is not None:
                 shape.append(spec)
             if line.cpu > 0.0:
                 # Timers read only the thread's precise CPU clock; the split is the request's.
