@@ -673,3 +673,24 @@ def serve_body(app: Any) -> list[bytes]:
 def test_an_address_given_in_code_that_cannot_work_raises_at_once() -> None:
     with pytest.raises(ValueError, match="Pinba"):
         monitor("localhost:notaport")(lambda env, sr: [])
+
+
+def test_a_bytes_path_with_a_prefix_is_reported_not_raised(receiver: UdpReceiver) -> None:
+    """Some servers hand PATH_INFO as bytes (against PEP 3333): the request is still named by
+    its path, with the prefix, and close() raises nothing."""
+    app = PynbaMiddleware(hello, receiver.address, prefix="[shop] ")
+    assert serve(app, environ(b"/caf\xc3\xa9")) == ("200 OK", b"hello")  # type: ignore[arg-type]
+    assert receiver.request().script_name == "[shop] /café"
+
+
+def test_an_app_answering_none_is_reported_at_once(receiver: UdpReceiver) -> None:
+    """No response object to close: the request is reported when the app returns."""
+
+    def broken(env: Environ, start_response: StartResponse) -> Any:
+        start_response("200 OK", [])
+        return None
+
+    app = monitor(receiver.address)(broken)
+    assert app(environ("/none"), lambda *a: lambda data: None) is None
+    got = receiver.request()
+    assert (got.script_name, got.status) == ("/none", 200)

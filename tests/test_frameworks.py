@@ -16,6 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import django
 import fastapi
 import flask
+import pytest
 from asgi_server import uvicorn_serving
 from conftest import UdpReceiver
 from django.conf import settings
@@ -211,6 +212,24 @@ def test_django_wsgi_names_requests_by_route(receiver: UdpReceiver) -> None:
     products = [r for r in got if r.script_name == "/product/<int:pid>"]
     assert all(r.tags == {"app": "django"} and len(r.timers) == 1 for r in products)
     assert all(r.document_size == len(f"product {r.timers[0].tags['pid']!s}") for r in products)
+
+
+@pytest.mark.expect_pynba_errors
+def test_django_with_a_bad_environment_starts_and_serves_unmeasured(
+    receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PINBA_ENABLED=maybe is logged once, naming the variable, and Django serves unmeasured,
+    as every other entry point does (it used to stop the app at start)."""
+    _django(receiver)
+    monkeypatch.setenv("PINBA_ENABLED", "maybe")
+    app = WSGIHandler()
+    with wsgi_serving(app) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/product/1")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"product 1")
+        conn.close()
+    assert receiver.nothing()
 
 
 def test_django_asgi_names_requests_by_route(receiver: UdpReceiver) -> None:
