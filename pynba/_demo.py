@@ -154,6 +154,39 @@ def _paths(rng: random.Random, count: int, first: int = 0) -> list[str]:
     return paths
 
 
+def _start(
+    collector: Collector, http: str | None, on_serving: Callable[[str], None] | None
+) -> WebServer | None:
+    """Start the collector, and the live page if ``http`` says where."""
+    web = None
+    if http:
+        # Charts per second: the demo's traffic lasts seconds, not minutes.
+        history = History(interval=1.0, size=300, clock=collector.clock)
+        web = WebServer(collector, http, request_tags=[("user_type",)], history=history)
+    collector.start()
+    if web is not None:
+        try:
+            web.start()
+        except BaseException:
+            collector.stop()
+            raise
+        if on_serving is not None:
+            on_serving(web.url)
+    return web
+
+
+def _background_jobs(tracer: Any) -> None:
+    """A background job traced with OpenTelemetry only: requests of their own."""
+    current_request.set(None)
+    for _ in range(20):
+        query = {"db.system": "sqlite", "db.operation": "SELECT"}
+        with (
+            tracer.start_as_current_span("nightly-export"),
+            tracer.start_as_current_span("export", attributes=query),
+        ):
+            time.sleep(0.0005)
+
+
 def run_demo(
     requests: int = 300,
     seed: int = 1,
@@ -171,20 +204,7 @@ def run_demo(
     the page up, until Ctrl-C.
     """
     collector = Collector("127.0.0.1:0")
-    web = None
-    if http:
-        # Charts per second: the demo's traffic lasts seconds, not minutes.
-        history = History(interval=1.0, size=300, clock=collector.clock)
-        web = WebServer(collector, http, request_tags=[("user_type",)], history=history)
-    collector.start()
-    if web is not None:
-        try:
-            web.start()
-        except BaseException:
-            collector.stop()
-            raise
-        if on_serving is not None:
-            on_serving(web.url)
+    web = _start(collector, http, on_serving)
     provider, tracer = _otel_tracer(collector)
     rng = random.Random(seed)
     app = PynbaMiddleware(shop_app(tracer, rng), collector.address_text, tags={"app": "shop"})
@@ -195,15 +215,7 @@ def run_demo(
     try:
         _drive(server.server_port, paths)
         if tracer is not None:
-            # A background job traced with OpenTelemetry only: requests of their own.
-            current_request.set(None)
-            for _ in range(20):
-                query = {"db.system": "sqlite", "db.operation": "SELECT"}
-                with (
-                    tracer.start_as_current_span("nightly-export"),
-                    tracer.start_as_current_span("export", attributes=query),
-                ):
-                    time.sleep(0.0005)
+            _background_jobs(tracer)
         expected = sum(1 for p in paths if p != "/health") + (20 if tracer is not None else 0)
         deadline = time.monotonic() + 10
         while collector.aggregator.requests_total < expected and time.monotonic() < deadline:
