@@ -17,7 +17,7 @@ Code written for the predecessors runs unchanged: pynba 0.4.3's modules (``pynba
 
 from pynba._proxy import pynba
 from pynba._wsgi import PynbaMiddleware, monitor
-from pynba_exporter.spans import Timer
+from pynba_exporter.timers import Timer
 
 #: The version of the distribution (the successor of pynba 0.5.5 on the package index).
 __version__ = "1.0.0.dev0"

@@ -25,12 +25,12 @@ from pynba_exporter.log import errors, logger
 from pynba_exporter.spans import (
     MEASURE,
     RequestSpan,
-    Timer,
     TimerSpec,
     current_request,
     safe_text,
     timer_spec,
 )
+from pynba_exporter.timers import Timer
 
 __all__ = ["pynba"]
 

@@ -15,13 +15,17 @@ open and close one use.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import resource
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
 from typing import Any, Final
 
+from pynba_exporter._cache import BoundedCache
 from pynba_exporter._model import PinbaRequest
 from pynba_exporter._probes import (
     RUSAGE_THREAD,
@@ -33,17 +37,8 @@ from pynba_exporter._probes import (
     thread_cpu,
 )
 from pynba_exporter._tags import expand_tags, safe_text
-from pynba_exporter._timers import (
-    CurrentRequest,
-    TimerLine,
-    TimerSpec,
-    _timed,
-    current_request,
-    opened_request,
-    timer_spec,
-)
 from pynba_exporter._transport import Transport
-from pynba_exporter.log import errors, from_signal_handler, logger
+from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.naming import script_names, server_names
 
 # What the API adapters (the classic API in ``pynba``, the OpenTelemetry bridge) build on; the
@@ -53,7 +48,6 @@ __all__ = [
     "CpuSample",
     "CurrentRequest",
     "RequestSpan",
-    "Timer",
     "TimerLine",
     "TimerSpec",
     "cpu_delta",
@@ -76,8 +70,151 @@ _thread_ident = threading.get_ident
 _getrusage = resource.getrusage
 
 
-# Timer objects a request keeps for pynba.timers (their measurements add up in lines anyway).
-_MAX_HANDLES: Final = 1000
+# --------------------------------------------------------------------------------------------
+# The current request
+
+
+class CurrentRequest:
+    """The request the running code belongs to, if any: ``get``, ``set``, ``reset`` as a
+    ``ContextVar``'s.
+
+    A classic middleware or ``ScriptMonitor`` sets its request in this context (thread, task,
+    greenlet). A request opened by an OpenTelemetry root span is not stored here: it is found
+    through the span current in the OpenTelemetry context (the bridge registers a finder), so it
+    is bound to its own context, and a root span that never ends cannot capture the later
+    requests of its thread.
+    """
+
+    __slots__ = ("_var", "finders", "opened", "reset", "set")
+
+    def __init__(self) -> None:
+        self._var: ContextVar[RequestSpan | None] = ContextVar("pynba_request", default=None)
+        #: Functions giving the request of what runs now, asked when none is set here.
+        self.finders: list[Callable[[], RequestSpan | None]] = []
+        # The variable's own methods, so that opening and closing a request costs C calls only.
+        #: Only the request set in this context (by the classic API), never a found one.
+        self.opened: Callable[[], RequestSpan | None] = self._var.get
+        self.set: Callable[[RequestSpan | None], Token[RequestSpan | None]] = self._var.set
+        self.reset: Callable[[Token[RequestSpan | None]], None] = self._var.reset
+
+    def get(self) -> RequestSpan | None:
+        """The request of the running code: the one set here, else the one a finder knows."""
+        request = self._var.get()
+        if request is None and self.finders:
+            for finder in self.finders:
+                request = finder()
+                if request is not None:
+                    break
+        return request
+
+
+#: The request being served in this context (thread, task, greenlet), if any.
+current_request = CurrentRequest()
+#: The request the classic API set in this context, if any (the OpenTelemetry processor asks).
+opened_request = current_request.opened
+
+
+# --------------------------------------------------------------------------------------------
+# Timer specs: interned tag sets
+
+# Interned specs by their tag content. Keys are the raw items when every name and value is a
+# plain str; otherwise the items with each value's type (and a float's repr), because values
+# equal in Python are sent as different text: 0, False, 0.0 and -0.0 are "0", "", "0", "-0".
+_SPECS: BoundedCache[Any, TimerSpec] = BoundedCache(4096)
+_SCALARS: Final = (int, float, bool, bytes, type(None))
+
+
+class TimerSpec:
+    """One tag set, shared by every timer with these tags (see :func:`timer_spec`).
+
+    It is also a prebuilt timer, for hot loops: ``with spec:`` or ``@spec`` times into the
+    current request, like ``pynba.timer(**tags)`` without making a timer object per use.
+    """
+
+    __slots__ = ("tags", "text")
+
+    def __init__(self, tags: Mapping[Any, Any]) -> None:
+        #: The tags as given.
+        self.tags = tags
+        #: The tags as sent, expanded once; None while a value is callable (expanded per
+        #: request, as the original pynba called them when sending).
+        self.text: dict[str, Any] | None = None
+        if not any(callable(v) for v in tags.values()):
+            self.text = expand_tags(tags)
+
+    def expanded(self) -> dict[str, Any]:
+        """The tags as sent now."""
+        return self.text if self.text is not None else expand_tags(self.tags)
+
+    def __enter__(self) -> TimerSpec:
+        request = current_request.get()
+        if request is not None:
+            request.begin(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        request = current_request.get()
+        if request is not None:
+            request.end(self)
+
+    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Time every call of ``func`` into the request current at that call."""
+        return _timed(func, self)
+
+    def __repr__(self) -> str:
+        return f"<TimerSpec {dict(self.tags)!r}>"
+
+    @staticmethod
+    def of(tags: Mapping[Any, Any]) -> TimerSpec:
+        """The same as :func:`timer_spec`."""
+        return timer_spec(tags)
+
+
+def timer_spec(tags: Mapping[Any, Any]) -> TimerSpec:
+    """The spec of these tags, interned: every timer with the same tags (sent as the same
+    text) shares one, its tags expanded once, its uses adding up in one line per request."""
+    try:
+        spec = _SPECS.get(tuple(tags.items()))
+    except TypeError:  # an unhashable value: the slow path says what to do
+        spec = None
+    return spec if spec is not None else _intern(tags)
+
+
+def _intern(tags: Mapping[Any, Any]) -> TimerSpec:
+    try:
+        items = tuple(tags.items())
+    except Exception:  # not a mapping: expand_tags logs it, the spec has no tags
+        return TimerSpec({})
+    if all(type(n) is str and type(v) is str for n, v in items):
+        key: Any = items
+    elif all(type(n) is str and type(v) in _SCALARS for n, v in items):
+        key = tuple((n, type(v), repr(v) if type(v) is float else v) for n, v in items)
+        spec = _SPECS.get(key)
+        if spec is not None:
+            return spec
+    else:  # several values, nested tags, callables, objects: a spec of its own
+        return TimerSpec(dict(tags))
+    return _SPECS.put(key, TimerSpec(dict(tags)))  # a copy: the caller may change its dict
+
+
+class TimerLine:
+    """One timer line of a request: what the uses of one spec add up to. It has the attributes
+    of a PinbaTimer, so the encoder takes it as it is."""
+
+    __slots__ = ("cpu", "hit_count", "ru_stime", "ru_utime", "spec", "starts", "tags", "value")
+
+    def __init__(self, spec: TimerSpec) -> None:
+        self.spec = spec
+        self.tags: dict[str, Any] = {}  # the spec's text, when sealed
+        self.value = 0.0
+        self.hit_count = 0
+        self.ru_utime = 0.0
+        self.ru_stime = 0.0
+        #: Thread CPU seconds of the timers, split into user and system when sealed.
+        self.cpu = 0.0
+        #: The open uses: (perf_counter, thread CPU or -1.0) at their start. Uses may overlap
+        #: (threads, tasks, nesting); closing them in any order adds the same total.
+        self.starts: list[tuple[float, float]] = []
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +297,7 @@ class RequestSpan:
         #: layout of the packet by them (see wire._encode).
         self.timer_shape: tuple[TimerSpec, ...] | None = None
         #: The first thousand timer objects made in this request (``pynba.timers``).
-        self.handles: list[Timer] = []
+        self.handles: list[Any] = []
         # None: the process's CPU (ScriptMonitor), else the thread's, read where it started.
         if process_cpu_time:
             self._thread = None
@@ -345,130 +482,32 @@ def finish_and_send(
         return False
 
 
-# --------------------------------------------------------------------------------------------
-# The classic timer
+def _timed(func: Callable[..., Any], spec: TimerSpec) -> Callable[..., Any]:
+    """``func`` with every call timed into the request current at that call."""
+    if inspect.iscoroutinefunction(func):
 
+        @functools.wraps(func)
+        async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            request = current_request.get()
+            if request is None:
+                return await func(*args, **kwargs)
+            start = request.begin(spec)
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                request.end(spec, start)
 
-class Timer:
-    """A timer with tags: ``start()``/``stop()``, a ``with`` block, or a decorator.
+        return awrapper
 
-    A timer belongs to the request that is current when it is created or, if it was made
-    outside any request (a module-level decorator, a background thread), to the request current
-    when it starts; outside any request it measures but records nothing. Each start/stop adds
-    to the timer (value and one hit); timers with identical tags are merged in the packet.
-    As a decorator it times every call (sync or ``async def``) into the request of that call.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "_home",
-        "_request",
-        "_start",
-        "data",
-        "elapsed_total",
-        "runs",
-        "spec",
-    )
-
-    def __init__(
-        self,
-        tags: Mapping[Any, Any],
-        *,
-        spec: TimerSpec | None = None,
-        home: Callable[[], RequestSpan | None] | None = None,
-    ) -> None:
-        self.spec = timer_spec(tags) if spec is None else spec
-        # Where the timer records: the request current in its context, or its owner's (a
-        # ScriptMonitor's timers record into the monitor's unit of work, from any thread).
-        self._home = home
-        request = self._request = current_request.get() if home is None else home()
-        if request is not None and len(request.handles) < _MAX_HANDLES:
-            request.handles.append(self)  # bounded: a unit of work timing a million items
-        self._start: tuple[float, float] | None = None
-        self.elapsed_total = 0.0
-        self.runs = 0
-        #: Free slot for the app's own data, as the reference client's timer data.
-        self.data: Any = None
-
-    @property
-    def tags(self) -> Mapping[Any, Any]:
-        return self.spec.tags
-
-    @property
-    def started(self) -> bool:
-        if self._start is None:
-            return False
-        request = self._request
-        return request is None or not request.finished  # a finished request stopped it
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds measured so far (including the current run if running)."""
-        if not self.started:
-            return self.elapsed_total
-        assert self._start is not None
-        return self.elapsed_total + (_perf_counter() - self._start[0])
-
-    def start(self) -> Timer:
-        if self.started:
-            errors.log(("timer", "started twice"), "pynba: timer started twice; ignored")
-            return self
-        request = self._request
-        if request is None or request.finished:
-            request = self._request = current_request.get() if self._home is None else self._home()
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request = current_request.get()
         if request is None:
-            self._start = (_perf_counter(), -1.0)
-        else:
-            self._start = request.begin(self.spec)
-        return self
+            return func(*args, **kwargs)
+        start = request.begin(spec)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            request.end(spec, start)
 
-    def stop(self) -> Timer:
-        self.__exit__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # (the work of stop(), here: a with block's end costs one call)
-        start = self._start
-        if start is None:
-            errors.log(("timer", "not started"), "pynba: timer stopped but not started; ignored")
-            return
-        self._start = None
-        request = self._request
-        if request is None:
-            self.elapsed_total += _perf_counter() - start[0]
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("pynba: timer %r ran outside any request: not recorded", self.tags)
-        else:
-            self.elapsed_total += request.end(self.spec, start)
-        self.runs += 1
-
-    __enter__ = start
-
-    def clone(self) -> Timer:
-        """A new, stopped timer with the same tags, in the current request."""
-        return Timer(self.spec.tags, spec=self.spec, home=self._home)
-
-    def delete(self) -> None:
-        """Take this timer's measurements out of its request: they will not be sent."""
-        request = self._request
-        start, self._start = self._start, None
-        if request is not None and not request.finished:
-            line = request.lines.get(self.spec)
-            if line is not None:
-                if start is not None and start in line.starts:
-                    line.starts.remove(start)
-                # The line may hold other uses of the same spec (clones): remove only ours.
-                line.value = max(0.0, line.value - self.elapsed_total)
-                line.hit_count = max(0, line.hit_count - self.runs)
-        self.elapsed_total = 0.0
-        self.runs = 0
-
-    __hash__ = object.__hash__  # by identity: the original kept timers in a set
-
-    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        """Time every call of ``func`` into the request current at that call."""
-        return _timed(func, self.spec)
-
-    def __repr__(self) -> str:
-        state = "running" if self.started else f"{self.elapsed_total:.6f}s"
-        return f"<Timer {dict(self.spec.tags)!r} {state}>"
+    return wrapper

@@ -17,10 +17,10 @@ from pynba_exporter.naming import OVERFLOW, UNMATCHED, ScriptNames, script_names
 from pynba_exporter.spans import (
     MEASURE,
     RequestSpan,
-    Timer,
     current_request,
     finish_and_send,
 )
+from pynba_exporter.timers import Timer
 
 
 def _request(script: str = "/p", **options: object) -> RequestSpan:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pynba_exporter.log import errors
-from pynba_exporter.spans import Timer as _Timer
+from pynba_exporter.timers import Timer as _Timer
 
 __all__ = ["DataCollector", "Timer"]
 

@@ -38,7 +38,8 @@ from pynba._compat.collector import DataCollector
 from pynba._compat.options import ReporterOption, as_transport
 from pynba._serving import Serving
 from pynba_exporter import Address, Transport
-from pynba_exporter.spans import MEASURE, RequestSpan, Timer, current_request, finish_and_send
+from pynba_exporter.spans import MEASURE, RequestSpan, current_request, finish_and_send
+from pynba_exporter.timers import Timer
 
 __all__ = ["ScriptMonitor"]
 
