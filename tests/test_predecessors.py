@@ -628,3 +628,52 @@ def test_the_middleware_keeps_unknown_config_keywords(receiver: UdpReceiver) -> 
     assert mw.transport.resolve_interval == 5  # type: ignore[attr-defined]
     call_as_wsgi(mw)
     assert receiver.request().script_name == "[p]/"
+
+
+def test_a_reporter_subclass_sends_through_its_own_send(receiver: UdpReceiver) -> None:
+    """A ``Reporter`` subclass that overrides ``send()`` (to log, to sign, to count) is called
+    as the original called it, with the packet's bytes, whether given as a middleware's
+    ``reporter`` or as ``ScriptMonitor``'s."""
+    from pynba.reporter import Reporter
+    from pynba.util import ScriptMonitor
+    from pynba.wsgi import PynbaMiddleware
+
+    sent: list[bytes] = []
+
+    class Keeping(Reporter):
+        def send(self, msg: bytes) -> bool:
+            sent.append(msg)
+            return super().send(msg)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    call_as_wsgi(PynbaMiddleware(app, None, Keeping(addr(receiver))), close=True)
+    monitor = ScriptMonitor(addr(receiver), scriptname="job", reporter=Keeping(addr(receiver)))
+    monitor.send()
+    got = [receiver.request(), receiver.request()]
+    assert [decode(m).script_name for m in sent] == [r.script_name for r in got] == ["/", "job"]
+
+
+def test_a_reporter_callable_without_status_still_reports(receiver: UdpReceiver) -> None:
+    """0.5.5's middleware called its reporter without ``status``: a callable written to that
+    signature is called with the keywords it takes, and the request is reported."""
+    from pynba.wsgi import PynbaMiddleware
+
+    calls: list[tuple[Any, ...]] = []
+
+    def old_reporter(  # noqa: PLR0917 - the predecessor's signature
+        servername: str, hostname: str, scriptname: str, elapsed: float, timers: Any,
+        ru_utime: float = 0.0, ru_stime: float = 0.0, document_size: int = 0,
+        memory_peak: int = 0, memory_footprint: int = 0, schema: str | None = None,
+        tags: Any = None,
+    ) -> None:  # fmt: skip
+        calls.append((servername, scriptname, document_size))
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"four"]
+
+    call_as_wsgi(PynbaMiddleware(app, None, old_reporter), close=True)
+    assert calls == [("127.0.0.1", "/", 4)]

@@ -56,9 +56,24 @@ class _CallingTransport(Transport):
                          raise_on_fail=bool(getattr(call, "raise_on_fail", False)))  # fmt: skip
         self._call = call
         self._where = where
+        #: The keywords the callable takes (None: any): reporters written to an older
+        #: signature (0.5.5's middleware passed no ``status``) get only theirs.
+        self._keywords = _keywords(call)
 
     def send(self, request: RequestLike) -> bool:
         timers = [_SentTimer(t.tags, t.value, t.hit_count) for t in request.timers]
+        keywords = {
+            "ru_utime": request.ru_utime,
+            "ru_stime": request.ru_stime,
+            "document_size": request.document_size,
+            "memory_peak": request.memory_peak,
+            "status": request.status or None,
+            "memory_footprint": request.memory_footprint,
+            "schema": request.schema or None,
+            "tags": request.tags,
+        }
+        if self._keywords is not None:
+            keywords = {k: v for k, v in keywords.items() if k in self._keywords}
         try:
             self._call(
                 request.server_name,
@@ -66,14 +81,7 @@ class _CallingTransport(Transport):
                 request.script_name,
                 request.request_time,
                 timers,
-                ru_utime=request.ru_utime,
-                ru_stime=request.ru_stime,
-                document_size=request.document_size,
-                memory_peak=request.memory_peak,
-                status=request.status or None,
-                memory_footprint=request.memory_footprint,
-                schema=request.schema or None,
-                tags=request.tags,
+                **keywords,
             )
         except Exception as exc:
             if self.raise_on_fail or from_signal_handler(exc):
@@ -88,11 +96,26 @@ class _CallingTransport(Transport):
         return True
 
 
+def _keywords(call: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword arguments ``call`` accepts; None when it takes any (or cannot tell)."""
+    try:
+        parameters = inspect.signature(call).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters if p.kind is not p.POSITIONAL_ONLY)
+
+
 def as_transport(reporter: ReporterOption | None, where: str) -> Transport | None:
     """The transport a ``reporter=`` stands for (None: none given)."""
     if reporter is None or isinstance(reporter, Transport):
         return reporter
-    if isinstance(reporter, Reporter):
+    if (
+        isinstance(reporter, Reporter)
+        and type(reporter).__call__ is Reporter.__call__
+        and type(reporter).send is Reporter.send
+    ):
         # Our own Reporter: the whole packet (CPU, memory, status...) through its transport,
         # rather than through the original's narrower call.
         return reporter.transport
