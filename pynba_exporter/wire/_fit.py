@@ -99,17 +99,31 @@ def fit(
 
 
 def _shrink(r: PinbaRequest, max_size: int, packed: bool) -> Fitted:
-    tags = _tag_pairs(r.tags, "tags") if r.tags else []
-    m = _merge(r.timers) if r.timers else _Merged()
-    n = len(m.keys)
-    # Largest total time first; ties keep creation order.
-    by_time = sorted(range(n), key=lambda i: -m.values[i])
-    timer_keys = m.keys
+    return _Shrinker(r, max_size, packed).fit()
 
-    def build(head: PinbaRequest, tags: list[tuple[str, str]], keep: int, mark: str) -> bytes:
-        kept = sorted(by_time[:keep])
-        rest = by_time[keep:]
-        keys = [timer_keys[i] for i in kept]
+
+class _Shrinker:
+    """One request made to fit: the most timers kept (the longest first), then names and tags
+    cut, then request tags left out; every try checked by its real size."""
+
+    def __init__(self, r: PinbaRequest, max_size: int, packed: bool) -> None:
+        self.r = r
+        self.max_size = max_size
+        self.packed = packed
+        self.tags = _tag_pairs(r.tags, "tags") if r.tags else []
+        self.m = m = _merge(r.timers) if r.timers else _Merged()
+        self.n = len(m.keys)
+        # Largest total time first; ties keep creation order.
+        self.by_time = sorted(range(self.n), key=lambda i: -m.values[i])
+        self.timer_keys = m.keys
+
+    def build(self, head: PinbaRequest, tags: list[tuple[str, str]], keep: int, mark: str) -> bytes:
+        """The packet of ``head`` with ``tags``, the ``keep`` longest timers and the rest folded
+        into one, marked ``mark``."""
+        m = self.m
+        kept = sorted(self.by_time[:keep])
+        rest = self.by_time[keep:]
+        keys = [self.timer_keys[i] for i in kept]
         cols = [[col[i] for i in kept] for col in (m.hits, m.values, m.ru_utime, m.ru_stime)]
         if rest:
             folded = tuple(FOLDED_TIMER_TAGS.items())
@@ -127,31 +141,47 @@ def _shrink(r: PinbaRequest, max_size: int, packed: bool) -> Fitted:
                 for col, v in zip(cols, sums):
                     col.append(v)
         marked = sorted([*(t for t in tags if t[0] != TRUNCATED_TAG), (TRUNCATED_TAG, mark)])
-        layout = _make_layout(marked, keys, None, packed)
+        layout = _make_layout(marked, keys, None, self.packed)
         return _assemble(
             head, _names(head), layout, cols[0], _f32s(cols[1]) if keys else [],
-            _f32s(cols[2]) if keys else [], _f32s(cols[3]) if keys else [], packed,
+            _f32s(cols[2]) if keys else [], _f32s(cols[3]) if keys else [], self.packed,
         )  # fmt: skip
 
     def most_timers(
-        head: PinbaRequest, tags: list[tuple[str, str]], mark: str
+        self, head: PinbaRequest, tags: list[tuple[str, str]], mark: str
     ) -> tuple[bytes, int] | None:
-        # Binary search on how many timers to keep; every answer is checked by its real size.
+        """The packet keeping the most timers that fits, and how many were folded."""
         best = None
-        lo, hi = 0, n
-        while lo <= hi:
+        lo, hi = 0, self.n
+        while lo <= hi:  # binary search; every answer is checked by its real size
             mid = (lo + hi) // 2
-            data = build(head, tags, mid, mark)
-            if len(data) <= max_size:
-                best, lo = (data, n - mid), mid + 1
+            data = self.build(head, tags, mid, mark)
+            if len(data) <= self.max_size:
+                best, lo = (data, self.n - mid), mid + 1
             else:
                 hi = mid - 1
         return best
 
-    found = most_timers(r, tags, "timers")
-    if found is not None:
-        return Fitted([found[0]], folded_timers=found[1])
-    for limit in (255, 32):
+    def fit(self) -> Fitted:
+        r, n = self.r, self.n
+        found = self.most_timers(r, self.tags, "timers")
+        if found is not None:
+            return Fitted([found[0]], folded_timers=found[1])
+        for limit in (255, 32):
+            head, cut_tags, cut = self.cut(limit)
+            found = self.most_timers(head, cut_tags, "strings")
+            if found is not None:
+                return Fitted([found[0]], found[1], cut)
+            for keep in range(len(cut_tags) - 1, -1, -1):
+                data = self.build(head, cut_tags[:keep], 0, "tags")
+                if len(data) <= self.max_size:
+                    return Fitted([data], n, cut, len(cut_tags) - keep)
+        raise AssertionError("unreachable: a request without tags or timers always fits")
+
+    def cut(self, limit: int) -> tuple[PinbaRequest, list[tuple[str, str]], int]:
+        """The request's names, its tags and its timers' tags cut to ``limit`` bytes; how
+        many strings were cut."""
+        r, tags = self.r, self.tags
         head = replace(
             r,
             hostname=_cut(php_text(r.hostname, "hostname"), limit),
@@ -160,20 +190,13 @@ def _shrink(r: PinbaRequest, max_size: int, packed: bool) -> Fitted:
             schema=_cut(php_text(r.schema, "schema"), min(limit, 16)),
             requests=(),
         )
-        cut_tags = [(_cut(a, limit), _cut(b, limit)) for a, b in tags]
         cut = sum(
             len(utf8(php_text(x, "name"))) > limit
             for x in (r.hostname, r.server_name, r.script_name, *(y for t in tags for y in t))
         )
-        cut_tags = sorted(dict(cut_tags).items())
+        cut_tags = sorted(dict((_cut(a, limit), _cut(b, limit)) for a, b in tags).items())
         # Cut timer tags may coincide; servers take repeated tag sets and add them up.
-        timer_keys = [tuple((_cut(a, limit), _cut(b, limit)) for a, b in k) for k in m.keys]
-        cut += sum(len(utf8(x)) > limit for k in m.keys for pair in k for x in pair)
-        found = most_timers(head, cut_tags, "strings")
-        if found is not None:
-            return Fitted([found[0]], found[1], cut)
-        for keep in range(len(cut_tags) - 1, -1, -1):
-            data = build(head, cut_tags[:keep], 0, "tags")
-            if len(data) <= max_size:
-                return Fitted([data], n, cut, len(cut_tags) - keep)
-    raise AssertionError("unreachable: a request without tags or timers always fits")
+        keys = self.m.keys
+        self.timer_keys = [tuple((_cut(a, limit), _cut(b, limit)) for a, b in k) for k in keys]
+        cut += sum(len(utf8(x)) > limit for k in keys for pair in k for x in pair)
+        return head, cut_tags, cut
