@@ -22,7 +22,7 @@ from typing import Any, TypeAlias
 from pynba._compat.options import ReporterOption, legacy_options
 from pynba._serving import NameOption, Serving, host_without_port, option_value
 from pynba_exporter import Address, Transport
-from pynba_exporter.spans import RequestSpan, current_request
+from pynba_exporter.spans import RequestSpan
 
 __all__ = ["PynbaMiddleware", "monitor"]
 
@@ -140,9 +140,7 @@ class PynbaMiddleware:
         serving = self.serving
         if not serving.enabled:
             return self.app(environ, start_response)
-        if (current_request.opened() is not None or current_request.finders) and (
-            serving.outer() is not None
-        ):
+        if serving.outer() is not None:
             return self.app(environ, start_response)  # mounted in a monitored app: it reports
         try:
             if self._named:
@@ -152,13 +150,9 @@ class PynbaMiddleware:
                     option_value(self.schema, environ) or environ.get("wsgi.url_scheme") or "",
                     option_value(self.hostname, environ),
                 )
-            else:  # the common case: no option to ask, names read in place
-                host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "unknown"
-                path = environ.get("PATH_INFO") or ""
+            else:  # the common case: no option to ask
                 request, token = serving.open(
-                    host if ":" not in host else host_without_port(host),
-                    path if type(path) is str and path.isascii() else _path(environ),
-                    environ.get("wsgi.url_scheme") or "",
+                    _server_name(environ), _path(environ), environ.get("wsgi.url_scheme") or ""
                 )
         except Exception as exc:  # our bug: the app still runs, unmonitored
             serving.failed("open", exc)
