@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import resource
 import threading
 import time
@@ -40,6 +41,7 @@ from pynba_exporter._tags import expand_tags, safe_text
 from pynba_exporter._transport import Transport
 from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.naming import script_names, server_names
+from pynba_exporter.wire import MAX_TIMER_SECONDS, PinbaEncodeError, usec
 
 # What the API adapters (the classic API in ``pynba``, the OpenTelemetry bridge) build on; the
 # probes and tag rules are re-exported so that they need nothing private.
@@ -198,14 +200,22 @@ def _intern(tags: Mapping[Any, Any]) -> TimerSpec:
 
 
 class TimerLine:
-    """One timer line of a request: what the uses of one spec add up to. It has the attributes
-    of a PinbaTimer, so the encoder takes it as it is."""
+    """One timer line of a request: what the uses of one spec add up to. Once sealed it has the
+    attributes of a PinbaTimer, so the encoder takes it as it is.
 
-    __slots__ = ("cpu", "hit_count", "ru_stime", "ru_utime", "spec", "starts", "tags", "value")
+    Its time is kept in whole microseconds, each use truncated apart, as the reference client's
+    timers are (``pinba_timer_add(tags, 3.24)`` and ``(tags, 3.9)`` make 7,140,000 us, where
+    the sum of the seconds, truncated once, could be a microsecond more)."""
+
+    __slots__ = (
+        "cpu", "hit_count", "ru_stime", "ru_utime", "spec", "starts", "tags", "usec", "value",
+    )  # fmt: skip
 
     def __init__(self, spec: TimerSpec) -> None:
         self.spec = spec
         self.tags: dict[str, Any] = {}  # the spec's text, when sealed
+        self.usec = 0
+        #: Seconds, once sealed: the float whose whole microseconds are exactly ``usec``.
         self.value = 0.0
         self.hit_count = 0
         self.ru_utime = 0.0
@@ -328,7 +338,11 @@ class RequestSpan:
         line = self.lines.get(spec)
         if line is None:
             line = self.lines[spec] = TimerLine(spec)
-        line.value += value
+        try:
+            # pinba_timer_add()'s whole microseconds; NaN fails the test, a non-number raises.
+            line.usec += int(value * 1e6) if 0.0 <= value < MAX_TIMER_SECONDS else _usec(value)
+        except TypeError:
+            line.usec += _usec(value)
         line.hit_count += hits
         line.ru_utime += ru_utime
         line.ru_stime += ru_stime
@@ -381,7 +395,7 @@ class RequestSpan:
         for line in self.lines.values() if self.lines else ():
             while line.starts:
                 started, cpu0 = line.starts.pop()
-                line.value += end - started
+                line.usec += int(max(0.0, end - started) * 1e6)
                 line.hit_count += 1
                 if cpu0 >= 0.0:
                     line.cpu += max(0.0, _thread_time() - cpu0)
@@ -407,8 +421,14 @@ class RequestSpan:
         PinbaRequest (``timers`` are its lines, tags expanded), so no copy is made."""
         self.finish()
         self.document_size = max(self.document_size, 0)
+        if not self.hostname or self.hostname[:1] == "\0":
+            # As pinba_hostname_set(""): a name that is empty as a C string is this machine's.
+            self.hostname = hostname()
         if self.tags:
             self.tags = expand_tags(self.tags)
+            if "" in self.tags:  # pinba_tag_set() refuses an empty name, and so do we
+                del self.tags[""]
+                errors.log(("tag", "empty name"), "pynba: a request tag with no name left out")
         if not self.lines:  # no timer was used (most requests of most apps)
             return self
         timers = []
@@ -427,6 +447,7 @@ class RequestSpan:
                 continue  # a timer needs a tag: nothing to send
             if shape is not None:
                 shape.append(spec)
+            line.value = _seconds(line.usec)
             if line.cpu > 0.0:
                 # Timers read only the thread's precise CPU clock; the split is the request's.
                 line.ru_utime += line.cpu * user_share
@@ -480,6 +501,23 @@ def finish_and_send(
             exc_info=exc,
         )
         return False
+
+
+def _usec(value: object) -> int:
+    """A timer time of any kind as whole microseconds (clamped as the encoder clamps it); what
+    is not a number is logged and counts as 0."""
+    try:
+        return usec(value, "timer value")
+    except PinbaEncodeError as exc:
+        errors.log(("timer value", type(value).__name__), f"pynba: timer time taken as 0: {exc}")
+        return 0
+
+
+def _seconds(us: int) -> float:
+    """The seconds of ``us`` whole microseconds that the encoder turns back into exactly ``us``
+    (us / 1e6 is a hair low for about 2% of values, and the encoder truncates)."""
+    value = us / 1e6
+    return value if int(value * 1e6) == us else math.nextafter(value, math.inf)
 
 
 def _timed(func: Callable[..., Any], spec: TimerSpec) -> Callable[..., Any]:

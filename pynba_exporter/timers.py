@@ -133,8 +133,9 @@ class Timer:
             if line is not None:
                 if start is not None and start in line.starts:
                     line.starts.remove(start)
-                # The line may hold other uses of the same spec (clones): remove only ours.
-                line.value = max(0.0, line.value - self.elapsed_total)
+                # The line may hold other uses of the same spec (clones): remove only ours (to
+                # within a microsecond a use: the line truncated each use apart).
+                line.usec = max(0, line.usec - int(self.elapsed_total * 1e6))
                 line.hit_count = max(0, line.hit_count - self.runs)
         self.elapsed_total = 0.0
         self.runs = 0

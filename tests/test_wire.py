@@ -42,9 +42,8 @@ def f32_normal(x: float) -> float:
 
 
 def php_usec(v: float) -> int:
-    """float_to_timeval() of the PHP extension: whole seconds, then truncated microseconds."""
-    sec = int(v)
-    return sec * 1_000_000 + int((v - sec) * 1_000_000.0)
+    """pinba_timer_add() of the PHP extension: (long)(v * 1e6), truncated microseconds."""
+    return int(v * 1_000_000.0)
 
 
 def timeval_float(us: int) -> float:
@@ -52,10 +51,16 @@ def timeval_float(us: int) -> float:
     return f32(sec + usec / 1_000_000.0)
 
 
+def c_str(s: str) -> str:
+    """A string as a C string: up to its first NUL."""
+    return s.partition("\0")[0]
+
+
 def normalised(r: PinbaRequest) -> PinbaRequest:
     """What decode(encode(r)) must give for a request of str tags and in-range numbers."""
     merged: dict[tuple[tuple[str, str], ...], list[int]] = {}
     for t in r.timers:
+        # Merged by the whole strings, sent as C strings (up to a NUL), as PHP does.
         key = tuple(sorted((str(k), str(v)) for k, v in t.tags.items()))
         sums = merged.setdefault(key, [0, 0, 0, 0])
         sums[0] += max(1, t.hit_count)
@@ -63,13 +68,17 @@ def normalised(r: PinbaRequest) -> PinbaRequest:
         sums[2] += php_usec(t.ru_utime)
         sums[3] += php_usec(t.ru_stime)
     timers = tuple(
-        PinbaTimer(dict(k), timeval_float(s[1]), s[0], timeval_float(s[2]), timeval_float(s[3]))
+        PinbaTimer(
+            {c_str(n): c_str(v) for n, v in k},
+            timeval_float(s[1]), s[0], timeval_float(s[2]), timeval_float(s[3]),
+        )  # fmt: skip
         for k, s in merged.items()
     )
+    request_tags = sorted((str(k), str(v)) for k, v in r.tags.items())
     return PinbaRequest(
-        r.hostname,
-        r.server_name,
-        r.script_name,
+        c_str(r.hostname),
+        c_str(r.server_name),
+        c_str(r.script_name),
         request_count=r.request_count,
         document_size=r.document_size,
         memory_peak=r.memory_peak,
@@ -78,8 +87,8 @@ def normalised(r: PinbaRequest) -> PinbaRequest:
         ru_stime=f32_normal(r.ru_stime),
         status=r.status,
         memory_footprint=r.memory_footprint,
-        schema=r.schema,
-        tags={str(k): str(v) for k, v in r.tags.items()},
+        schema=c_str(r.schema),
+        tags={c_str(k): c_str(v) for k, v in request_tags},
         timers=timers,
         requests=tuple(normalised(x) for x in r.requests),
     )
@@ -271,6 +280,7 @@ class Kind(str, enum.Enum):
         (math.inf, "INF"),
         (-math.inf, "-INF"),
         (b"raw", "raw"),
+        (None, ""),  # as PHP's null
         (Decimal("2.50"), "2.50"),
         (Color.RED, "7"),
         (Kind.WEB, "web"),
@@ -337,7 +347,9 @@ def test_integers_are_clamped_to_uint32(value: object, written: int) -> None:
         (math.nan, -3, 0.0, 1),
         (math.inf, 2**40, timeval_float(4294967295 * 1_000_000), 2**32 - 1),
         (0.0000004, 1, 0.0, 1),  # sub-microsecond: kept, with value 0
-        (3.57, 1, timeval_float(3_569_999), 1),  # the reference client's truncation
+        (3.57, 1, timeval_float(3_570_000), 1),  # pinba_timer_add()'s (long)(v * 1e6)
+        (3.0000000000000004e-06, 1, timeval_float(3), 1),
+        (2.9999999999999996e-06, 1, timeval_float(2), 1),  # truncated, not rounded
     ],
 )
 def test_timer_numbers_are_made_acceptable(
@@ -389,7 +401,6 @@ class Unprintable:
     ("request_", "field"),
     [
         (PinbaRequest("h", "s", "/p", tags=["not", "a", "mapping"]), "tags"),  # type: ignore[arg-type]
-        (PinbaRequest("h", "s", "/p", tags={"t": None}), "tags['t']"),  # type: ignore[dict-item]
         (PinbaRequest("h", "s", "/p", tags={"t": Unprintable()}), "tags['t']"),  # type: ignore[dict-item]
         (PinbaRequest(None, "s", "/p"), "hostname"),  # type: ignore[arg-type]
         (PinbaRequest("h", 5, "/p"), "server_name"),  # type: ignore[arg-type]
@@ -701,7 +712,11 @@ def test_protobuf_runtime_reads_our_packets_and_writes_the_same_bytes(r: PinbaRe
     assert list(m.timer_hit_count) == [t.hit_count for t in n.timers]
     assert list(m.timer_value) == [t.value for t in n.timers]
     words = [w.decode() for w in m.dictionary]
-    assert len(set(words)) == len(words)
+    texts = [str(x) for t in [r.tags, *(t.tags for t in r.timers)] for i in t.items() for x in i]
+    # One entry per whole string; written up to a NUL, two of them may read the same (as PHP's).
+    assert len(words) == len(set(texts))
+    if not any("\0" in x for x in texts):
+        assert len(set(words)) == len(words)
     assert {words[a]: words[b] for a, b in zip(m.tag_name, m.tag_value)} == n.tags
 
 

@@ -51,13 +51,14 @@ from pynba_exporter.wire._errors import (
 )
 from pynba_exporter.wire._fit import FOLDED_TIMER_TAGS, MIN_PACKET_SIZE, TRUNCATED_TAG, Fitted, fit
 from pynba_exporter.wire._pure import Packet
-from pynba_exporter.wire._text import php_text
+from pynba_exporter.wire._text import MAX_TIMER_SECONDS, php_text, usec
 
 __all__ = [
     "DECODE_ERROR_KINDS",
     "DEFAULT_MAX_PACKET_SIZE",
     "FOLDED_TIMER_TAGS",
     "MAX_NESTING",
+    "MAX_TIMER_SECONDS",
     "MIN_PACKET_SIZE",
     "TRUNCATED_TAG",
     "Fitted",
@@ -69,4 +70,5 @@ __all__ = [
     "fit",
     "parse",
     "php_text",
+    "usec",
 ]

@@ -17,6 +17,7 @@ from pynba_exporter._model import PinbaRequest, RequestLike
 from pynba_exporter.wire._errors import FLT_MAX, FLT_MIN_NORMAL, UINT32_MAX, PinbaEncodeError
 from pynba_exporter.wire._text import (
     SMALL_VARINTS,
+    c_string,
     php_text,
     seconds,
     str_bytes,
@@ -75,16 +76,16 @@ def _names(r: RequestLike) -> _Names:
         cached = None
     if cached is not None:
         return cached
-    host = str_bytes(r.hostname, "hostname")
-    server = str_bytes(r.server_name, "server_name")
-    script = str_bytes(r.script_name, "script_name")
+    host = c_string(str_bytes(r.hostname, "hostname"))
+    server = c_string(str_bytes(r.server_name, "server_name"))
+    script = c_string(str_bytes(r.script_name, "script_name"))
     names = b"".join(
         (b"\x0a", varint(len(host)), host, b"\x12", varint(len(server)), server,
          b"\x1a", varint(len(script)), script)
     )  # fmt: skip
     schema = b""
-    if r.schema:
-        raw = str_bytes(r.schema, "schema")
+    raw = c_string(str_bytes(r.schema, "schema")) if r.schema else b""
+    if raw:  # (only a schema that is not empty as a C string is written)
         schema = b"\x9a\x01" + varint(len(raw)) + raw
     out = (names, schema)
     if len(names) + len(schema) <= 4 * _CACHEABLE_LEN and all(type(x) is str for x in key):
@@ -207,7 +208,9 @@ def _make_layout(
 
 
 def _entry(s: str) -> bytes:
-    raw = utf8(s)
+    # The dictionary holds the whole strings ("a\0b" and "a\0c" are two entries, and two timers
+    # they tell apart stay apart) and writes each as a C string, as the reference client does.
+    raw = c_string(utf8(s))
     return b"\x7a" + varint(len(raw)) + raw
 
 
@@ -448,8 +451,8 @@ def _nested(requests: object, packed: bool) -> list[bytes]:
 
 def _columns(timers: Sequence[Any], layout: _Layout) -> tuple[list[Any], ...]:
     """The timers' hit counts and their three times in seconds as the reference client writes
-    them (whole microseconds: float_to_timeval(), then timeval_to_float()), merged by the
-    layout's plan."""
+    them (whole microseconds, see usec, then timeval_to_float()), merged by the layout's
+    plan."""
     if layout.plan is None:
         hits: list[int] = []
         values: list[float] = []
@@ -460,9 +463,10 @@ def _columns(timers: Sequence[Any], layout: _Layout) -> tuple[list[Any], ...]:
             if not (0 < h <= UINT32_MAX and 0.0 <= v < 1.0 and 0.0 <= u < 1.0 and 0.0 <= s < 1.0):
                 break  # (a time of a second or more, or anything odd: the general way below)
             hits.append(h)
-            # Below one second the reference's (v - tv_sec) * 1e6 is v * 1e6, truncated: for
-            # 0 <= x < 2**52, x // 1.0 is int()'s truncation without a call (+ 0.0 makes -0.0 a
-            # 0.0): this loop costs half as much as with int(), and runs for nearly every timer.
+            # The reference's (long)(v * 1e6) (see usec), and below one second its
+            # timeval_to_float() is us / 1e6: for 0 <= x < 2**52, x // 1.0 is int()'s truncation
+            # without a call (+ 0.0 makes -0.0 a 0.0): this loop costs half as much as with
+            # int(), and runs for nearly every timer.
             values.append((v * 1000000.0 + 0.0) // 1.0 / 1000000.0)
             user.append((u * 1000000.0 + 0.0) // 1.0 / 1000000.0)
             system.append((s * 1000000.0 + 0.0) // 1.0 / 1000000.0)

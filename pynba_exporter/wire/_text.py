@@ -4,7 +4,7 @@ Tag names and values become text the way the PHP extension converts PHP scalars 
 ``"1"``, floats with PHP's 14 significant digits); strings become UTF-8 bytes, giving back the
 bytes of strings decoded with ``surrogateescape``; numbers are clamped to what the servers keep
 (uint32, non-negative finite float32 normals) and timer times truncated to whole microseconds as
-the reference client's ``float_to_timeval`` does.
+the reference client's ``pinba_timer_add()`` does.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import Final
 from pynba_exporter.wire._errors import FLT_MAX, FLT_MIN_NORMAL, UINT32_MAX, PinbaEncodeError
 
 __all__ = [
+    "MAX_TIMER_SECONDS",
     "SMALL_VARINTS",
+    "c_string",
     "php_float",
     "php_text",
     "seconds",
@@ -63,11 +65,17 @@ def php_text(value: object, where: str) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", "surrogateescape")
     if value is None:
-        raise PinbaEncodeError(where, "None is not a valid tag name or value")
+        return ""  # PHP's null as a string
     try:
         return str(value)
     except Exception as exc:
         raise PinbaEncodeError(where, f"str() of a {type(value).__name__} failed: {exc!r}") from exc
+
+
+def c_string(raw: bytes) -> bytes:
+    """``raw`` up to its first NUL byte: the reference client writes names and tags as C
+    strings, so "a\\0b" is sent as "a" (in a dictionary entry of its own: see _make_layout)."""
+    return raw[: raw.index(0)] if 0 in raw else raw
 
 
 def utf8(s: str) -> bytes:
@@ -152,9 +160,17 @@ def seconds(value: object, where: str) -> float:
     return value
 
 
+#: The longest timer time sent, in seconds: the reference client keeps timer seconds in a 32-bit
+#: int, and wraps above it (to negative times that servers drop); pynba caps instead.
+MAX_TIMER_SECONDS: Final = 4294967295.0
+
+
 def usec(value: object, where: str) -> int:
-    """Seconds -> whole microseconds, as the reference client's ``float_to_timeval`` does."""
-    v = seconds(value, where)
-    v = min(v, 4294967295.0)  # the reference client keeps timer seconds in a 32-bit int
-    sec = int(v)
-    return sec * 1_000_000 + int((v - sec) * 1000000.0)
+    """Seconds -> whole microseconds, truncated, as the reference client's ``pinba_timer_add()``
+    takes a time: ``(long)(value * 1000000)``. Negative and NaN times are 0, as it makes them.
+
+    (Its ``PinbaClient::addTimer()`` converts with ``float_to_timeval()`` instead, seconds and
+    fraction apart, which is 1 us lower for about one value in five of a second or more: 3.9 s
+    -> 3,899,999 us. pynba follows the function every PHP app's timers go through; see
+    docs/wire.md.)"""
+    return int(min(seconds(value, where), MAX_TIMER_SECONDS) * 1000000.0)

@@ -15,6 +15,7 @@ it (``apt-get install php-cli php-pinba``).
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -258,23 +259,44 @@ SCENARIOS = [
     ),
     Scenario(
         "timer values the reference truncates to whole microseconds",
+        NATIVE_NAMES
+        + """
+        pinba_timer_add(["t" => "a"], 3.57);
+        pinba_timer_add(["t" => "b"], 0.0000019);
+        pinba_timer_add(["t" => "c"], 0.0000004);
+        pinba_timer_add(["t" => "d"], 1.23456789);
+        pinba_timer_add(["t" => "e"], 86400.999999);
+        pinba_timer_add(["t" => "f"], 0.000003);
+        pinba_timer_add(["t" => "g"], 3.24);
+        pinba_timer_add(["t" => "g"], 3.9);
+        pinba_flush();""",
+        lambda php: measured(
+            php,
+            timers=[
+                PinbaTimer({"t": "a"}, 3.57),
+                PinbaTimer({"t": "b"}, 0.0000019),
+                PinbaTimer({"t": "c"}, 0.0000004),
+                PinbaTimer({"t": "d"}, 1.23456789),
+                PinbaTimer({"t": "e"}, 86400.999999),
+                PinbaTimer({"t": "f"}, 0.000003),  # 2.9999999999999996 us: 2
+                PinbaTimer({"t": "g"}, 3.24),
+                PinbaTimer({"t": "g"}, 3.9),
+            ],
+        ),
+    ),
+    Scenario(
+        "timer CPU times, PinbaClient",
         client("""
         $c->setHostname("h"); $c->setServername("s"); $c->setScriptname("/us");
-        $c->addTimer(["t" => "a"], 3.57, [1.23456789, 0.0000019]);
-        $c->addTimer(["t" => "b"], 0.0000019);
-        $c->addTimer(["t" => "c"], 0.0000004);
-        $c->addTimer(["t" => "d"], 1.23456789);
-        $c->addTimer(["t" => "e"], 86400.999999);"""),
+        $c->addTimer(["t" => "a"], 0.57, [0.23456789, 0.0000019]);
+        $c->addTimer(["t" => "b"], 0.0000019, [0.5, 0.25], 2);"""),
         lambda php: PinbaRequest(
             "h",
             "s",
             "/us",
             timers=[
-                PinbaTimer({"t": "a"}, 3.57, 1, 1.23456789, 0.0000019),
-                PinbaTimer({"t": "b"}, 0.0000019),
-                PinbaTimer({"t": "c"}, 0.0000004),
-                PinbaTimer({"t": "d"}, 1.23456789),
-                PinbaTimer({"t": "e"}, 86400.999999),
+                PinbaTimer({"t": "a"}, 0.57, 1, 0.23456789, 0.0000019),
+                PinbaTimer({"t": "b"}, 0.0000019, 2, 0.5, 0.25),
             ],
         ),
     ),
@@ -340,6 +362,32 @@ def test_same_content_packed(scenario: Scenario, receiver: UdpReceiver) -> None:
     packed = ours(request, receiver, packed=True)
     assert len(packed) <= len(reference)
     assert decode(packed) == decode(reference)
+
+
+def test_pinba_client_add_timer_is_a_microsecond_low_where_pinba_timer_add_is_not(
+    receiver: UdpReceiver,
+) -> None:
+    """The reference client has two conversions of seconds: pinba_timer_add() takes
+    (long)(v * 1e6), PinbaClient::addTimer() float_to_timeval(), seconds and fraction apart,
+    which is 1 us low for some values of a second or more. pynba follows the first (the one
+    every PHP app's timers use): a documented difference (docs/wire.md)."""
+    values = [3.9, 3.57, 86400.999999, 1.1, 2.3]
+    timers = "".join(f'$c->addTimer(["t" => "v{i}"], {v!r});' for i, v in enumerate(values))
+    code = client('$c->setHostname("h"); $c->setScriptname("/c");' + timers)
+    php = decode(php_packet(code, receiver))
+    mine = replace(php, timers=[PinbaTimer({"t": f"v{i}"}, v) for i, v in enumerate(values)])
+    sent = decode(ours(mine, receiver))
+    for v, theirs, ours_ in zip(values, php.timers, sent.timers):
+        sec = int(v)
+        assert theirs.value == timeval_float(sec * 1_000_000 + int((v - sec) * 1e6))
+        assert ours_.value == timeval_float(int(v * 1e6))
+    assert [t.value for t in php.timers] != [t.value for t in sent.timers]
+
+
+def timeval_float(us: int) -> float:
+    """The float32 the reference client writes for a time of ``us`` microseconds."""
+    sec, rest = divmod(us, 1_000_000)
+    return float(struct.unpack("<f", struct.pack("<f", sec + rest / 1e6))[0])
 
 
 def test_tag_values_text_matches_php_for_many_numbers(receiver: UdpReceiver) -> None:
