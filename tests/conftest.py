@@ -98,6 +98,7 @@ _SLOW_MODULES = (
     "test_under_load",
     "test_fuzz",
     "test_reference_client",
+    "test_differential",
     "test_examples",
     "test_web_browser",
     "test_otel_field",

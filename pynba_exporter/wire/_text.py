@@ -41,6 +41,14 @@ def php_float(x: float) -> str:
         return "-0" if math.copysign(1.0, x) < 0 else "0"
     # zend_gcvt switches to exponent form exactly where %G does (exponent < -4 or >= precision),
     # but writes a one-digit mantissa as "1.0" and the exponent without padding.
+    if 1e14 <= abs(x) < 1e15 and x.is_integer():
+        # zend_dtoa's path for integers below 1e15, on an exact tie at the 14th digit rounded
+        # to even downwards, keeps the zeros it ends with: 969142230832005.0 is
+        # "9.6914223083200E+14" (and 969142230832004.0 "9.691422308320E+14", as %G writes it).
+        head, last = divmod(int(abs(x)), 10)
+        if last == 5 and not head & 1:
+            digits = str(head)
+            return f"{'-' if x < 0 else ''}{digits[0]}.{digits[1:]}E+14"
     s = f"{x:.14G}"
     mantissa, e, exponent = s.partition("E")
     if not e:
