@@ -70,8 +70,11 @@ def normalised(r: PinbaRequest) -> PinbaRequest:
     timers = tuple(
         PinbaTimer(
             {c_str(n): c_str(v) for n, v in k},
-            timeval_float(s[1]), s[0], timeval_float(s[2]), timeval_float(s[3]),
-        )  # fmt: skip
+            timeval_float(s[1]),
+            s[0],
+            timeval_float(s[2]),
+            timeval_float(s[3]),
+        )
         for k, s in merged.items()
     )
     request_tags = sorted((str(k), str(v)) for k, v in r.tags.items())

@@ -113,7 +113,7 @@ def _number(rng: random.Random) -> float | int:
         return rng.choice([0.0, -0.0, 1.0, 0.5, math.nan, math.inf, -math.inf, 1e20, 1e-5, 0.1])
     if roll < 0.7:
         return round(rng.uniform(-1000, 1000), rng.randint(0, 6))
-    return rng.uniform(-1, 1) * 10 ** rng.randint(-12, 20)
+    return rng.uniform(-1, 1) * 10.0 ** rng.randint(-12, 20)
 
 
 def _value(rng: random.Random) -> Scalar:
@@ -151,7 +151,7 @@ def _seconds(rng: random.Random, *, below: float, negative: bool = False) -> flo
         return min(round(rng.uniform(0, min(below, 10.0)), rng.randint(1, 6)), below * 0.999)
     if roll < 0.45 and negative:
         return -rng.random()  # 0 on both sides
-    return rng.random() * min(below, 10 ** rng.randint(-6, 4))
+    return rng.random() * min(below, 10.0 ** rng.randint(-6, 4))
 
 
 def make_case(seed: int, index: int, api: str) -> Case:
@@ -182,7 +182,7 @@ def make_case(seed: int, index: int, api: str) -> Case:
                 )
             )
     names = {_text(rng) for _ in range(rng.choice([0, 0, 1, 2, 5]))}
-    request_tags = [(n, _value(rng)) for n in names if n or native or rng.random() < 0.5]
+    request_tags: Pairs = [(n, _value(rng)) for n in names if n or native or rng.random() < 0.5]
     if native and rng.random() < 0.3:
         request_tags.append((rng.randint(0, 99), _text(rng)))  # a number as a name: its text
     case = Case(
@@ -499,10 +499,10 @@ def _simpler(case: Case) -> Iterator[Case]:
         for j in range(len(t.tags)) if len(t.tags) > 1 else ():
             timer = replace(t, tags=t.tags[:j] + t.tags[j + 1 :])
             yield replace(case, timers=[*case.timers[:i], timer, *case.timers[i + 1 :]])
-    for name, plain in (("hostname", "h"), ("server_name", "s"), ("script_name", "/p"),
-                        ("schema", "")):  # fmt: skip
-        if getattr(case, name) != plain:
-            yield replace(case, **{name: plain})
+    for name, text in (("hostname", "h"), ("server_name", "s"), ("script_name", "/p"),
+                       ("schema", "")):  # fmt: skip
+        if getattr(case, name) != text:
+            yield replace(case, **{name: text})  # type: ignore[arg-type]
     for i, t in enumerate(case.timers):
         for plain in (replace(t, value=0.5), replace(t, hits=1, ru_utime=0.0, ru_stime=0.0)):
             if plain != t:

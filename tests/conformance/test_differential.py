@@ -108,7 +108,7 @@ def test_integer_like_timer_tag_names_keep_the_timer(name: object, receiver: Udp
     php = decode(php_packet(code.replace("True", "true"), receiver, warns=True))
     assert php.timers == ()
     ours = _ours(_span({name: "v"}), receiver)
-    text = {"5": "5", 7: "7", True: "1", 1.5: "1.5"}[name]  # type: ignore[index]
+    text = {"5": "5", 7: "7", True: "1", 1.5: "1.5"}[name]
     assert [t.tags for t in ours.timers] == [{text: "v"}]
 
 
