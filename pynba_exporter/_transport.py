@@ -30,7 +30,8 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
@@ -57,6 +58,7 @@ __all__ = [
     "TransportStats",
     "UdpTransport",
     "parse_addresses",
+    "redirected",
 ]
 
 #: getaddrinfo's signature, for injecting a resolver in tests.
@@ -245,6 +247,36 @@ class MemoryTransport(Transport):
 _TRANSPORTS: weakref.WeakSet[UdpTransport] = weakref.WeakSet()
 _FORK_HOOK_LOCK = threading.Lock()
 _fork_hook_installed = False
+# Where every UdpTransport sends while `redirected` blocks run (innermost last), and the lock
+# that keeps a transport made during a change from missing it.
+_REDIRECTS: list[tuple[Endpoint, ...]] = []
+_REDIRECT_LOCK = threading.Lock()
+
+
+@contextmanager
+def redirected(address: Address) -> Iterator[None]:
+    """While the block runs, every :class:`UdpTransport` of the process (those already made and
+    those made inside the block) sends to ``address`` instead of its own servers; each gets its
+    own servers back when the block ends. Nothing changes on the send path: a transport's list
+    of servers is swapped, once, here.
+
+    For tests (the ``pinba`` pytest fixture): an app whose middleware was made at import time,
+    with its production address, reports to a socket the test owns. Transports passed in by
+    the user (a MemoryTransport, a reporter) are theirs and are left alone. Blocks nest.
+    """
+    endpoints = tuple(parse_addresses(address))
+    with _REDIRECT_LOCK:
+        _REDIRECTS.append(endpoints)
+        for transport in list(_TRANSPORTS):
+            transport._route(endpoints)
+    try:
+        yield
+    finally:
+        with _REDIRECT_LOCK:
+            _REDIRECTS.remove(endpoints)
+            to = _REDIRECTS[-1] if _REDIRECTS else None
+            for transport in list(_TRANSPORTS):
+                transport._route(to)
 
 
 def _after_fork_in_child() -> None:
@@ -339,8 +371,14 @@ class UdpTransport(Transport):
         self._servers = [_Server(ep) for ep in self.servers]
         for srv in self._servers:
             self._try_numeric(srv)
+        # Its own servers, kept while `redirected` has it send elsewhere (then _servers is
+        # another list).
+        self._own_servers = self._servers
         _install_fork_hook()
-        _TRANSPORTS.add(self)
+        with _REDIRECT_LOCK:
+            if _REDIRECTS:
+                self._route(_REDIRECTS[-1])
+            _TRANSPORTS.add(self)
 
     def __repr__(self) -> str:
         return f"UdpTransport({', '.join(map(str, self.servers))!r})"
@@ -372,7 +410,7 @@ class UdpTransport(Transport):
         return ok
 
     def close(self) -> None:
-        for srv in self._servers:
+        for srv in self._all_servers():
             with srv.lock:
                 sock, srv.sock = srv.sock, None
             if sock is not None:
@@ -381,10 +419,32 @@ class UdpTransport(Transport):
     def __del__(self) -> None:
         # A transport dropped without close() must not leak its sockets. No locks here: nobody
         # else can hold a reference, so nobody else is using them.
-        for srv in getattr(self, "_servers", ()):
+        for srv in [*getattr(self, "_servers", ()), *getattr(self, "_own_servers", ())]:
             sock, srv.sock = srv.sock, None
             if sock is not None:
                 sock.close()
+
+    def _all_servers(self) -> list[_Server]:
+        own = self._own_servers
+        return own if self._servers is own else own + self._servers
+
+    def _route(self, endpoints: tuple[Endpoint, ...] | None) -> None:
+        """Send to ``endpoints`` from now on (None: to its own servers again). Called by
+        `redirected` under its lock."""
+        old = self._servers
+        if endpoints is None:
+            self._servers = self._own_servers
+        else:
+            servers = [_Server(ep) for ep in endpoints]
+            for srv in servers:
+                self._try_numeric(srv)
+            self._servers = servers  # one assignment: a send in flight uses one list or the other
+        if old is not self._own_servers:
+            for srv in old:
+                with srv.lock:
+                    sock, srv.sock = srv.sock, None
+                if sock is not None:
+                    sock.close()
 
     # -- sockets and names
 
@@ -489,7 +549,7 @@ class UdpTransport(Transport):
     def _after_fork(self) -> None:
         # The parent's sockets and lookup threads do not belong to the child: start afresh.
         self._lock = threading.Lock()
-        for srv in self._servers:
+        for srv in self._all_servers():
             srv.lock = threading.Lock()
             sock, srv.sock = srv.sock, None
             if sock is not None:
