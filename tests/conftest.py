@@ -17,6 +17,9 @@ from pynba_exporter import PinbaRequest, decode
 from pynba_exporter.log import errors
 from pynba_exporter.naming import script_names, server_names
 
+# A project of its own, run by test_pytest_plugin.py with its own configuration, as a user runs it.
+collect_ignore = ["sample_project"]
+
 
 class UdpReceiver:
     """A UDP socket bound to 127.0.0.1 on a free port that hands back what arrives."""
