@@ -39,6 +39,7 @@ from typing import Any, Final, TypeAlias
 from pynba_exporter import config
 from pynba_exporter._model import PinbaRequest, RequestLike
 from pynba_exporter.address import DEFAULT_PORT, Address, Endpoint, parse_addresses
+from pynba_exporter.health import note_loss
 from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.wire import (
     DEFAULT_MAX_PACKET_SIZE,
@@ -146,15 +147,18 @@ class Transport:
 
     def stats(self) -> TransportStats:
         with self._lock:
-            return TransportStats(
-                self._requests,
-                self._packets,
-                self._sent,
-                self._dropped,
-                self._encode_errors,
-                self._shrunk,
-                MappingProxyType(dict(self._errors)),
-            )
+            return self._stats()
+
+    def _stats(self) -> TransportStats:
+        return TransportStats(
+            self._requests,
+            self._packets,
+            self._sent,
+            self._dropped,
+            self._encode_errors,
+            self._shrunk,
+            MappingProxyType(dict(self._errors)),
+        )
 
     def close(self) -> None:
         """Release sockets; a later send opens them again."""
@@ -190,6 +194,7 @@ class Transport:
         with self._lock:
             self._requests += 1
             self._encode_errors += 1
+        note_loss()
         if self.raise_on_fail:
             raise exc
         if isinstance(exc, PinbaEncodeError):
@@ -210,6 +215,7 @@ class Transport:
         with self._lock:
             self._dropped += 1
             self._errors[reason] = self._errors.get(reason, 0) + 1
+        note_loss()
         message = f"packet to {where} dropped ({reason})" + (f": {exc}" if exc else "")
         if self.raise_on_fail:
             raise PinbaSendError(getattr(exc, "errno", None) or 0, message) from exc
@@ -247,6 +253,37 @@ class MemoryTransport(Transport):
 _TRANSPORTS: weakref.WeakSet[UdpTransport] = weakref.WeakSet()
 _FORK_HOOK_LOCK = threading.Lock()
 _fork_hook_installed = False
+# The counts of UdpTransports garbage-collected: appended by __del__ (list.append needs no lock,
+# and a finalizer must take none), folded into one entry by all_stats.
+_RETIRED: list[TransportStats] = []
+_RETIRED_LOCK = threading.Lock()
+
+
+def _sum(items: list[TransportStats]) -> TransportStats:
+    errors: dict[str, int] = {}
+    for item in items:
+        for reason, count in item.errors.items():
+            errors[reason] = errors.get(reason, 0) + count
+    return TransportStats(
+        sum(i.requests for i in items), sum(i.packets for i in items),
+        sum(i.sent for i in items), sum(i.dropped for i in items),
+        sum(i.encode_errors for i in items), sum(i.shrunk for i in items),
+        MappingProxyType(errors),
+    )  # fmt: skip
+
+
+def all_stats() -> list[TransportStats]:
+    """The counts of every UdpTransport of the process, live or gone (see health)."""
+    with _RETIRED_LOCK:
+        if len(_RETIRED) > 1:
+            gone: list[TransportStats] = []
+            while _RETIRED:
+                gone.append(_RETIRED.pop())
+            _RETIRED.append(_sum(gone))
+        retired = list(_RETIRED)
+    return [t.stats() for t in list(_TRANSPORTS)] + retired
+
+
 # Where every UdpTransport sends while `redirected` blocks run (innermost last), and the lock
 # that keeps a transport made during a change from missing it.
 _REDIRECTS: list[tuple[Endpoint, ...]] = []
@@ -423,6 +460,10 @@ class UdpTransport(Transport):
             sock, srv.sock = srv.sock, None
             if sock is not None:
                 sock.close()
+        # Its counts stay in the process's (health.client_stats): a ScriptMonitor made per job
+        # must not take its losses with it.
+        if getattr(self, "_requests", 0) or getattr(self, "_errors", None):
+            _RETIRED.append(self._stats())
 
     def _all_servers(self) -> list[_Server]:
         own = self._own_servers
@@ -541,6 +582,7 @@ class UdpTransport(Transport):
         if failure is not None:
             with self._lock:
                 self._errors["resolve"] = self._errors.get("resolve", 0) + 1
+            note_loss()
             errors.log(
                 ("resolve", srv.where),
                 f"pynba: cannot resolve Pinba server {srv.where}: {failure}",

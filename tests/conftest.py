@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from pynba_exporter import PinbaRequest, decode
+from pynba_exporter.health import reset_summary
 from pynba_exporter.log import errors
 from pynba_exporter.naming import script_names, server_names
 
@@ -83,6 +84,7 @@ def pynba_log(request: pytest.FixtureRequest) -> Iterator[PynbaLog]:
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     errors.reset()  # every test sees first occurrences logged
+    reset_summary()  # and its own periodic summary of losses
     script_names.reset()  # and a process that has reported no script name yet
     server_names.reset()
     try:
