@@ -15,9 +15,12 @@ from conftest import PynbaLog, UdpReceiver
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
-from pynba_exporter import PinbaRequest, PinbaTimer, UdpTransport, health
+from pynba.util import ScriptMonitor
+from pynba_exporter import PinbaRequest, PinbaTimer, UdpTransport, decode, health
 from pynba_exporter.health import ClientStats, client_stats
+from pynba_exporter.naming import script_names
 from pynba_exporter.otel import instrument_metrics
+from pynba_exporter.spans import current_request
 
 
 def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -152,3 +155,24 @@ def test_nothing_is_summarised_when_nothing_is_lost(
     assert pynba_log.records == []
     assert isinstance(client_stats(), ClientStats)
     transport.close()
+
+
+@pytest.mark.expect_pynba_errors
+def test_names_refused_by_the_cap_show_in_the_metrics(
+    receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PINBA_MAX_SCRIPT_NAMES", "1")
+    script_names.reset()  # the cap is read again
+    reader = InMemoryMetricReader()
+    instrument_metrics(MeterProvider(metric_readers=[reader]))
+    before = points(reader).get(("pinba.client.names.refused", (("kind", "script"),)), 0)
+    monitor = ScriptMonitor(receiver.address, script_name="first")
+    monitor.send()
+    monitor.scriptname = "second"
+    monitor.send()
+    assert [decode(p).script_name for p in receiver.packets(2)] == ["first", "<other>"]
+    after = points(reader)[("pinba.client.names.refused", (("kind", "script"),))]
+    assert after - before == 1
+    assert client_stats().script_names_refused == script_names.stats()["overflowed"] == 1
+    monitor.transport.close()
+    current_request.set(None)  # the monitor's next unit is current in this context: not beyond
