@@ -109,6 +109,7 @@ _SLOW_MODULES = (
     "test_web",
     "test_collector_hostile",
     "test_frameworks",
+    "test_run",
 )
 
 

@@ -67,6 +67,7 @@ def test_a_mistyped_address_shows_in_the_opentelemetry_metrics(pynba_log: PynbaL
     transport.close()
 
 
+@pytest.mark.slow
 def test_the_bridge_exports_them_through_the_global_meter_provider() -> None:
     # The operator's set-up: OpenTelemetry configured with a meter provider, the Pinba bridge
     # added, the server name mistyped. A process of its own: the global providers are set once.

@@ -46,6 +46,7 @@ def test_a_transport_made_before_is_redirected_and_given_back(receiver: UdpRecei
     assert receiver.request().script_name == "/after"
 
 
+@pytest.mark.slow
 def test_transports_made_during_the_test_and_subprocesses_report_to_it(
     pinba: PinbaCapture, receiver: UdpReceiver
 ) -> None:
