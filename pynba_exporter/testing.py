@@ -29,7 +29,8 @@ What the fixture does, and why:
 - what the ``pynba`` logger says meanwhile (a packet dropped, a request that could not be
   encoded) is kept and shown when an assertion fails.
 
-Without pytest, :class:`PinbaCapture` is a context manager doing the same.
+Without pytest, :class:`PinbaCapture` is a context manager doing the same; :func:`redirected`
+is the redirection alone (to a collector of your own, say).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from pynba_exporter.naming import script_names, server_names
 from pynba_exporter.spans import current_request
 from pynba_exporter.wire import PinbaDecodeError, decode
 
-__all__ = ["PinbaCapture"]
+__all__ = ["PinbaCapture", "redirected"]
 
 #: The environment variables that name the Pinba server for code under test (and its children).
 ADDRESS_VARIABLES = ("OTEL_EXPORTER_PINBA_ENDPOINT", "PINBA_SERVER")

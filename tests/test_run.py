@@ -187,6 +187,10 @@ def test_pinba_never_fails_the_command(receiver: UdpReceiver) -> None:
 def test_the_address_comes_from_the_environment_like_everywhere(pinba: PinbaCapture) -> None:
     assert pynba_run("--script", "from-env", "true").returncode == 0
     assert pinba.request("from-env").status == 0
+    pinba.clear()
+    off = {**os.environ, "PINBA_ENABLED": "0"}
+    assert pynba_run("--script", "off", "true", env=off).returncode == 0
+    pinba.assert_nothing(0.3)
 
 
 def test_usage_errors_run_nothing() -> None:
