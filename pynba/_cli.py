@@ -1,10 +1,11 @@
-"""The ``pynba`` command: collect, report, decode, demo.
+"""The ``pynba`` command: collect, report, decode, demo, run.
 
 pynba collect [--listen HOST:PORT] [--http HOST:PORT] [--db FILE] [--window S] [--interval S]
               [--json] [--max-memory SIZE] [--max-queue SIZE] [--percentiles 90,99]
 pynba report --db FILE [--by script|server|host|status|schema|timer:TAGS|tag:TAGS] [--json]
 pynba decode FILE|-
 pynba demo [--http HOST:PORT] [--serve]
+pynba run [--script NAME] [--tag K=V]... [--server ADDR] [--hostname H] [--server-name S] -- CMD...
 
 Names in packets are chosen by whoever sends them: every text output escapes their control and
 bidi characters (``printable``); JSON output is exact. SIGINT and SIGTERM stop the collector:
@@ -216,6 +217,23 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _tag(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pynba._run import run  # noqa: PLC0415 - only for this command
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    return run(
+        command, script_name=args.script, tags=dict(args.tag or ()), address=args.server,
+        hostname=args.hostname, server_name=args.server_name,
+    )  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pynba", description="Pinba for Python: collector and tools"
@@ -269,6 +287,24 @@ def _parser() -> argparse.ArgumentParser:
         "--serve", action="store_true",
         help="after the first requests, keep the app busy and the page up until Ctrl-C",
     )  # fmt: skip
+    p = sub.add_parser(
+        "run", help="run a command as one Pinba request (a cron job, a script, a CI step)",
+        description="Run CMD as one Pinba request: its time, CPU and peak memory, its exit "
+        "status as the status (killed by signal S: 256+S). Its input, output, exit code and "
+        "signals pass through; Pinba never fails it.",
+    )  # fmt: skip
+    p.add_argument("--script", help="the request's script name (default: the command's name)")
+    p.add_argument(
+        "--tag", action="append", type=_tag, metavar="NAME=VALUE", help="a request tag (repeat)"
+    )
+    p.add_argument(
+        "--server", metavar="ADDR",
+        help="Pinba server(s) (default: $OTEL_EXPORTER_PINBA_ENDPOINT, $PINBA_SERVER, "
+        "127.0.0.1:30002)",
+    )  # fmt: skip
+    p.add_argument("--hostname", help="the request's host name (default: this machine's)")
+    p.add_argument("--server-name", help="the request's server name (default: this machine's)")
+    p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     return parser
 
 
@@ -285,6 +321,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return cmd_report(args, out)
         if args.command == "decode":
             return cmd_decode(args, out)
+        if args.command == "run":
+            if not [a for a in args.command_line if a != "--"]:
+                parser.error("run: no command given (pynba run [options] -- CMD ARGS...)")
+            return cmd_run(args)
         return cmd_demo(args, out)
     except (CollectorError, PermissionError, ValueError, OSError) as exc:
         print(f"pynba {args.command}: {printable(exc)}", file=sys.stderr)

@@ -7,7 +7,9 @@
   raising into the app, with counters in ``stats()``;
 - modules for those who build on the engine: ``wire`` (the codec), ``address``, ``config``
   (every option), ``spans`` (the request model and its one way out), ``naming`` (bounded
-  script names), ``log`` (the ``pynba`` logger, repeats suppressed), ``collector``;
+  script names), ``log`` (the ``pynba`` logger, repeats suppressed), ``health`` (the client's
+  own counts: ``client_stats()``), ``testing`` (``PinbaCapture``, the ``pinba`` pytest
+  fixture), ``collector``;
 - :class:`PinbaSpanProcessor`, :class:`PinbaSpanExporter`, :class:`PinbaSampler`: the
   OpenTelemetry bridge (``pynba_exporter.otel``, imported on first use).
 """

@@ -30,7 +30,8 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, TypeAlias
@@ -38,6 +39,7 @@ from typing import Any, Final, TypeAlias
 from pynba_exporter import config
 from pynba_exporter._model import PinbaRequest, RequestLike
 from pynba_exporter.address import DEFAULT_PORT, Address, Endpoint, parse_addresses
+from pynba_exporter.health import note_loss
 from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.wire import (
     DEFAULT_MAX_PACKET_SIZE,
@@ -57,6 +59,7 @@ __all__ = [
     "TransportStats",
     "UdpTransport",
     "parse_addresses",
+    "redirected",
 ]
 
 #: getaddrinfo's signature, for injecting a resolver in tests.
@@ -144,15 +147,18 @@ class Transport:
 
     def stats(self) -> TransportStats:
         with self._lock:
-            return TransportStats(
-                self._requests,
-                self._packets,
-                self._sent,
-                self._dropped,
-                self._encode_errors,
-                self._shrunk,
-                MappingProxyType(dict(self._errors)),
-            )
+            return self._stats()
+
+    def _stats(self) -> TransportStats:
+        return TransportStats(
+            self._requests,
+            self._packets,
+            self._sent,
+            self._dropped,
+            self._encode_errors,
+            self._shrunk,
+            MappingProxyType(dict(self._errors)),
+        )
 
     def close(self) -> None:
         """Release sockets; a later send opens them again."""
@@ -188,6 +194,7 @@ class Transport:
         with self._lock:
             self._requests += 1
             self._encode_errors += 1
+        note_loss()
         if self.raise_on_fail:
             raise exc
         if isinstance(exc, PinbaEncodeError):
@@ -208,6 +215,7 @@ class Transport:
         with self._lock:
             self._dropped += 1
             self._errors[reason] = self._errors.get(reason, 0) + 1
+        note_loss()
         message = f"packet to {where} dropped ({reason})" + (f": {exc}" if exc else "")
         if self.raise_on_fail:
             raise PinbaSendError(getattr(exc, "errno", None) or 0, message) from exc
@@ -245,6 +253,67 @@ class MemoryTransport(Transport):
 _TRANSPORTS: weakref.WeakSet[UdpTransport] = weakref.WeakSet()
 _FORK_HOOK_LOCK = threading.Lock()
 _fork_hook_installed = False
+# The counts of UdpTransports garbage-collected: appended by __del__ (list.append needs no lock,
+# and a finalizer must take none), folded into one entry by all_stats.
+_RETIRED: list[TransportStats] = []
+_RETIRED_LOCK = threading.Lock()
+
+
+def _sum(items: list[TransportStats]) -> TransportStats:
+    errors: dict[str, int] = {}
+    for item in items:
+        for reason, count in item.errors.items():
+            errors[reason] = errors.get(reason, 0) + count
+    return TransportStats(
+        sum(i.requests for i in items), sum(i.packets for i in items),
+        sum(i.sent for i in items), sum(i.dropped for i in items),
+        sum(i.encode_errors for i in items), sum(i.shrunk for i in items),
+        MappingProxyType(errors),
+    )  # fmt: skip
+
+
+def all_stats() -> list[TransportStats]:
+    """The counts of every UdpTransport of the process, live or gone (see health)."""
+    with _RETIRED_LOCK:
+        if len(_RETIRED) > 1:
+            gone: list[TransportStats] = []
+            while _RETIRED:
+                gone.append(_RETIRED.pop())
+            _RETIRED.append(_sum(gone))
+        retired = list(_RETIRED)
+    return [t.stats() for t in list(_TRANSPORTS)] + retired
+
+
+# Where every UdpTransport sends while `redirected` blocks run (innermost last), and the lock
+# that keeps a transport made during a change from missing it.
+_REDIRECTS: list[tuple[Endpoint, ...]] = []
+_REDIRECT_LOCK = threading.Lock()
+
+
+@contextmanager
+def redirected(address: Address) -> Iterator[None]:
+    """While the block runs, every :class:`UdpTransport` of the process (those already made and
+    those made inside the block) sends to ``address`` instead of its own servers; each gets its
+    own servers back when the block ends. Nothing changes on the send path: a transport's list
+    of servers is swapped, once, here.
+
+    For tests (the ``pinba`` pytest fixture): an app whose middleware was made at import time,
+    with its production address, reports to a socket the test owns. Transports passed in by
+    the user (a MemoryTransport, a reporter) are theirs and are left alone. Blocks nest.
+    """
+    endpoints = tuple(parse_addresses(address))
+    with _REDIRECT_LOCK:
+        _REDIRECTS.append(endpoints)
+        for transport in list(_TRANSPORTS):
+            transport._route(endpoints)
+    try:
+        yield
+    finally:
+        with _REDIRECT_LOCK:
+            _REDIRECTS.remove(endpoints)
+            to = _REDIRECTS[-1] if _REDIRECTS else None
+            for transport in list(_TRANSPORTS):
+                transport._route(to)
 
 
 def _after_fork_in_child() -> None:
@@ -339,8 +408,14 @@ class UdpTransport(Transport):
         self._servers = [_Server(ep) for ep in self.servers]
         for srv in self._servers:
             self._try_numeric(srv)
+        # Its own servers, kept while `redirected` has it send elsewhere (then _servers is
+        # another list).
+        self._own_servers = self._servers
         _install_fork_hook()
-        _TRANSPORTS.add(self)
+        with _REDIRECT_LOCK:
+            if _REDIRECTS:
+                self._route(_REDIRECTS[-1])
+            _TRANSPORTS.add(self)
 
     def __repr__(self) -> str:
         return f"UdpTransport({', '.join(map(str, self.servers))!r})"
@@ -372,7 +447,7 @@ class UdpTransport(Transport):
         return ok
 
     def close(self) -> None:
-        for srv in self._servers:
+        for srv in self._all_servers():
             with srv.lock:
                 sock, srv.sock = srv.sock, None
             if sock is not None:
@@ -381,10 +456,36 @@ class UdpTransport(Transport):
     def __del__(self) -> None:
         # A transport dropped without close() must not leak its sockets. No locks here: nobody
         # else can hold a reference, so nobody else is using them.
-        for srv in getattr(self, "_servers", ()):
+        for srv in [*getattr(self, "_servers", ()), *getattr(self, "_own_servers", ())]:
             sock, srv.sock = srv.sock, None
             if sock is not None:
                 sock.close()
+        # Its counts stay in the process's (health.client_stats): a ScriptMonitor made per job
+        # must not take its losses with it.
+        if getattr(self, "_requests", 0) or getattr(self, "_errors", None):
+            _RETIRED.append(self._stats())
+
+    def _all_servers(self) -> list[_Server]:
+        own = self._own_servers
+        return own if self._servers is own else own + self._servers
+
+    def _route(self, endpoints: tuple[Endpoint, ...] | None) -> None:
+        """Send to ``endpoints`` from now on (None: to its own servers again). Called by
+        `redirected` under its lock."""
+        old = self._servers
+        if endpoints is None:
+            self._servers = self._own_servers
+        else:
+            servers = [_Server(ep) for ep in endpoints]
+            for srv in servers:
+                self._try_numeric(srv)
+            self._servers = servers  # one assignment: a send in flight uses one list or the other
+        if old is not self._own_servers:
+            for srv in old:
+                with srv.lock:
+                    sock, srv.sock = srv.sock, None
+                if sock is not None:
+                    sock.close()
 
     # -- sockets and names
 
@@ -481,6 +582,7 @@ class UdpTransport(Transport):
         if failure is not None:
             with self._lock:
                 self._errors["resolve"] = self._errors.get("resolve", 0) + 1
+            note_loss()
             errors.log(
                 ("resolve", srv.where),
                 f"pynba: cannot resolve Pinba server {srv.where}: {failure}",
@@ -489,7 +591,7 @@ class UdpTransport(Transport):
     def _after_fork(self) -> None:
         # The parent's sockets and lookup threads do not belong to the child: start afresh.
         self._lock = threading.Lock()
-        for srv in self._servers:
+        for srv in self._all_servers():
             srv.lock = threading.Lock()
             sock, srv.sock = srv.sock, None
             if sock is not None:

@@ -21,6 +21,7 @@ import threading
 from typing import Final
 
 from pynba_exporter import config
+from pynba_exporter.health import note_loss
 from pynba_exporter.log import errors
 
 __all__ = ["OVERFLOW", "UNMATCHED", "ScriptNames", "script_names", "server_names"]
@@ -73,6 +74,7 @@ class ScriptNames:
                 seen.add(name)
                 return name
             self.overflowed += 1
+        note_loss()
         errors.log(
             ("script-names", "overflow"),
             f"pynba: more than {self.limit} distinct {self._what} names in this process: new "

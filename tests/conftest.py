@@ -14,8 +14,12 @@ from collections.abc import Iterator
 import pytest
 
 from pynba_exporter import PinbaRequest, decode
+from pynba_exporter.health import reset_summary
 from pynba_exporter.log import errors
 from pynba_exporter.naming import script_names, server_names
+
+# A project of its own, run by test_pytest_plugin.py with its own configuration, as a user runs it.
+collect_ignore = ["sample_project"]
 
 
 class UdpReceiver:
@@ -80,6 +84,7 @@ def pynba_log(request: pytest.FixtureRequest) -> Iterator[PynbaLog]:
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     errors.reset()  # every test sees first occurrences logged
+    reset_summary()  # and its own periodic summary of losses
     script_names.reset()  # and a process that has reported no script name yet
     server_names.reset()
     try:
@@ -105,6 +110,7 @@ _SLOW_MODULES = (
     "test_web",
     "test_collector_hostile",
     "test_frameworks",
+    "test_run",
 )
 
 

@@ -47,6 +47,7 @@ def example(marker: str) -> str:
 
 WSGI_MARKER = "from pynba import monitor"
 OTEL_MARKER = "from opentelemetry"
+PYTEST_MARKER = "def test_"  # a test using the `pinba` fixture
 
 
 def aimed_at(code: str, receiver: UdpReceiver) -> str:
@@ -58,7 +59,7 @@ def aimed_at(code: str, receiver: UdpReceiver) -> str:
 def test_every_python_block_is_run_here() -> None:
     # A new example in the README must get a test here, not go unchecked.
     for code in blocks("python"):
-        assert (WSGI_MARKER in code) != (OTEL_MARKER in code), code
+        assert sum(m in code for m in (WSGI_MARKER, OTEL_MARKER, PYTEST_MARKER)) == 1, code
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
@@ -137,6 +138,20 @@ def test_opentelemetry_example(receiver: UdpReceiver) -> None:
     ]
     assert request.timers[0].hit_count == 1
     assert receiver.nothing()
+
+
+@pytest.mark.slow
+def test_pytest_fixture_example(tmp_path: Path) -> None:
+    # Run as a user runs it: a file of their own, pytest finding the fixture through the
+    # installed entry point; the test passes only if the packets it expects arrived.
+    (tmp_path / "test_readme.py").write_text(example(PYTEST_MARKER), "utf-8")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n", "utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_readme.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout, proc.stdout
 
 
 def test_configuration_page_lists_every_option() -> None:

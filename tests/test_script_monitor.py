@@ -12,6 +12,7 @@ import pytest
 from conftest import UdpReceiver
 
 from pynba import pynba
+from pynba.testing import PinbaCapture
 from pynba.util import ScriptMonitor
 from pynba_exporter import PinbaSendError
 from pynba_exporter.spans import current_request, hostname
@@ -67,28 +68,21 @@ def test_thousands_of_units_time_and_cpu_are_not_cumulative(receiver: UdpReceive
     assert monitor.reporter.stats().sent == n
 
 
-def test_context_manager_sends_on_exit_with_500_when_it_raises(receiver: UdpReceiver) -> None:
-    with ScriptMonitor(receiver.address, script_name="job") as monitor:
+def test_context_manager_sends_on_exit_with_500_when_it_raises(pinba: PinbaCapture) -> None:
+    with ScriptMonitor(script_name="job", tags={"run": 1}) as monitor:
         monitor.timer(step="a").start()  # still running at exit: stopped and sent
-    r = receiver.request()
-    assert (r.script_name, r.status, [t.tags for t in r.timers]) == ("job", 0, [{"step": "a"}])
-    with pytest.raises(ZeroDivisionError), ScriptMonitor(receiver.address, script_name="job"):
+    r = pinba.request("job", tags={"run": 1})
+    assert (r.status, [t.tags for t in r.timers]) == (0, [{"step": "a"}])
+    with pytest.raises(ZeroDivisionError), ScriptMonitor(script_name="job", tags={"run": 2}):
         1 / 0  # noqa: B018
-    assert receiver.request().status == 500
+    assert pinba.request("job", tags={"run": 2}).status == 500
 
 
-def test_names_are_overridable(receiver: UdpReceiver) -> None:
-    monitor = ScriptMonitor(
-        receiver.address, hostname="batch1", server_name="reports", script_name="nightly"
-    )
+def test_names_are_overridable(pinba: PinbaCapture) -> None:
+    monitor = ScriptMonitor(hostname="batch1", server_name="reports", script_name="nightly")
     monitor.send(status=3)
-    r = receiver.request()
-    assert (r.hostname, r.server_name, r.script_name, r.status) == (
-        "batch1",
-        "reports",
-        "nightly",
-        3,
-    )
+    r = pinba.request("nightly", hostname="batch1", server_name="reports")
+    assert r.status == 3
 
 
 def test_timers_from_other_threads_record_into_the_monitor(receiver: UdpReceiver) -> None:

@@ -22,10 +22,14 @@ Ways in, each constructible with no arguments (configuration from the environmen
   with another configurator). Spans arrive in batches, children before their root; they are
   buffered per trace, bounded in count and age. It sees only sampled traces and no CPU.
 
+:func:`instrument_metrics` exports the client's own counts (packets sent, dropped by reason,
+lookups failed...: :mod:`pynba_exporter.health`) as OpenTelemetry metrics; the processor and
+the exporter call it for the global meter provider when they are made.
+
 This package is the only part of the project that imports ``opentelemetry``; one job a
 module: ``_sdk`` (where the SDK keeps a span's fields), ``_mapping`` (span attributes -> Pinba
 fields), ``_shared`` (configuration and sending), ``_processor``, ``_exporter``, ``_sampling``,
-``_configurator``.
+``_configurator``, ``_metrics``.
 """
 
 from pynba_exporter.otel._configurator import PinbaConfigurator
@@ -39,6 +43,7 @@ from pynba_exporter.otel._mapping import (
     TimerTags,
     default_timer_tags,
 )
+from pynba_exporter.otel._metrics import instrument_metrics
 from pynba_exporter.otel._processor import PinbaSpanProcessor
 from pynba_exporter.otel._sampling import PinbaSampler
 
@@ -54,4 +59,5 @@ __all__ = [
     "PinbaSpanProcessor",
     "TimerTags",
     "default_timer_tags",
+    "instrument_metrics",
 ]

@@ -21,6 +21,7 @@ from pynba_exporter._transport import MemoryTransport, Transport, UdpTransport
 from pynba_exporter.address import Address
 from pynba_exporter.log import errors
 from pynba_exporter.otel._mapping import TimerTags, default_timer_tags
+from pynba_exporter.otel._metrics import instrument_metrics
 from pynba_exporter.spans import (
     RequestSpan,
     finish_and_send,
@@ -89,6 +90,14 @@ class _Sender:
                 else MemoryTransport(max_packet_size=DEFAULT_MAX_PACKET_SIZE, packed=False)
             )
             self.disable(exc)
+        if self.enabled:
+            # An operator sees on the app's own dashboards when Pinba hears nothing: the
+            # client's counts as metrics, through the global meter provider (a no-op until the
+            # app sets one; the instruments follow it then).
+            try:
+                instrument_metrics()
+            except Exception as exc:  # never into the app
+                errors.log(("otel", "metrics"), f"pynba: client metrics not exported: {exc!r}")
 
     def disable(self, exc: Exception) -> None:
         """A bad option: said once (the processor and the exporter share the line), and
