@@ -421,7 +421,8 @@ class RequestSpan:
         PinbaRequest (``timers`` are its lines, tags expanded), so no copy is made."""
         self.finish()
         self.document_size = max(self.document_size, 0)
-        if not self.hostname or self.hostname[:1] == "\0":
+        host = self.hostname
+        if not host or host[0] == "\0":
             # As pinba_hostname_set(""): a name that is empty as a C string is this machine's.
             self.hostname = hostname()
         if self.tags:
@@ -447,7 +448,11 @@ class RequestSpan:
                 continue  # a timer needs a tag: nothing to send
             if shape is not None:
                 shape.append(spec)
-            line.value = _seconds(line.usec)
+            # The seconds that the encoder turns back into exactly these microseconds (us / 1e6
+            # is a hair low for about 2% of values, and the encoder truncates).
+            us = line.usec
+            value = us / 1e6
+            line.value = value if int(value * 1e6) == us else math.nextafter(value, math.inf)
             if line.cpu > 0.0:
                 # Timers read only the thread's precise CPU clock; the split is the request's.
                 line.ru_utime += line.cpu * user_share
@@ -511,13 +516,6 @@ def _usec(value: object) -> int:
     except PinbaEncodeError as exc:
         errors.log(("timer value", type(value).__name__), f"pynba: timer time taken as 0: {exc}")
         return 0
-
-
-def _seconds(us: int) -> float:
-    """The seconds of ``us`` whole microseconds that the encoder turns back into exactly ``us``
-    (us / 1e6 is a hair low for about 2% of values, and the encoder truncates)."""
-    value = us / 1e6
-    return value if int(value * 1e6) == us else math.nextafter(value, math.inf)
 
 
 def _timed(func: Callable[..., Any], spec: TimerSpec) -> Callable[..., Any]:

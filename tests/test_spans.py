@@ -12,13 +12,22 @@ from typing import Any
 
 import pytest
 
-from pynba_exporter import MemoryTransport, PinbaRequest, PinbaTimer, Transport, encode, spans
+from pynba_exporter import (
+    MemoryTransport,
+    PinbaRequest,
+    PinbaTimer,
+    Transport,
+    decode,
+    encode,
+    spans,
+)
 from pynba_exporter.naming import OVERFLOW, UNMATCHED, ScriptNames, script_names, server_names
 from pynba_exporter.spans import (
     MEASURE,
     RequestSpan,
     current_request,
     finish_and_send,
+    timer_spec,
 )
 from pynba_exporter.timers import Timer
 
@@ -242,3 +251,38 @@ def test_a_prebuilt_timer_sends_what_an_ordinary_timer_sends() -> None:
     assert timer.tags == {"group": "db::select", "server": "db1"}
     assert timer.hit_count == 4
     assert 0.003 <= timer.value < 1.0  # the outer and inner uses both hold the sleep
+
+
+# -- the reference client's rules for the span model (tests/conformance checks them against PHP)
+
+
+def test_each_timer_use_is_whole_microseconds_before_it_joins_its_line() -> None:
+    span = RequestSpan("h", "s", "/p", timer_rusage=False)
+    for value in (0.0000015, 0.0000015, 3.24, 3.9):
+        span.add_timer({"t": "a" if value < 1 else "b"}, value)
+    span.add_timer({"t": "c"}, float("nan"))
+    span.add_timer({"t": "c"}, -2.0)
+    lines = {line.tags["t"]: line for line in span.seal().timers}
+    assert {k: line.usec for k, line in lines.items()} == {"a": 2, "b": 7_140_000, "c": 0}
+    (decoded,) = [t for t in decode(encode(span)).timers if t.tags == {"t": "a"}]
+    assert decoded.value == pytest.approx(2e-6)
+
+
+@pytest.mark.parametrize("us", [0, 1, 249, 251, 489, 999_999, 1_000_001, 3_899_999, 4_294_967_295])
+def test_a_sealed_line_holds_seconds_that_encode_back_to_its_microseconds(us: int) -> None:
+    span = RequestSpan("h", "s", "/p", timer_rusage=False)
+    span.add(timer_spec({"t": "x"}), 0.0)
+    span.lines[timer_spec({"t": "x"})].usec = us
+    (line,) = span.seal().timers
+    assert int(line.value * 1e6) == us
+
+
+def test_an_empty_hostname_is_the_machines_and_an_empty_tag_name_is_left_out(
+    pynba_log: Any,
+) -> None:
+    span = RequestSpan("", "s", "/p", tags={"": "v", "k": "w"}).seal()
+    assert span.hostname == spans.hostname() != ""
+    assert span.tags == {"k": "w"}
+    assert RequestSpan("\0web", "s", "/p").seal().hostname == spans.hostname()
+    assert pynba_log.problems == ["pynba: a request tag with no name left out"]
+    pynba_log.records.clear()
