@@ -214,7 +214,7 @@ class TimerLine:
     def __init__(self, spec: TimerSpec) -> None:
         self.spec = spec
         self.tags: dict[str, Any] = {}  # the spec's text, when sealed
-        self.usec = 0
+        self.usec = 0.0  # a whole number
         #: Seconds, once sealed: the float whose whole microseconds are exactly ``usec``.
         self.value = 0.0
         self.hit_count = 0
@@ -339,8 +339,10 @@ class RequestSpan:
         if line is None:
             line = self.lines[spec] = TimerLine(spec)
         try:
-            # pinba_timer_add()'s whole microseconds; NaN fails the test, a non-number raises.
-            line.usec += int(value * 1e6) if 0.0 <= value < MAX_TIMER_SECONDS else _usec(value)
+            # pinba_timer_add()'s whole microseconds (// 1.0 truncates a non-negative float as
+            # int() does, without a call; whole floats add up exactly below 2**53). NaN fails
+            # the test, a non-number raises.
+            line.usec += value * 1e6 // 1.0 if 0.0 <= value < MAX_TIMER_SECONDS else _usec(value)
         except TypeError:
             line.usec += _usec(value)
         line.hit_count += hits
@@ -395,7 +397,7 @@ class RequestSpan:
         for line in self.lines.values() if self.lines else ():
             while line.starts:
                 started, cpu0 = line.starts.pop()
-                line.usec += int(max(0.0, end - started) * 1e6)
+                line.usec += max(0.0, end - started) * 1e6 // 1.0
                 line.hit_count += 1
                 if cpu0 >= 0.0:
                     line.cpu += max(0.0, _thread_time() - cpu0)
@@ -452,7 +454,7 @@ class RequestSpan:
             # is a hair low for about 2% of values, and the encoder truncates).
             us = line.usec
             value = us / 1e6
-            line.value = value if int(value * 1e6) == us else math.nextafter(value, math.inf)
+            line.value = value if value * 1e6 >= us else math.nextafter(value, math.inf)
             if line.cpu > 0.0:
                 # Timers read only the thread's precise CPU clock; the split is the request's.
                 line.ru_utime += line.cpu * user_share
