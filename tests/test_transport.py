@@ -229,9 +229,16 @@ def test_full_socket_buffer_drops_instead_of_blocking(receiver: UdpReceiver) -> 
 
 
 @pytest.mark.expect_pynba_errors
+class _NoText:
+    """A tag value without a text form: its str() raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
 def test_encode_errors_are_counted_not_raised(receiver: UdpReceiver, pynba_log: PynbaLog) -> None:
     t = UdpTransport(receiver.address)
-    bad = PinbaRequest("h", "s", "/p", tags={"t": None})  # type: ignore[dict-item]
+    bad = PinbaRequest("h", "s", "/p", tags={"t": _NoText()})  # type: ignore[dict-item]
     assert t.send(bad) is False
     assert t.stats().encode_errors == 1
     assert receiver.nothing()
@@ -245,7 +252,7 @@ def test_raise_on_fail_raises_instead(receiver: UdpReceiver) -> None:
         t.send(REQ)
     t = UdpTransport(receiver.address, raise_on_fail=True)
     with pytest.raises(PinbaEncodeError):
-        t.send(PinbaRequest("h", "s", "/p", tags={"t": None}))  # type: ignore[dict-item]
+        t.send(PinbaRequest("h", "s", "/p", tags={"t": _NoText()}))  # type: ignore[dict-item]
 
 
 @pytest.mark.expect_pynba_errors
