@@ -236,6 +236,7 @@ class _NoText:
         raise RuntimeError("no text")
 
 
+@pytest.mark.expect_pynba_errors  # (the log line is the point: asserted below)
 def test_encode_errors_are_counted_not_raised(receiver: UdpReceiver, pynba_log: PynbaLog) -> None:
     t = UdpTransport(receiver.address)
     bad = PinbaRequest("h", "s", "/p", tags={"t": _NoText()})  # type: ignore[dict-item]
