@@ -1,6 +1,6 @@
 """Script names as real servers, frameworks and instrumentations give them (issue 19): no
 scanner, auth gate or framework can poison the per-process name cap, routes are named by their
-template.
+template, database timers by their operation.
 
 Every test serves a real app on 127.0.0.1 and reads the real packets it sends.
 """
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -296,4 +298,48 @@ def test_tornado_routes_are_named_by_their_template(receiver: UdpReceiver) -> No
         ("/item/{item_id}", 200): 20,
         ("/checkout", 200): 1,
         (UNMATCHED, 404): 2,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# SQLAlchemy: timers by the operation's first word
+
+
+def test_sqlalchemy_timers_are_grouped_by_operation(receiver: UdpReceiver, tmp_path: Path) -> None:
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor  # noqa: PLC0415
+
+    path = tmp_path / "shop.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("create table item (id integer primary key, name text)")
+        db.commit()
+    provider = TracerProvider()
+    provider.add_span_processor(PinbaSpanProcessor(receiver.address))
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    instrumentor: Any = SQLAlchemyInstrumentor()  # BaseInstrumentor: untyped
+    instrumentor.instrument(engine=engine, tracer_provider=provider)
+    tracer = provider.get_tracer("jobs")
+    try:
+        job = {"pinba.script_name": "sync"}
+        with tracer.start_as_current_span("sync", attributes=job), engine.begin() as conn:
+            conn.execute(sqlalchemy.text("insert into item (name) values ('a')"))
+            for _ in range(3):
+                conn.execute(sqlalchemy.text("select name from item"))
+            conn.execute(sqlalchemy.text("Select count(*) from item"))
+        request = packets(receiver, 1)[0]
+    finally:
+        instrumentor.uninstrument()
+        engine.dispose()
+        provider.shutdown()
+    groups: Counter[tuple[str, str | None]] = Counter()
+    for timer in request.timers:
+        database = timer.tags.get("database")
+        groups[(str(timer.tags["group"]), None if database is None else str(database))] += (
+            timer.hit_count
+        )
+    database = str(path)  # SQLAlchemy's db.name: the database as its URL names it
+    assert groups == {
+        ("db::CONNECT", database): 1,
+        ("db::INSERT", database): 1,
+        ("db::SELECT", database): 4,
     }

@@ -91,10 +91,12 @@ def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
     db = get("db.system.name") or get("db.system")
     if db:
         category = "db"
-        # One group whatever the case of the statement (select/SELECT/Select); without the
-        # attribute, the span name's first word ("SELECT users" in newer conventions).
-        operation = get("db.operation.name") or get("db.operation") or span.name.split(" ", 1)[0]
-        operation = str(operation).upper()
+        # One group whatever the case of the statement (select/SELECT/Select), by its first
+        # word: SQLAlchemy's operation is "<verb> <database>", and the span name ("SELECT
+        # users" in newer conventions) stands in when the attribute is missing.
+        operation = get("db.operation.name") or get("db.operation") or span.name
+        words = str(operation).split(None, 1)
+        operation = words[0].upper() if words else str(operation)
     else:
         method = get("http.request.method") or get("http.method")
         if method and span.kind is _CLIENT:
