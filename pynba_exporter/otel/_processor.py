@@ -98,8 +98,9 @@ class PinbaSpanProcessor(SpanProcessor):
     requests (``SPAN_RUSAGE``, off: two clock reads per span). ``enabled``:
     (``ENABLED``, on) and not ``$OTEL_SDK_DISABLED``. ``asgi_events``: the ASGI
     instrumentation's ``http send``/``http receive`` spans as timers (``ASGI_EVENTS``, off).
-    ``max_spans``: spans followed at once (``MAX_SPANS``, 100,000); ``max_age``: seconds an
-    unfinished span is followed (``MAX_AGE``, 300), then evicted and counted.
+    ``max_spans``: spans followed at once (``MAX_SPANS``, 100,000); ``max_age``: seconds after
+    which an unfinished span whose request is over is evicted and counted (``MAX_AGE``, 300);
+    a running request is never evicted by age, only when ``max_spans`` is reached.
     Other keyword arguments go to the transport (``max_packet_size``, ``packed``...).
     Each option ``X`` is also ``$OTEL_EXPORTER_PINBA_X`` and ``$PINBA_X``.
     """
@@ -181,9 +182,13 @@ class PinbaSpanProcessor(SpanProcessor):
         except Exception as exc:  # never into the app
             errors.log(("otel", "on_start"), f"pynba: span not followed: {exc!r}", exc_info=exc)
 
-    def _evict(self) -> None:
-        """Forget the unfinished spans older than ``max_age`` (oldest first: the dict keeps
-        the order of starts). Their requests are abandoned, counted, never sent."""
+    def _evict(self, pressed: bool = False) -> None:
+        """Forget the spans followed for more than ``max_age`` whose request is over (spans
+        that never ended: an instrumentation's bug), oldest first (the dict keeps the order
+        of starts). A span whose request is still running is kept, moved to the back: a long
+        request (an export, an upload, a long poll) is reported when its root ends, with its
+        timers. Only when ``pressed`` (``max_spans`` reached) are old spans of running
+        requests evicted too, their requests abandoned, counted, never sent: memory first."""
         spans = self._spans
         limit = _shared._now() - self.max_age
         try:
@@ -195,7 +200,8 @@ class PinbaSpanProcessor(SpanProcessor):
             return  # another thread is at it
         evicted = 0
         try:
-            while spans:
+            # Each span looked at once: the running ones moved to the back come last.
+            for _ in range(len(spans)):
                 try:
                     span_id = next(iter(spans))
                     entry = spans[span_id]
@@ -203,11 +209,15 @@ class PinbaSpanProcessor(SpanProcessor):
                     break
                 if entry.born >= limit:
                     break
-                if spans.pop(span_id, None) is not None:
-                    evicted += 1
-                    if entry.kind == _OWN:
-                        entry.request.finished = True
-                        entry.request.serving = False
+                if spans.pop(span_id, None) is None:
+                    continue  # ended meanwhile
+                if not pressed and not entry.request.finished:
+                    spans[span_id] = entry  # still running: to the back, kept
+                    continue
+                evicted += 1
+                if entry.kind == _OWN:
+                    entry.request.finished = True
+                    entry.request.serving = False
         finally:
             self._evicting.release()
         if evicted:
@@ -218,7 +228,7 @@ class PinbaSpanProcessor(SpanProcessor):
         self._starts += 1
         # Ages move slowly: a look every 64 starts is enough, and always before refusing one.
         if not self._starts & 63 or len(spans) >= self.max_spans:
-            self._evict()
+            self._evict(pressed=len(spans) >= self.max_spans)
             if len(spans) >= self.max_spans:
                 self._sender.drop("overflow")
                 return
