@@ -154,6 +154,15 @@ class PinbaSpanProcessor(SpanProcessor):
         past ``max_spans``; ``late``: spans that ended after their request left."""
         return self._sender.stats()
 
+    def requests_seen(self) -> bool:
+        """True once a request was sent, or while a root that may be one is followed."""
+        if self._sender.stats()["requests"]:
+            return True
+        try:
+            return any(entry.kind == _OWN for entry in list(self._spans.values()))
+        except RuntimeError:  # changed meanwhile: spans are coming
+            return True
+
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         # A child of a request of ours, without CPU, shares its request's entry: the common
         # case, one dict lookup and one dict insert (no entry of its own to make: a child costs
