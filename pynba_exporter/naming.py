@@ -7,7 +7,9 @@ process from flooding its servers with names, whatever its traffic:
 - :data:`UNMATCHED`: the name of a request that matched no route (integrations give it to
   scanners' ``/wp-admin/setup.php`` and to 404s);
 - a per-process cap on distinct script names (option ``max_script_names``, 1000 by default):
-  beyond it every new name is reported as :data:`OVERFLOW`, and counted;
+  a name it refuses is reported as :data:`OVERFLOW`, and counted; names unused for a while
+  give their place up, and names asked for again are admitted first (see
+  :class:`ScriptNames`), so that a flood cannot hold the cap for the life of the process;
 - the same for server names (option ``max_server_names``, 100 by default), which come from the
   Host header any client chooses;
 - the guard is applied where every request is sent, for the classic API and the OpenTelemetry

@@ -282,8 +282,14 @@ def tornado_serving(provider: TracerProvider) -> Iterator[int]:
         instrumentor.uninstrument()
 
 
-def test_tornado_routes_are_named_by_their_template(receiver: UdpReceiver) -> None:
+def test_tornado_routes_are_named_by_their_template(
+    receiver: UdpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("tornado")
+    # What zero-code asks of the HTTP server instrumentations (read when instrumenting).
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "content-length"
+    )
     provider = TracerProvider()
     provider.add_span_processor(PinbaSpanProcessor(receiver.address))
     try:
@@ -299,6 +305,8 @@ def test_tornado_routes_are_named_by_their_template(receiver: UdpReceiver) -> No
         ("/checkout", 200): 1,
         (UNMATCHED, 404): 2,
     }
+    # The body's size from the captured Content-Length.
+    assert {r.document_size for r in got if r.script_name == "/checkout"} == {len(b"paid")}
 
 
 # --------------------------------------------------------------------------------------------
