@@ -125,7 +125,7 @@ class ScriptNames:
                 return name
             self._refused(name, now, limit)
         errors.log(
-            (self._option, "overflow"),
+            (f"{self._what}-names", "overflow"),  # one line for scripts, one for servers
             f"pynba: more than {limit} distinct {self._what} names in this process: new "
             f"ones are reported as {OVERFLOW!r} (option {self._option}; a name unused for "
             f"{self.period:g} s gives its place to a name asked for again"
