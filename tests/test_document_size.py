@@ -121,17 +121,22 @@ def test_aiohttp_body_size_from_a_middleware_of_the_app(receiver: UdpReceiver) -
         await site.start()
         port = runner.addresses[0][1]
         try:
-            answers.extend([await asyncio.to_thread(get, port, p) for p in ("/item/3", "/item/40")])
+            answers.extend(
+                [await asyncio.to_thread(get, port, p) for p in ("/item/3", "/item/40", "/nope")]
+            )
         finally:
             await runner.cleanup()
 
     try:
         asyncio.run(serve())
-        got = packets(receiver, 2)
+        got = packets(receiver, 3)
     finally:
         instrumentor.uninstrument()
         provider.shutdown()
-    assert sorted((r.script_name, r.status, r.document_size) for r in got) == sorted(
-        ("/item/{iid}", 200, size) for _, size in answers
-    )
-    assert sorted(size for _, size in answers) == [len("item ") * 3, len("item ") * 40]
+    item3, item40, nope = answers
+    assert sorted((r.script_name, r.status, r.document_size) for r in got) == sorted([
+        ("/item/{iid}", 200, item3[1]),
+        ("/item/{iid}", 200, item40[1]),
+        (UNMATCHED, 404, 0),  # raised as an exception: the middleware never saw a response
+    ])  # fmt: skip
+    assert (item3[1], item40[1], nope[0]) == (len("item ") * 3, len("item ") * 40, 404)
