@@ -235,6 +235,32 @@ def test_the_classic_flask_integration_keeps_a_routes_own_404(receiver: UdpRecei
     assert [(r.script_name, r.status) for r in got] == [("/checkout", 404), (UNMATCHED, 404)]
 
 
+def test_a_django_auth_gate_under_zero_code_names_routes_and_unmatched(
+    receiver: UdpReceiver,
+) -> None:
+    """A Django middleware answering 401 before any URL is resolved, under
+    opentelemetry-instrument: the span never gets http.route, but its name keeps the route
+    Django's instrumentation resolved for it ('GET product/<int:pid>') or only the method
+    ('GET') for a URL that resolves to nothing."""
+    pytest.importorskip("django")
+    from test_otel_field import zero_code, zero_code_env  # noqa: PLC0415
+
+    env = zero_code_env(receiver, DJANGO_SETTINGS_MODULE="django_app", AUTH_GATE="1")
+    auth = {"Authorization": "Bearer ok"}
+    with zero_code("django_app.py", env) as app:
+        port = int(app.url.rsplit(":", 1)[1])
+        statuses = [get(port, f"/wp-admin/{i}.php") for i in range(50)]
+        statuses += [get(port, "/product/7"), get(port, "/"), get(port, "/product/8", auth)]
+        got = packets(receiver, 53)
+    assert statuses == [401] * 52 + [200]
+    assert Counter((r.script_name, r.status) for r in got) == {
+        (UNMATCHED, 401): 50,
+        ("/product/<int:pid>", 401): 1,
+        ("/", 401): 1,  # the root URL: its empty route is recorded nowhere
+        ("/product/<int:pid>", 200): 1,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Tornado: the route template from the span name
 
