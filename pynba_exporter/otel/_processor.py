@@ -196,10 +196,12 @@ class PinbaSpanProcessor(SpanProcessor):
         that never ended: an instrumentation's bug), oldest first (the dict keeps the order
         of starts). A span whose request is still running is kept, moved to the back: a long
         request (an export, an upload, a long poll) is reported when its root ends, with its
-        timers. Only when ``pressed`` (``max_spans`` reached) are old spans of running
-        requests evicted too, their requests abandoned, counted, never sent: memory first."""
+        timers, and its age counts again from now. Only when ``pressed`` (``max_spans``
+        reached) are old spans of running requests evicted too, their requests abandoned,
+        counted, never sent: memory first."""
         spans = self._spans
-        limit = _shared._now() - self.max_age
+        now = _shared._now()
+        limit = now - self.max_age
         try:
             if next(iter(spans.values())).born >= limit:
                 return  # the common case: the oldest span is young enough
@@ -221,7 +223,10 @@ class PinbaSpanProcessor(SpanProcessor):
                 if spans.pop(span_id, None) is None:
                     continue  # ended meanwhile
                 if not pressed and not entry.request.finished:
-                    spans[span_id] = entry  # still running: to the back, kept
+                    # Still running: kept, at the back, and looked at again in max_age (not at
+                    # every pass: thousands of open websockets would cost every span start).
+                    entry.born = now
+                    spans[span_id] = entry
                     continue
                 evicted += 1
                 if entry.kind == _OWN:
