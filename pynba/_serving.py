@@ -17,15 +17,23 @@ WSGI, ASGI, Django, Flask, Starlette and ``ScriptMonitor`` each adapt only their
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import Token
 from typing import Any, TypeAlias
 
 from pynba_exporter import Address, MemoryTransport, Transport, UdpTransport, config
 from pynba_exporter.log import errors, from_signal_handler
+from pynba_exporter.naming import UNMATCHED
 from pynba_exporter.spans import RequestSpan, current_request, finish_and_send, hostname
 
-__all__ = ["Serving", "host_without_port"]
+__all__ = [
+    "NO_ROUTE_STATUSES",
+    "ROUTED",
+    "Serving",
+    "host_without_port",
+    "mark_routed",
+    "unmatched",
+]
 
 _Token: TypeAlias = "Token[RequestSpan | None]"
 
@@ -153,3 +161,25 @@ def option_value(option: NameOption, source: Any) -> str | None:
     if option is None:
         return None
     return str(option(source)) if callable(option) else option
+
+
+#: The answers of a server to a URL that matched none of its routes.
+NO_ROUTE_STATUSES: frozenset[int] = frozenset((404, 405))
+#: Set in the WSGI environ or ASGI scope by a framework integration that named the request by
+#: its router (a route, or ``<unmatched>``): a 404 from a matched route is then a route's.
+ROUTED = "pynba.routed"
+
+
+def mark_routed(carrier: MutableMapping[str, Any] | None) -> None:
+    """Say in ``carrier`` (a WSGI environ, an ASGI scope) that a router named the request."""
+    if carrier is not None:
+        carrier[ROUTED] = True
+
+
+def unmatched(request: RequestSpan, carrier: Mapping[str, Any], raw: str) -> None:
+    """The policy for a request that a bare app (no router known to pynba) answered 404 or
+    405: when it is still named by its raw path ``raw`` (neither the app, through
+    ``pynba.scriptname``, nor a framework integration named it), it matched no route, and is
+    named ``<unmatched>``: a scanner's thousand URLs make one name, not a thousand."""
+    if request.script_name == raw and not carrier.get(ROUTED):
+        request.script_name = UNMATCHED

@@ -20,7 +20,14 @@ from contextvars import Token
 from typing import Any, TypeAlias
 
 from pynba._compat.options import ReporterOption, legacy_options
-from pynba._serving import NameOption, Serving, host_without_port, option_value
+from pynba._serving import (
+    NO_ROUTE_STATUSES,
+    NameOption,
+    Serving,
+    host_without_port,
+    option_value,
+    unmatched,
+)
 from pynba_exporter import Address, Transport
 from pynba_exporter.spans import RequestSpan
 
@@ -157,7 +164,7 @@ class PynbaMiddleware:
         except Exception as exc:  # our bug: the app still runs, unmonitored
             serving.failed("open", exc)
             return self.app(environ, start_response)
-        exchange = _Exchange(request, token, serving, start_response)
+        exchange = _Exchange(request, token, serving, start_response, environ)
         try:
             result = self.app(environ, exchange)
         except BaseException:
@@ -178,15 +185,21 @@ class _Exchange:
     """One request between the server and the app: the app's ``start_response`` (the status
     is the request's), then the request's end, once."""
 
-    __slots__ = ("request", "serving", "start_response", "token")
+    __slots__ = ("environ", "request", "serving", "start_response", "token")
 
     def __init__(
-        self, request: RequestSpan, token: _Token, serving: Serving, start_response: StartResponse
+        self,
+        request: RequestSpan,
+        token: _Token,
+        serving: Serving,
+        start_response: StartResponse,
+        environ: dict[str, Any],
     ) -> None:
         self.request = request
         self.token: _Token | None = token
         self.serving = serving
         self.start_response = start_response
+        self.environ = environ
 
     def __call__(self, status: str, headers: Any, *exc_info: Any) -> Any:
         try:
@@ -199,7 +212,12 @@ class _Exchange:
         """The request is over, ``size`` bytes served: report it (once)."""
         token, self.token = self.token, None
         if token is not None:
-            self.serving.close(self.request, token, size)
+            request = self.request
+            if request.status in NO_ROUTE_STATUSES:
+                # An answer that says no route matched (rare): if the request is still named
+                # by its raw path, that names a scanner's or a typo's URL, never what ran.
+                unmatched(request, self.environ, _path(self.environ))
+            self.serving.close(request, token, size)
 
 
 def _other_body(result: Any, environ: dict[str, Any], exchange: _Exchange) -> Iterable[bytes]:

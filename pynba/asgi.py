@@ -37,7 +37,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias
 
-from pynba._serving import NameOption, Serving, host_without_port, option_value
+from pynba._serving import (
+    NO_ROUTE_STATUSES,
+    NameOption,
+    Serving,
+    host_without_port,
+    option_value,
+    unmatched,
+)
 from pynba_exporter import Address, Transport, naming
 from pynba_exporter.log import errors
 from pynba_exporter.spans import RequestSpan
@@ -177,7 +184,11 @@ class PynbaMiddleware:
 
     def _name(self, request: RequestSpan, entry: Scope, scope: Scope, opened: str) -> None:
         """The route's name, unless the app named the request itself."""
-        if self.route_name is None or request.script_name != opened:
+        if self.route_name is None:
+            if request.status in NO_ROUTE_STATUSES and self.script_name is None:
+                unmatched(request, scope, opened)  # a bare app's raw path that matched nothing
+            return
+        if request.script_name != opened:
             return
         try:
             route = self.route_name(entry, scope)

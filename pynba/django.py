@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pynba._serving import Serving, host_without_port
+from pynba._serving import Serving, host_without_port, mark_routed
 from pynba_exporter import Transport
 from pynba_exporter.naming import UNMATCHED
 from pynba_exporter.spans import RequestSpan
@@ -131,6 +131,9 @@ class PynbaMiddleware:
             self.serving.failed("route", exc)
             return
         span.script_name = self.unmatched_name if route is None else route
+        # Behind pynba's WSGI or ASGI middleware: a 404 of a resolved route is that route's.
+        scope = getattr(request, "scope", None)
+        mark_routed(scope if isinstance(scope, dict) else getattr(request, "META", None))
 
     def _close(self, span: RequestSpan, token: Any, request: Any, response: Any) -> None:
         try:

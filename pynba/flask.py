@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pynba._serving import mark_routed
 from pynba._wsgi import PynbaMiddleware
 from pynba_exporter import Address
 from pynba_exporter.naming import UNMATCHED
@@ -51,6 +52,7 @@ def instrument(
         rule = request.url_rule
         # The middleware puts its prefix before the name when it sends the request.
         span.script_name = unmatched_name if rule is None else rule.rule
+        mark_routed(request.environ)  # a 404 of a matched rule is that rule's
 
     # First of the before-request hooks, so that names set by the app's own hooks win.
     app.before_request_funcs.setdefault(None, []).insert(0, remember_name)

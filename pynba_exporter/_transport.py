@@ -78,7 +78,10 @@ class TransportStats:
     ``sent``: datagrams handed to the kernel, counted once per server; ``dropped``: datagrams
     that did not leave for a server, with ``errors`` giving the reasons (``"ECONNREFUSED"``,
     ``"EMSGSIZE"``, ``"unresolved"``, ...); ``encode_errors``: requests that could not be
-    encoded at all; ``shrunk``: requests cut down to fit ``max_packet_size``.
+    encoded at all; ``shrunk``: requests cut down to fit ``max_packet_size``;
+    ``renamed``: requests sent under ``<other>`` because the per-process name cap
+    (:mod:`pynba_exporter.naming`) refused their name, by field (``"script_name"``,
+    ``"server_name"``).
     """
 
     requests: int = 0
@@ -88,6 +91,7 @@ class TransportStats:
     encode_errors: int = 0
     shrunk: int = 0
     errors: MappingProxyType[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    renamed: MappingProxyType[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
 
 class Transport:
@@ -123,6 +127,7 @@ class Transport:
         self._encode_errors = 0
         self._shrunk = 0
         self._errors: dict[str, int] = {}
+        self._renamed: dict[str, int] = {}
 
     # -- what users call
 
@@ -158,7 +163,13 @@ class Transport:
             self._encode_errors,
             self._shrunk,
             MappingProxyType(dict(self._errors)),
+            MappingProxyType(dict(self._renamed)),
         )
+
+    def count_renamed(self, which: str) -> None:
+        """A request of this transport got ``<other>`` as its ``which`` (the name cap)."""
+        with self._lock:
+            self._renamed[which] = self._renamed.get(which, 0) + 1
 
     def close(self) -> None:
         """Release sockets; a later send opens them again."""

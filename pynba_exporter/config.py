@@ -77,6 +77,13 @@ def _positive(text: str) -> float:
     return number
 
 
+def _seconds_or_off(text: str) -> float:
+    number = float(text)
+    if not 0.0 <= number < float("inf"):
+        raise ValueError(f"expected a number of seconds (0: off), got {text!r}")
+    return number
+
+
 def _packet_size(text: str) -> int:
     size = int(text)
     if not 256 <= size <= 65507:
@@ -116,6 +123,8 @@ OPTIONS: Final[dict[str, Option]] = {
         _option("max_age", 300.0, _positive,
                 "OTel: seconds an unfinished span is followed, then evicted and counted"),
         _option("max_traces", 10_000, _count, "OTel exporter: traces waiting for their root"),
+        _option("idle_warning", 60.0, _seconds_or_off,
+                "zero-code: warn once if no request span came in that many seconds (0: never)"),
     )
 }  # fmt: skip
 

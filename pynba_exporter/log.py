@@ -54,6 +54,8 @@ class ErrorLog:
             self._seen[key] = [now, 0]
         if repeats:
             message = f"{message} (and {repeats} more like it in the last {self.interval:g}s)"
+        if level >= logging.WARNING:
+            _reach_the_operator()
         logger.log(level, message, exc_info=exc_info)
         return True
 
@@ -61,6 +63,41 @@ class ErrorLog:
         with self._lock:
             self._seen.clear()
             self.counts.clear()
+
+
+#: The stderr handler given to the ``pynba`` logger while nothing else would show its lines.
+_stderr: logging.Handler | None = None
+_stderr_lock = threading.Lock()
+
+
+def _is_otel(handler: logging.Handler) -> bool:
+    return type(handler).__module__.startswith("opentelemetry")
+
+
+def _reach_the_operator() -> None:
+    """Give the ``pynba`` logger a stderr handler of its own while the only handlers its lines
+    reach are OpenTelemetry's: zero-code with ``opentelemetry-instrumentation-logging``
+    (installed by ``opentelemetry-bootstrap``) puts the OTel log handler on the root logger,
+    which turns off Python's last-resort stderr output, and a mistyped Pinba endpoint would
+    then be said to a log pipeline only. Taken back as soon as the app configures a handler
+    of its own. Asked only when a warning is logged (rare, rate-limited)."""
+    global _stderr
+    with _stderr_lock:
+        handlers: list[logging.Handler] = []
+        node: logging.Logger | None = logger
+        while node is not None:
+            handlers += [h for h in node.handlers if h is not _stderr]
+            if not node.propagate:
+                break
+            node = node.parent
+        only_otel = bool(handlers) and all(_is_otel(h) for h in handlers)
+        if only_otel and _stderr is None:
+            _stderr = logging.StreamHandler()
+            _stderr.setLevel(logging.WARNING)
+            logger.addHandler(_stderr)
+        elif not only_otel and _stderr is not None:
+            logger.removeHandler(_stderr)
+            _stderr = None
 
 
 def internal_errors() -> dict[str, int]:

@@ -203,3 +203,19 @@ PINBA_MAX_TRACES = "PINBA_MAX_TRACES"
 OTel exporter: traces waiting for their root (option ``max_traces``, default ``10000``). Alias of
 ``OTEL_EXPORTER_PINBA_MAX_TRACES``.
 """
+
+OTEL_EXPORTER_PINBA_IDLE_WARNING = "OTEL_EXPORTER_PINBA_IDLE_WARNING"
+"""
+.. envvar:: OTEL_EXPORTER_PINBA_IDLE_WARNING
+
+Zero-code: warn once if no request span came in that many seconds (0: never) (option
+``idle_warning``, default ``60.0``).
+"""
+
+PINBA_IDLE_WARNING = "PINBA_IDLE_WARNING"
+"""
+.. envvar:: PINBA_IDLE_WARNING
+
+Zero-code: warn once if no request span came in that many seconds (0: never) (option
+``idle_warning``, default ``60.0``). Alias of ``OTEL_EXPORTER_PINBA_IDLE_WARNING``.
+"""

@@ -40,7 +40,7 @@ from pynba_exporter._probes import (
 from pynba_exporter._tags import expand_tags, safe_text
 from pynba_exporter._transport import Transport
 from pynba_exporter.log import errors, from_signal_handler
-from pynba_exporter.naming import script_names, server_names
+from pynba_exporter.naming import OVERFLOW, script_names, server_names
 from pynba_exporter.wire import MAX_TIMER_SECONDS, PinbaEncodeError, usec
 
 # What the API adapters (the classic API in ``pynba``, the OpenTelemetry bridge) build on; the
@@ -495,8 +495,12 @@ def finish_and_send(
         # The cardinality guards: a name seen before passes by one set lookup, without a call.
         if request.script_name not in script_names.admitted:
             request.script_name = script_names.guard(request.script_name)
+            if request.script_name is OVERFLOW:
+                _count_renamed(transport, "script_name")
         if request.server_name not in server_names.admitted:
             request.server_name = server_names.guard(request.server_name)
+            if request.server_name is OVERFLOW:
+                _count_renamed(transport, "server_name")
         return transport.send(request)
     except Exception as exc:
         if transport.raise_on_fail or from_signal_handler(exc):
@@ -518,6 +522,13 @@ def _usec(value: object) -> int:
     except PinbaEncodeError as exc:
         errors.log(("timer value", type(value).__name__), f"pynba: timer time taken as 0: {exc}")
         return 0
+
+
+def _count_renamed(transport: Transport, which: str) -> None:
+    # A transport-like object of the app's own may lack the counter: the request still leaves.
+    count = getattr(transport, "count_renamed", None)
+    if count is not None:
+        count(which)
 
 
 def _timed(func: Callable[..., Any], spec: TimerSpec) -> Callable[..., Any]:

@@ -111,6 +111,9 @@ _SLOW_MODULES = (
     "test_collector_hostile",
     "test_frameworks",
     "test_run",
+    "test_names_in_the_field",
+    "test_zero_code_warnings",
+    "test_document_size",
 )
 
 

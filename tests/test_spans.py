@@ -286,3 +286,77 @@ def test_an_empty_hostname_is_the_machines_and_an_empty_tag_name_is_left_out(
     assert RequestSpan("\0web", "s", "/p").seal().hostname == spans.hostname()
     assert pynba_log.problems == ["pynba: a request tag with no name left out"]
     pynba_log.records.clear()
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.expect_pynba_errors
+def test_a_name_refused_while_the_cap_was_full_is_admitted_once_the_flood_ages_out() -> None:
+    """A scanner's one-off names fill the cap; they age out (unseen for a generation) and a
+    real route asked again takes a place, while the scanner's new names never do."""
+    clock = _Clock()
+    guard = ScriptNames(limit=10, period=300.0, clock=clock)
+    assert [guard.guard(f"/scan/{i}") for i in range(10)] == [f"/scan/{i}" for i in range(10)]
+    assert guard.guard("/checkout") == OVERFLOW  # the cap is full
+    scan = 10
+    answers = []
+    for _ in range(4):  # the flood goes on, /checkout asked between its names
+        clock.now += 200.0
+        for _ in range(10):
+            for _ in range(5):
+                assert guard.guard(f"/scan/{scan}") == OVERFLOW  # one-offs never get in
+                scan += 1
+            answers.append(guard.guard("/checkout"))
+    # Generations turn on the first new name at least 300 s after the last turn: at t+400 s
+    # the flood's first names became the previous generation; unseen since, they left at the
+    # next turn (t+800 s), and /checkout, asked again, has had a place since then.
+    assert answers[:30] == [OVERFLOW] * 30
+    assert answers[30:] == ["/checkout"] * 10
+    assert guard.stats()["distinct"] == 1
+
+
+@pytest.mark.expect_pynba_errors
+def test_names_in_use_keep_their_place_across_generations() -> None:
+    clock = _Clock()
+    guard = ScriptNames(limit=3, period=60.0, clock=clock)
+    for name in ("/a", "/b", "/c"):
+        assert guard.guard(name) == name
+    for _ in range(10):  # /a and /b asked every 30 s, /c never again
+        clock.now += 30.0
+        assert guard.guard("/a") == "/a"
+        assert guard.guard("/b") == "/b"
+        assert guard.guard("/new") in ("/new", OVERFLOW)
+    assert guard.guard("/a") == "/a"
+    assert guard.guard("/b") == "/b"
+    assert guard.guard("/new") == "/new"  # /c's place, once /c was unseen for a generation
+    assert guard.stats() == {"distinct": 3, "overflowed": guard.overflowed}
+
+
+@pytest.mark.expect_pynba_errors
+def test_the_memory_of_refused_names_is_bounded() -> None:
+    clock = _Clock()
+    guard = ScriptNames(limit=5, period=60.0, clock=clock)
+    for i in range(10_000):
+        guard.guard(f"/{'x' * 1000}/{i}")  # long one-off URLs
+    assert len(guard._asked) <= 5
+    assert len(guard.admitted) - 2 + len(guard._previous) <= 5
+
+
+@pytest.mark.expect_pynba_errors
+def test_script_and_server_names_warn_each_once_and_count_refusals_per_transport(
+    monkeypatch: pytest.MonkeyPatch, pynba_log: Any
+) -> None:
+    monkeypatch.setenv("PINBA_MAX_SCRIPT_NAMES", "1")
+    monkeypatch.setenv("PINBA_MAX_SERVER_NAMES", "1")
+    memory = MemoryTransport()
+    for i in range(3):
+        finish_and_send(RequestSpan("h", f"s{i}.example", f"/p{i}"), memory, "test")
+    warnings = [m for m in pynba_log.problems if OVERFLOW in m]
+    assert len(warnings) == 2
+    assert any("script names" in m for m in warnings)
+    assert any("server names" in m for m in warnings)
+    assert dict(memory.stats().renamed) == {"script_name": 2, "server_name": 2}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -16,6 +18,10 @@ from opentelemetry.sdk._configuration import (
 from opentelemetry.sdk.trace import sampling as _sampling
 from opentelemetry.sdk.trace.sampling import Sampler
 
+from pynba_exporter import config
+from pynba_exporter._transport import Transport, UdpTransport
+from pynba_exporter.address import Endpoint
+from pynba_exporter.log import errors
 from pynba_exporter.otel import _sampling as _ours
 from pynba_exporter.otel._processor import PinbaSpanProcessor
 from pynba_exporter.otel._sampling import PinbaSampler
@@ -55,6 +61,8 @@ class PinbaConfigurator(_OTelSDKConfigurator):
         processor = PinbaSpanProcessor()  # a bad option is logged and leaves it disabled
         if processor.enabled:
             _capture_content_length()
+            _check_servers(processor.transport)
+            _warn_if_idle(processor)
         others = ",".join(n for n in names if n != PINBA) or "none"
         with _environment(_TRACES_EXPORTER, others):  # the SDK must not make the exporter too
             if "span_processors" in inspect.signature(_initialize_components).parameters:
@@ -93,3 +101,75 @@ def _environment(name: str, value: str) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = old
+
+
+#: How long configuration waits for the first lookup of the servers' names (the app starts
+#: meanwhile if the resolver is slow; a failure found later is said all the same).
+_RESOLVE_WAIT: Final = 0.5
+
+
+def _check_servers(transport: Transport) -> None:
+    """Look the Pinba servers' names up now, so that a mistyped endpoint is said when the app
+    starts, not at its first request (or never, if no request comes)."""
+    if not isinstance(transport, UdpTransport):
+        return
+    names = [ep for ep in transport.servers if not _numeric(ep.host)]
+    if not names:
+        return
+
+    def resolve() -> None:
+        for ep in names:
+            _resolve(ep)
+
+    thread = threading.Thread(target=resolve, name="pynba-check-servers", daemon=True)
+    thread.start()
+    thread.join(_RESOLVE_WAIT)
+
+
+def _resolve(ep: Endpoint) -> None:
+    try:
+        socket.getaddrinfo(ep.host, ep.port, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        errors.log(
+            ("config", "resolve", str(ep)),
+            f"pynba: cannot resolve the Pinba server {ep} ({exc}): no request is reported "
+            "until it resolves (OTEL_EXPORTER_PINBA_ENDPOINT)",
+        )
+
+
+def _numeric(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
+def _warn_if_idle(processor: PinbaSpanProcessor) -> None:
+    """Once, ``idle_warning`` seconds after configuration: if no request span has come, say
+    so and how to fix it. ``opentelemetry-instrument`` instruments frameworks and libraries,
+    never a bare WSGI or ASGI app, which then reports nothing, silently."""
+    try:
+        delay = float(config.value("idle_warning"))
+    except config.ConfigError as exc:
+        errors.log(("config", "idle_warning"), f"pynba: {exc}; no idle warning")
+        return
+    if delay <= 0:
+        return
+
+    def check() -> None:
+        if processor.requests_seen() or processor._sender.shut_down:
+            return
+        errors.log(
+            ("otel", "idle"),
+            f"pynba: Pinba is configured (zero-code) but no request span came in {delay:g} s: "
+            "opentelemetry-instrument instruments frameworks (Flask, Django, FastAPI...), not a "
+            "bare WSGI or ASGI app; wrap one in opentelemetry.instrumentation.wsgi (or .asgi) "
+            "OpenTelemetryMiddleware, or in pynba.monitor; mark a job's root span with "
+            "pinba.script_name (OTEL_EXPORTER_PINBA_IDLE_WARNING=0 silences this)",
+        )
+
+    timer = threading.Timer(delay, check)
+    timer.name = "pynba-idle-warning"
+    timer.daemon = True  # never keeps the app from exiting
+    timer.start()

@@ -91,10 +91,12 @@ def _timer_tags(span: ReadableSpan, a: Mapping[str, Any]) -> dict[str, str]:
     db = get("db.system.name") or get("db.system")
     if db:
         category = "db"
-        # One group whatever the case of the statement (select/SELECT/Select); without the
-        # attribute, the span name's first word ("SELECT users" in newer conventions).
-        operation = get("db.operation.name") or get("db.operation") or span.name.split(" ", 1)[0]
-        operation = str(operation).upper()
+        # One group whatever the case of the statement (select/SELECT/Select), by its first
+        # word: SQLAlchemy's operation is "<verb> <database>", and the span name ("SELECT
+        # users" in newer conventions) stands in when the attribute is missing.
+        operation = get("db.operation.name") or get("db.operation") or span.name
+        words = str(operation).split(None, 1)
+        operation = words[0].upper() if words else str(operation)
     else:
         method = get("http.request.method") or get("http.method")
         if method and span.kind is _CLIENT:
@@ -335,28 +337,70 @@ def _resource_names(span: ReadableSpan) -> tuple[str, str]:
 #: FastAPI/Starlette alike); their instrumentations then record no ``http.route``.
 _NO_ROUTE_STATUSES: Final = frozenset(("404", "405"))
 
+#: Instrumentations that name their server span ``"{method} {route}"`` when a route matched
+#: and ``"{method}"`` when none did (Tornado sets no ``http.route`` at all; Django's span keeps
+#: its route in the name when a middleware answers before the view is resolved).
+_ROUTE_IN_NAME: Final = frozenset((
+    "opentelemetry.instrumentation.tornado", "opentelemetry.instrumentation.django",
+    "opentelemetry.instrumentation.aiohttp_server", "opentelemetry.instrumentation.falcon",
+))  # fmt: skip
+#: Instrumentations that set ``http.route`` whenever a route matched, and name the span by
+#: the raw path when none did (Flask without a URL rule, Pyramid without a matched route).
+_ROUTE_ATTRIBUTE: Final = frozenset((
+    "opentelemetry.instrumentation.flask", "opentelemetry.instrumentation.pyramid",
+    "opentelemetry.instrumentation.pyramid.callbacks",
+))  # fmt: skip
+
+
+def _slashed(route: str) -> str:
+    return route if route.startswith("/") else f"/{route}"
+
 
 def _script_name(span: ReadableSpan, a: Mapping[str, Any]) -> str:
-    """A request's name with bounded cardinality: the route template with a leading ``/``;
-    :data:`UNMATCHED` for an HTTP request without a route answered 404 or 405 (it matched no
-    route: a scanner, a typo); the path for apps without a router; else the span name."""
+    """A request's name with bounded cardinality (see docs/opentelemetry.md, Names):
+
+    1. the route template (``http.route``), with a leading ``/``;
+    2. for an HTTP server span, the route in the span's name, when its instrumentation puts it
+       there (Tornado, Django, aiohttp, Falcon, or any name ``"{method} {x}"`` whose ``x`` is
+       not the request's own path); a routing framework's span without a route is a request
+       that matched no route: :data:`UNMATCHED`, whatever the status (an auth gate's 401
+       before the 404); so is a span named by the method alone while the path is known
+       (FastAPI and Starlette through the ASGI instrumentation);
+    3. :data:`UNMATCHED` for a request answered 404 or 405 (a bare app: a scanner, a typo);
+    4. the path for apps without a router; else the span name (consumers...).
+    """
     route = a.get("http.route")
     if route is not None and route != "":
-        route = str(route)
-        return route if route.startswith("/") else f"/{route}"
+        return _slashed(str(route))
     method = _first(a, _METHOD_NAMES)
-    if span.kind is _SERVER and method is not None:
-        status = _first(a, _STATUS_NAMES)
-        if str(status) in _NO_ROUTE_STATUSES:
-            return UNMATCHED
-    path = _first(a, _PATH_NAMES)
-    if path is not None:
-        return _path(path)
-    # HTTP server spans are named "{method} {target}" (semantic conventions), and the
-    # stable WSGI instrumentation records the path nowhere else.
+    raw = _first(a, _PATH_NAMES)
+    path = _path(raw) if raw is not None else None
     name = span.name
+    if method is not None and span.kind is _SERVER:
+        method = str(method)
+        rest = name[len(method) + 1 :].strip() if name.startswith(f"{method} ") else ""
+        scope = span.instrumentation_scope
+        routing = scope.name if scope is not None else ""
+        if routing in _ROUTE_IN_NAME:
+            if path == "/":
+                return path  # Django's root URL: its empty route is recorded nowhere
+            return _slashed(rest) if rest else UNMATCHED
+        if routing in _ROUTE_ATTRIBUTE:
+            return UNMATCHED
+        if rest:
+            named = _slashed(_path(rest))
+            if path is None:
+                path = named  # the stable WSGI instrumentation records the path nowhere else
+            elif path != named and not path.endswith(named):  # (a mounted app's PATH_INFO)
+                return _slashed(rest)  # a template: "GET /item/{id}" for "/item/3"
+        elif name in (method, "HTTP") and path is not None and path != "/":
+            return UNMATCHED
+        if str(_first(a, _STATUS_NAMES)) in _NO_ROUTE_STATUSES:
+            return UNMATCHED
+    if path is not None:
+        return path
     if method is not None and name.startswith(f"{method} "):
-        name = _path(name[len(method) + 1 :])
+        return _path(name[len(method) + 1 :])
     return name
 
 

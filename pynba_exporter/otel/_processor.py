@@ -98,8 +98,9 @@ class PinbaSpanProcessor(SpanProcessor):
     requests (``SPAN_RUSAGE``, off: two clock reads per span). ``enabled``:
     (``ENABLED``, on) and not ``$OTEL_SDK_DISABLED``. ``asgi_events``: the ASGI
     instrumentation's ``http send``/``http receive`` spans as timers (``ASGI_EVENTS``, off).
-    ``max_spans``: spans followed at once (``MAX_SPANS``, 100,000); ``max_age``: seconds an
-    unfinished span is followed (``MAX_AGE``, 300), then evicted and counted.
+    ``max_spans``: spans followed at once (``MAX_SPANS``, 100,000); ``max_age``: seconds after
+    which an unfinished span whose request is over is evicted and counted (``MAX_AGE``, 300);
+    a running request is never evicted by age, only when ``max_spans`` is reached.
     Other keyword arguments go to the transport (``max_packet_size``, ``packed``...).
     Each option ``X`` is also ``$OTEL_EXPORTER_PINBA_X`` and ``$PINBA_X``.
     """
@@ -153,6 +154,15 @@ class PinbaSpanProcessor(SpanProcessor):
         past ``max_spans``; ``late``: spans that ended after their request left."""
         return self._sender.stats()
 
+    def requests_seen(self) -> bool:
+        """True once a request was sent, or while a root that may be one is followed."""
+        if self._sender.stats()["requests"]:
+            return True
+        try:
+            return any(entry.kind == _OWN for entry in list(self._spans.values()))
+        except RuntimeError:  # changed meanwhile: spans are coming
+            return True
+
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         # A child of a request of ours, without CPU, shares its request's entry: the common
         # case, one dict lookup and one dict insert (no entry of its own to make: a child costs
@@ -181,11 +191,17 @@ class PinbaSpanProcessor(SpanProcessor):
         except Exception as exc:  # never into the app
             errors.log(("otel", "on_start"), f"pynba: span not followed: {exc!r}", exc_info=exc)
 
-    def _evict(self) -> None:
-        """Forget the unfinished spans older than ``max_age`` (oldest first: the dict keeps
-        the order of starts). Their requests are abandoned, counted, never sent."""
+    def _evict(self, pressed: bool = False) -> None:
+        """Forget the spans followed for more than ``max_age`` whose request is over (spans
+        that never ended: an instrumentation's bug), oldest first (the dict keeps the order
+        of starts). A span whose request is still running is kept, moved to the back: a long
+        request (an export, an upload, a long poll) is reported when its root ends, with its
+        timers, and its age counts again from now. Only when ``pressed`` (``max_spans``
+        reached) are old spans of running requests evicted too, their requests abandoned,
+        counted, never sent: memory first."""
         spans = self._spans
-        limit = _shared._now() - self.max_age
+        now = _shared._now()
+        limit = now - self.max_age
         try:
             if next(iter(spans.values())).born >= limit:
                 return  # the common case: the oldest span is young enough
@@ -195,7 +211,8 @@ class PinbaSpanProcessor(SpanProcessor):
             return  # another thread is at it
         evicted = 0
         try:
-            while spans:
+            # Each span looked at once: the running ones moved to the back come last.
+            for _ in range(len(spans)):
                 try:
                     span_id = next(iter(spans))
                     entry = spans[span_id]
@@ -203,11 +220,18 @@ class PinbaSpanProcessor(SpanProcessor):
                     break
                 if entry.born >= limit:
                     break
-                if spans.pop(span_id, None) is not None:
-                    evicted += 1
-                    if entry.kind == _OWN:
-                        entry.request.finished = True
-                        entry.request.serving = False
+                if spans.pop(span_id, None) is None:
+                    continue  # ended meanwhile
+                if not pressed and not entry.request.finished:
+                    # Still running: kept, at the back, and looked at again in max_age (not at
+                    # every pass: thousands of open websockets would cost every span start).
+                    entry.born = now
+                    spans[span_id] = entry
+                    continue
+                evicted += 1
+                if entry.kind == _OWN:
+                    entry.request.finished = True
+                    entry.request.serving = False
         finally:
             self._evicting.release()
         if evicted:
@@ -218,7 +242,7 @@ class PinbaSpanProcessor(SpanProcessor):
         self._starts += 1
         # Ages move slowly: a look every 64 starts is enough, and always before refusing one.
         if not self._starts & 63 or len(spans) >= self.max_spans:
-            self._evict()
+            self._evict(pressed=len(spans) >= self.max_spans)
             if len(spans) >= self.max_spans:
                 self._sender.drop("overflow")
                 return

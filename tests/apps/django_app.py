@@ -7,6 +7,7 @@ serves with wsgiref on 127.0.0.1 (see ``_serve``).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import threading
@@ -21,11 +22,23 @@ DEBUG = False
 ROOT_URLCONF = "django_app"
 ALLOWED_HOSTS = ["*"]
 SECRET_KEY = "only-for-tests"
-MIDDLEWARE: list[str] = []
+# AUTH_GATE=1: a middleware answers 401 to requests without credentials, before any URL is
+# resolved (an auth gate in front of routing).
+MIDDLEWARE: list[str] = ["django_app.auth_gate"] if os.environ.get("AUTH_GATE") else []
 INSTALLED_APPS: list[str] = []
 DATABASES: dict[str, Any] = {}
 USE_TZ = True
 LOGGING_CONFIG = None  # Django's own logging setup would print every 404 and 500
+
+
+def auth_gate(get_response: Any) -> Any:
+    def gate(request: HttpRequest) -> HttpResponse:
+        if request.headers.get("Authorization") != "Bearer ok":
+            return HttpResponse("who are you?", status=401)
+        response: HttpResponse = get_response(request)
+        return response
+
+    return gate
 
 
 def product(request: HttpRequest, pid: int) -> HttpResponse:
