@@ -286,6 +286,8 @@ def test_an_empty_hostname_is_the_machines_and_an_empty_tag_name_is_left_out(
     assert RequestSpan("\0web", "s", "/p").seal().hostname == spans.hostname()
     assert pynba_log.problems == ["pynba: a request tag with no name left out"]
     pynba_log.records.clear()
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 1000.0
