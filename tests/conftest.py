@@ -96,9 +96,12 @@ def pynba_log(request: pytest.FixtureRequest) -> Iterator[PynbaLog]:
         pytest.fail(f"the library logged unexpected problems: {handler.problems}")
 
 
-# -- slow tests: `pytest -m "not slow"` is the quick run (seconds) while working on the code.
-# Whole modules that start servers, subprocesses or fuzzers, and every property-based test, are
-# slow by rule here, so that a new test of that kind needs no marker to be in the right run.
+# -- slow tests. A bare `pytest` (the README's test command) is the quick run, under a minute:
+# the slow proofs are left out, and say so. `pytest -m slow` runs them (CI does, right after),
+# and naming what to run (`pytest tests`, `pytest tests/test_run.py`) or giving any `-m` runs
+# what was asked, slow or not. Whole modules that start servers, subprocesses or fuzzers, and
+# every property-based test, are slow by rule here, so that a new test of that kind needs no
+# marker to be in the right run.
 _SLOW_MODULES = (
     "test_under_load",
     "test_fuzz",
@@ -114,11 +117,32 @@ _SLOW_MODULES = (
     "test_names_in_the_field",
     "test_zero_code_warnings",
     "test_document_size",
+    "test_distribution",
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         function = getattr(item, "obj", None)
         if item.path.stem in _SLOW_MODULES or getattr(function, "is_hypothesis_test", False):
             item.add_marker(pytest.mark.slow)
+    if config.args_source is pytest.Config.ArgsSource.TESTPATHS and not config.option.markexpr:
+        slow = [item for item in items if item.get_closest_marker("slow") is not None]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+            config.stash[_QUICK_RUN] = len(slow)
+
+
+_QUICK_RUN = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    left_out = config.stash.get(_QUICK_RUN, 0)
+    if left_out:
+        terminalreporter.write_line(
+            f"the quick run: {left_out} slow tests left out (servers, browsers, the reference "
+            "client, fuzzing); `pytest -m slow` runs them, `pytest tests` runs everything"
+        )

@@ -65,7 +65,8 @@ def test_every_python_block_is_run_here() -> None:
 def test_readme_test_command_is_what_ci_runs() -> None:
     # CI runs the README's test command literally: the two must not drift apart.
     ci = (ROOT / ".ci" / "run").read_text("utf-8").splitlines()
-    command = ci[ci.index("# The README's test command, exactly as written there.") + 2]
+    marker = next(i for i, line in enumerate(ci) if line.startswith("# The README's test command"))
+    command = ci[marker + 2]
     assert command.startswith("python3 -m venv .venv"), command
     assert f"{command}\n" in blocks("sh"), command  # a block of its own, as written
 
