@@ -111,6 +111,7 @@ _SLOW_MODULES = (
     "test_collector_hostile",
     "test_frameworks",
     "test_run",
+    "test_task_queues",
 )
 
 
