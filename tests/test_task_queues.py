@@ -18,14 +18,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from celery import Celery
-from rq import Queue, Retry
+from conftest import PynbaLog
+from rq import Queue, Retry, SimpleWorker
 
+import pynba.rq
 from pynba.testing import PinbaCapture
-from pynba_exporter import PinbaRequest
+from pynba_exporter import MemoryTransport, PinbaRequest
+from pynba_exporter.spans import current_request
 
 TESTS = Path(__file__).parent
 # The workers import the task modules (tests/apps) the way the test process does.
@@ -186,3 +190,32 @@ def test_an_rq_worker_reports_each_job_once(pinba: PinbaCapture, flushed: str) -
     again = pinba.find("apps.rq_jobs.ask_again")
     assert [r.status for r in again] == [503, 500]
     assert all(timers(r) == [({"group": "poll"}, 1)] for r in again)
+
+
+class Broken(MemoryTransport):
+    def send(self, request: Any) -> bool:
+        raise OSError("the sender broke")
+
+
+@pytest.mark.expect_pynba_errors
+def test_rq_jobs_in_process_options_context_and_our_failures(
+    pinba: PinbaCapture, flushed: str, monkeypatch: pytest.MonkeyPatch, pynba_log: PynbaLog
+) -> None:
+    monkeypatch.setattr(pynba.rq, "_monitor", None)  # this process's monitor, made afresh
+    monkeypatch.syspath_prepend(str(TESTS))
+    with redis.Redis.from_url(flushed) as connection:
+        queue = Queue(QUEUE, connection=connection)
+        worker = SimpleWorker([queue], connection=connection, job_class=pynba.rq.Job)
+        pynba.rq.monitor(tags={"app": "shop"}, server_name="jobs")
+        done = queue.enqueue("apps.rq_jobs.add", 1, 2)
+        assert worker.work(burst=True)
+        assert current_request.get() is None  # nothing of the job stays current after it
+        request = pinba.request("apps.rq_jobs.add")
+        assert (request.server_name, request.tags) == ("jobs", {"app": "shop", "queue": QUEUE})
+        assert pynba.rq.Job.fetch(done.id, connection=connection).return_value() == 3
+
+        pynba.rq.monitor(transport=Broken())  # our sender fails: the job goes on
+        broken = queue.enqueue("apps.rq_jobs.add", 2, 2)
+        assert worker.work(burst=True)
+        assert pynba.rq.Job.fetch(broken.id, connection=connection).return_value() == 4
+    assert any("the sender broke" in line for line in pynba_log.problems), pynba_log.problems
