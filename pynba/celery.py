@@ -19,8 +19,8 @@ threads, solo, eventlet, gevent) sends in the process and context that runs the 
 Each task run is one request: script name = the task's name (``shop.tasks.resize``: a fixed set,
 whatever the arguments), request tag ``queue`` (the routing key it came by), status from the
 outcome (``task_postrun``'s state): ``SUCCESS`` 0, ``RETRY`` 503 (the run that asked for a retry;
-each retry is a run of its own), ``FAILURE`` 500; any other state (``IGNORED``, ``REJECTED``, a
-custom one) 500 if the task raised, else 0. Timers and tags made in the task with ``pynba.timer()``
+each retry is a run of its own), ``FAILURE`` 500, ``IGNORED`` 0, ``REJECTED`` 500; any other
+state 500 if the task raised, else 0. Timers and tags made in the task with ``pynba.timer()``
 / ``pynba.tags`` are the task's. A task that runs inside a request already reported (eagerly,
 inside a web request; or under OpenTelemetry's Celery instrumentation) is counted there, once.
 
@@ -38,7 +38,16 @@ from pynba_exporter import Address, Transport
 __all__ = ["STATUSES", "CeleryMonitor", "monitor"]
 
 #: Status of a task's request by the state ``task_postrun`` gives (other states: see the module).
-STATUSES: Final[Mapping[str, int]] = {"SUCCESS": SUCCESS, "RETRY": RETRY, "FAILURE": FAILURE}
+#: ``IGNORED`` is a task that told the worker to forget it (``raise Ignore()``, and
+#: ``self.replace()``, which hands the work to another task): not a failure. ``REJECTED`` is a
+#: task that refused its message (``raise Reject()``): one.
+STATUSES: Final[Mapping[str, int]] = {
+    "SUCCESS": SUCCESS,
+    "RETRY": RETRY,
+    "FAILURE": FAILURE,
+    "IGNORED": SUCCESS,
+    "REJECTED": FAILURE,
+}
 
 
 class CeleryMonitor:

@@ -10,6 +10,7 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 from celery import Celery
+from celery.exceptions import Ignore, Reject
 from conftest import PynbaLog
 
 from pynba import monitor, pynba
@@ -81,6 +82,21 @@ def test_each_task_run_is_a_request_with_its_outcome(pinba: PinbaCapture, app: C
     assert all(r.tags == {"app": "shop"} for r in got)  # no queue when run eagerly
     assert [t.tags for t in pinba.request("shop.add").timers] == [{"group": "math::add"}]
     assert current_request.get() is None  # nothing of a task stays current after it
+
+
+@pytest.mark.usefixtures("watched")
+def test_ignored_and_rejected_tasks(pinba: PinbaCapture, app: Celery) -> None:
+    @app.task(name="shop.skip")  # type: ignore[untyped-decorator]
+    def skip() -> None:
+        raise Ignore()
+
+    @app.task(name="shop.poisoned")  # type: ignore[untyped-decorator]
+    def poisoned() -> None:
+        raise Reject("a message no run can take", requeue=False)
+
+    skip.delay()
+    poisoned.delay()
+    assert statuses(pinba.wait(2)) == [("shop.skip", 0), ("shop.poisoned", 500)]
 
 
 @pytest.mark.usefixtures("watched")
