@@ -77,6 +77,13 @@ def current_monitor() -> RqMonitor:
         return _monitor
 
 
+# The class a job returns to ask for another run, where RQ's workers honour it (older RQs
+# keep a returned Retry as the job's result: a success).
+_RETURNED_RETRY: type[Any] | None = (
+    getattr(rq.job, "Retry", None) if hasattr(rq.Worker, "handle_job_retry") else None
+)
+
+
 class Job(rq.job.Job):
     """An RQ job whose every run is reported to Pinba (see the module)."""
 
@@ -109,8 +116,7 @@ class Job(rq.job.Job):
     def _pinba_returned(self, result: Any) -> int:
         # A job may return rq.Retry to ask for another run; RQ fails it once it ran
         # ``retry.max`` times already (Worker.handle_job_retry).
-        retry_class = getattr(rq.job, "Retry", None)
-        if retry_class is None or not isinstance(result, retry_class):
+        if _RETURNED_RETRY is None or not isinstance(result, _RETURNED_RETRY):
             return SUCCESS
         done = getattr(self, "number_of_retries", None) or 0
-        return RETRY if done < result.max else FAILURE
+        return RETRY if done < getattr(result, "max", 0) else FAILURE
