@@ -134,9 +134,14 @@ def test_a_celery_worker_reports_each_task_once(pinba: PinbaCapture, flushed: st
         flushed,
     )  # fmt: skip
     try:
-        got = pinba.wait(4, timeout=TIMEOUT)  # add, fail, flaky twice (a retry, then ok)
+        # add, fail, flaky twice (a retry, then ok); a worker that dies says why at once.
+        deadline = time.monotonic() + TIMEOUT
+        while len(pinba.requests) < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         stderr = stopped(proc)
+    assert len(pinba.requests) >= 4, f"{[r.script_name for r in pinba.requests]}\n{stderr}"
+    got = pinba.requests
     no_pynba_errors(stderr)
     # The worker is gone: every packet it sent over the loopback is in the socket by now.
     assert len(pinba.requests) == 4, [r.script_name for r in pinba.requests]  # each run once
