@@ -12,6 +12,8 @@ import pytest
 from celery import Celery
 from celery.exceptions import Ignore, Reject
 from conftest import PynbaLog
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
 
 from pynba import monitor, pynba
 from pynba.celery import CeleryMonitor
@@ -19,6 +21,7 @@ from pynba.celery import monitor as celery_monitor
 from pynba.testing import PinbaCapture
 from pynba.util import ScriptMonitor
 from pynba_exporter import MemoryTransport, PinbaRequest
+from pynba_exporter.otel import PinbaSpanProcessor
 from pynba_exporter.spans import current_request
 
 
@@ -140,6 +143,27 @@ def test_a_task_run_inside_a_web_request_is_counted_there_once(
     assert request.script_name == "/checkout"
     assert [t.tags for t in request.timers] == [{"group": "math::add"}]
     assert len(pinba.requests) == 1
+
+
+@pytest.mark.usefixtures("watched")
+def test_a_task_under_an_opentelemetry_consumer_span_is_counted_once(
+    pinba: PinbaCapture, app: Celery
+) -> None:
+    # What OpenTelemetry's Celery instrumentation does around a task, with the Pinba bridge:
+    # its CONSUMER span is the request, and the task's timers are in it.
+    add, _, _ = tasks_of(app)
+    provider = TracerProvider()
+    provider.add_span_processor(PinbaSpanProcessor())
+    try:
+        tracer = provider.get_tracer("tests")
+        with tracer.start_as_current_span("run/shop.add", kind=SpanKind.CONSUMER):
+            add.delay(1, 2)
+        (request,) = pinba.wait(1)
+        assert request.script_name == "run/shop.add"
+        assert [t.tags for t in request.timers] == [{"group": "math::add"}]
+        assert len(pinba.requests) == 1
+    finally:
+        provider.shutdown()
 
 
 def test_only_the_given_app_is_reported(pinba: PinbaCapture, app: Celery) -> None:
