@@ -12,7 +12,8 @@ Code written for the predecessors runs unchanged: pynba 0.4.3's modules (``pynba
 ``pynba.local``, ``pynba.log``, ``pynba.message``) and 0.5.5's (``pynba.wsgi``, ``pynba.core``,
 ``pynba.stacked``) are here; ``docs/migration.md`` lists what differs on purpose. ASGI apps:
 :mod:`pynba.asgi`; Django, Flask, Starlette/FastAPI: :mod:`pynba.django`, :mod:`pynba.flask`,
-:mod:`pynba.starlette` (requests named by route).
+:mod:`pynba.starlette` (requests named by route). Task queues: :mod:`pynba.celery`,
+:mod:`pynba.rq` (one request per task run).
 """
 
 from pynba._proxy import pynba

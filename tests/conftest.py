@@ -118,6 +118,7 @@ _SLOW_MODULES = (
     "test_zero_code_warnings",
     "test_document_size",
     "test_distribution",
+    "test_task_queues",
 )
 
 

@@ -7,14 +7,18 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import pytest
 from conftest import UdpReceiver
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind, Tracer
 
 from pynba import pynba
 from pynba.testing import PinbaCapture
 from pynba.util import ScriptMonitor
 from pynba_exporter import PinbaSendError
+from pynba_exporter.otel import PinbaSpanProcessor
 from pynba_exporter.spans import current_request, hostname
 
 
@@ -173,3 +177,101 @@ def test_timer_misuse_is_logged_not_raised() -> None:
     t.start()
     t.start()  # started twice
     t.stop()
+
+
+# -- What stays current when (a unit current after its end swallowed what came next)
+
+
+def _otel_tracer() -> tuple[TracerProvider, Tracer]:
+    provider = TracerProvider()
+    processor = PinbaSpanProcessor()
+    provider.add_span_processor(processor)
+    return provider, provider.get_tracer("tests")
+
+
+def test_after_a_with_block_nothing_of_the_monitor_is_current(pinba: PinbaCapture) -> None:
+    provider, tracer = _otel_tracer()
+    try:
+        with ScriptMonitor(script_name="job"):
+            pynba.tags["in"] = "job"
+        assert current_request.get() is None
+        with (
+            tracer.start_as_current_span("consume", kind=SpanKind.CONSUMER),
+            pynba.timer(group="inside"),
+        ):
+            pass
+        pinba.wait(2)
+        job = pinba.request("job", tags={"in": "job"})
+        assert job.timers == ()
+        consumer = pinba.request("consume")
+        assert [t.tags for t in consumer.timers] == [{"group": "inside"}]
+        assert len(pinba.requests) == 2  # each counted once
+    finally:
+        provider.shutdown()
+
+
+def test_a_with_block_gives_back_the_request_current_around_it(pinba: PinbaCapture) -> None:
+    outer = ScriptMonitor(script_name="outer")
+    outer_unit = current_request.get()
+    assert outer_unit is outer.request
+    for status in (None, 500):
+        with (
+            pytest.raises(ZeroDivisionError) if status else nullcontext(),
+            ScriptMonitor(script_name="inner", tags={"status": status}) as inner,
+        ):
+            assert current_request.get() is inner.request
+            with pynba.timer(step="inner"):
+                pass
+            if status:
+                1 / 0  # noqa: B018
+        assert current_request.get() is outer_unit
+        assert not inner.started
+    with pynba.timer(step="outer"):
+        pass
+    outer.send()
+    outer.stop()
+    assert current_request.get() is None
+    got = pinba.wait(3)
+    assert [(r.script_name, r.status) for r in got] == [("inner", 0), ("inner", 500), ("outer", 0)]
+    assert [[t.tags for t in r.timers] for r in got] == [
+        [{"step": "inner"}],
+        [{"step": "inner"}],
+        [{"step": "outer"}],
+    ]
+
+
+def test_a_monitor_used_twice_as_a_context_manager_sends_twice(pinba: PinbaCapture) -> None:
+    monitor = ScriptMonitor(script_name="again", autostart=False)
+    assert current_request.get() is None
+    for i in range(2):
+        with monitor:
+            pynba.tags["i"] = i
+        assert current_request.get() is None
+    assert [r.tags for r in pinba.wait(2)] == [{"i": "0"}, {"i": "1"}]
+    pinba.clear()
+    pinba.assert_nothing()  # and no third unit left to be sent
+
+
+def test_send_keeps_the_next_unit_current_and_stop_gives_the_context_back(
+    pinba: PinbaCapture,
+) -> None:
+    provider, tracer = _otel_tracer()
+    try:
+        monitor = ScriptMonitor(script_name="loop")
+        for job in ("a", "b"):
+            pynba.tags["job"] = job  # the unit in progress is current: a worker's loop
+            monitor.send()
+        assert current_request.get() is monitor.request
+        monitor.stop()  # done with the monitor: the context is as before it
+        assert current_request.get() is None
+        with pynba.timer(group="outside"):  # outside any request: recorded nowhere
+            pass
+        with tracer.start_as_current_span("consume", kind=SpanKind.CONSUMER):
+            pass
+        assert [r.script_name for r in pinba.wait(3)] == ["loop", "loop", "consume"]
+        monitor.send()  # the stopped unit still leaves on send(); the next one is current
+        assert current_request.get() is monitor.request
+        assert [r.tags for r in pinba.find("loop")] == [{"job": "a"}, {"job": "b"}, {}]
+        assert all(r.timers == () for r in pinba.wait(4))
+    finally:
+        provider.shutdown()

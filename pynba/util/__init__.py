@@ -16,8 +16,23 @@ when the block raised (the exception still propagates)::
     with ScriptMonitor(script_name="nightly-report") as monitor:
         ...
 
-The monitor's unit of work is also the current request of the context that made it (and of
-each ``send()``), so ``pynba.timer()`` and ``pynba.tags`` work in the script's code too.
+The monitor's unit of work is also the current request of the context that started it, so
+``pynba.timer()`` and ``pynba.tags`` work in the script's code too. What is current when:
+
+- ``ScriptMonitor(...)`` (``autostart``) and ``start()`` make the new unit current in the calling
+  context (a ``start()`` after a ``stop()`` only where nothing else is current);
+- ``send()`` and ``flush()`` end the unit and make the next one current in its place (or where
+  nothing is current: after a ``stop()``): one monitor, one unit per job, as a worker's loop
+  wants;
+- ``stop()`` ends the unit and leaves the context as it was before the unit was made current: a
+  stopped unit takes no more timers, and holding the context would swallow what runs next (a
+  later ``pynba.timer``, an OpenTelemetry root span: neither would ever be reported);
+- the ``with`` block's end sends the unit and starts none: the context is as it was before the
+  block (the ``ScriptMonitor(...)`` made in the ``with`` statement included). A later
+  ``start()`` or ``with`` on the same monitor begins a new unit.
+
+So a script that is done with a monitor used without ``with`` calls ``stop()`` (after its last
+``send()``) before going on with other work in the same context.
 
 The constructor takes the original's arguments in the original's order (0.4.3 and 0.5.5:
 ``ScriptMonitor(address, hostname, scriptname, servername, reporter, tags, autostart)``), and
@@ -31,6 +46,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Mapping
+from contextvars import Token
 from types import TracebackType
 from typing import Any
 
@@ -104,6 +120,9 @@ class ScriptMonitor:
         self.ru_utime: float | None = None
         self.ru_stime: float | None = None
         self._request: RequestSpan | None = None
+        # The token of the first unit made current in a context: resetting it gives that
+        # context back as it was before the monitor took it, however many units followed.
+        self._token: Token[RequestSpan | None] | None = None
         self._names: tuple[str, str, str] = ("", "", "")
         if autostart:
             self.start()
@@ -174,28 +193,54 @@ class ScriptMonitor:
         return request.request_time if request.finished else request.elapsed
 
     def start(self) -> ScriptMonitor:
-        """Start a unit of work (the clock, the CPU count) unless one is running."""
+        """Start a unit of work (the clock, the CPU count) unless one is running; it becomes the
+        current request of this context (after a stopped unit, only if nothing else is)."""
         if self.started:
             return self
         previous = self._request
         self._request = self._new()
         if previous is None or current_request.get() in (None, previous):
-            current_request.set(self._request)
+            self._take_context(self._request)
         self.collector.timers.clear()
         if not self.collector.started:
             self.collector.start()
         return self
 
     def stop(self) -> ScriptMonitor:
-        """Stop the unit's clock and its running timers; ``ru_utime``/``ru_stime`` are set."""
+        """Stop the unit's clock and its running timers; ``ru_utime``/``ru_stime`` are set.
+        The unit is no longer current: the context is as it was before it was made current."""
         request = self._request
         if request is None or request.finished:
             return self
+        self._stop(request)
+        self._leave_context(request)
+        return self
+
+    def _stop(self, request: RequestSpan) -> None:
         request.finish()
         self.ru_utime, self.ru_stime = request.ru_utime, request.ru_stime
         if self.collector.started:
             self.collector.stop()
-        return self
+
+    def _take_context(self, request: RequestSpan) -> None:
+        """Make ``request`` current here, keeping the way back to what was current before."""
+        token = current_request.set(request)
+        if self._token is None:
+            self._token = token
+
+    def _leave_context(self, request: RequestSpan) -> None:
+        """If ``request`` is current here, give the context back as it was before the monitor
+        took it (a request current around the monitor's, or none)."""
+        token, self._token = self._token, None
+        if current_request.opened() is not request:
+            return  # not ours here (another context, or something current inside ours)
+        if token is not None:
+            try:
+                current_request.reset(token)
+                return
+            except (ValueError, RuntimeError):  # made in another context, or used already
+                pass
+        current_request.set(None)
 
     def flush(self) -> ScriptMonitor:
         """Forget the unit in progress (its time and timers) and start a new one."""
@@ -205,10 +250,10 @@ class ScriptMonitor:
             request.finished = True
         self._request = None
         self.collector.flush()
-        was_current = current_request.get() is request
+        here = current_request.get()
         self._request = self._new()
-        if was_current or request is None:
-            current_request.set(self._request)
+        if here is None or here is request:
+            self._take_context(self._request)
         self.collector.timers.clear()
         return self
 
@@ -219,19 +264,29 @@ class ScriptMonitor:
         return timer
 
     def send(self, status: int | None = None) -> bool:
-        """Report the unit of work since the previous send, then start the next one.
+        """Report the unit of work since the previous send, then start the next one (current
+        where the sent one was).
 
         Running timers are stopped and sent. True if the packet left for every server.
         """
+        return self._send(status, next_unit=True)
+
+    def _send(self, status: int | None, *, next_unit: bool) -> bool:
         request = self._current()
-        self.stop()
+        if not request.finished:
+            self._stop(request)
         self._apply(request, status)
         sent = finish_and_send(request, self.transport, "script-monitor")
-        # The next unit starts once this one is sent: its time does not include the sending.
-        self._request = self._new()
         self.collector.flush()
-        if current_request.get() is request:
-            current_request.set(self._request)
+        if not next_unit:
+            self._request = None
+            self._leave_context(request)
+            return sent
+        # The next unit starts once this one is sent: its time does not include the sending.
+        # It takes the sent one's place here, or the empty place a stop() left.
+        self._request = self._new()
+        if current_request.get() in (None, request):
+            self._take_context(self._request)
         return sent
 
     def _apply(self, request: RequestSpan, status: int | None) -> None:
@@ -286,4 +341,5 @@ class ScriptMonitor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.send(500 if exc_type is not None else None)
+        # The block was the unit of work: nothing of the monitor stays current after it.
+        self._send(500 if exc_type is not None else None, next_unit=False)
