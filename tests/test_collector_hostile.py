@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -406,33 +408,111 @@ def test_a_slow_writer_drops_by_bytes_and_counts(tmp_path: Path) -> None:
     assert stored + store.dropped == 200
 
 
-def test_a_database_of_another_application_is_refused_untouched(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = tmp_path / "app.db"
+def _foreign(path: Path, script: str) -> None:
     db = sqlite3.connect(path)
-    db.executescript(
-        "create table users (id integer primary key, name text);"
-        "insert into users (name) values ('ada');"
-        "create table status (k text, v text); insert into status values ('ok', '1');"
-        "create table info (x); insert into info values (42);"
-    )
+    db.executescript(script)
     db.commit()
     db.close()
-    before = path.read_bytes()
-    with pytest.raises(StoreError, match=r"not a pynba collector database.*users"):
+
+
+FOREIGN = {
+    "its own tables": "create table users (id integer primary key, name text);"
+    "insert into users (name) values ('ada');"
+    "create table status (k text, v text); insert into status values ('ok', '1');",
+    # Nothing but the collector's table names: still another application's rows.
+    "tables named like ours": "create table status (name text, value text);"
+    "insert into status values ('ok', '1'); create table info (x); insert into info values (42);"
+    "create table tag (id integer primary key, name text); insert into tag (name) values ('t');"
+    "create table request (id integer primary key); insert into request values (7);"
+    "create table report_by_script_name (script_name text); insert into report_by_script_name"
+    " values ('/mine');",
+    "another application id": "pragma application_id = 1234; create table t (x);",
+    "an id and no table": "pragma application_id = 1234;",
+    "a view": "create view v as select 1;",
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOREIGN))
+def test_a_foreign_database_is_refused_and_left_byte_identical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    path = tmp_path / "app.db"
+    _foreign(path, FOREIGN[case])
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(StoreError, match=r"not a pynba collector database"):
         SqliteStore(str(path), Collector("127.0.0.1:0").aggregator)
     assert cli(["collect", "--listen", "127.0.0.1:0", "--db", str(path), "--duration", "0.1"]) == 2
-    assert "not a pynba collector database" in capsys.readouterr().err
-    assert path.read_bytes() == before  # no table dropped, not switched to WAL
-    db = sqlite3.connect(path)
-    assert db.execute("pragma journal_mode").fetchone()[0] == "delete"
-    assert db.execute("select v from status").fetchall() == [("1",)]
-    db.close()
-    # Its own database, from an earlier run, is taken again.
+    err = capsys.readouterr().err
+    assert "not a pynba collector database" in err and "Traceback" not in err
+    # No id stamped, no WAL switch, no table: the very same bytes.
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert not (tmp_path / "app.db-wal").exists()
+
+
+@pytest.mark.parametrize(
+    "content", [b"not a database at all\n" * 10, b"SQLite format 3\x00" + bytes(200)]
+)
+def test_a_file_that_is_not_a_database_is_refused_and_left_byte_identical(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with pytest.raises(StoreError, match=r"not a pynba collector database"):
+        SqliteStore(str(path), Collector("127.0.0.1:0").aggregator)
+    assert path.read_bytes() == content
+
+
+def test_new_empty_and_own_databases_are_taken(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")  # touch FILE, then --db FILE
+    SqliteStore(str(empty), Collector("127.0.0.1:0").aggregator).close()
     own = tmp_path / "own.db"
     SqliteStore(str(own), Collector("127.0.0.1:0").aggregator).close()
-    SqliteStore(str(own), Collector("127.0.0.1:0").aggregator).close()
+    SqliteStore(str(own), Collector("127.0.0.1:0").aggregator).close()  # an earlier run's
+    for path in (empty, own):
+        db = sqlite3.connect(path)
+        assert db.execute("pragma application_id").fetchone()[0] == 0x50594E42
+        db.close()
+
+
+def test_missing_and_read_only_paths_say_what_is_wrong(tmp_path: Path) -> None:
+    aggregator = Collector("127.0.0.1:0").aggregator
+    with pytest.raises(StoreError, match=r"directory .*nowhere does not exist"):
+        SqliteStore(str(tmp_path / "nowhere" / "p.db"), aggregator)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match=r"file is not a directory"):
+        SqliteStore(str(tmp_path / "file" / "p.db"), aggregator)
+    if os.geteuid() != 0:  # (root may write anywhere)
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            with pytest.raises(StoreError, match=r"directory .*ro is read-only"):
+                SqliteStore(str(ro / "p.db"), aggregator)
+        finally:
+            ro.chmod(0o700)
+
+
+@pytest.mark.expect_pynba_errors
+def test_writes_into_a_deleted_database_are_counted(tmp_path: Path, pynba_log: Any) -> None:
+    path = tmp_path / "p.db"
+    c = Collector("127.0.0.1:0")
+    store = c.store = SqliteStore(str(path), c.aggregator, flush_interval=0.01)
+    c.handle([raw_packet("/a")])
+    deadline = time.monotonic() + 10
+    while store.dropped == 0 and time.monotonic() < deadline:
+        db = sqlite3.connect(path)
+        stored = db.execute("select count(*) from request").fetchone()[0]
+        db.close()
+        if stored:
+            break
+        time.sleep(0.01)
+    path.unlink()
+    c.handle([raw_packet(f"/b{i}") for i in range(5)])
+    c.stop()
+    assert store.dropped_by == {"database deleted": 5}
+    assert c.status()["store_dropped"] == 5
+    assert any("was deleted or replaced" in m for m in pynba_log.problems)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,10 +20,11 @@ collector, the collector never blocks readers. Report tables are rebuilt every
 ``reports_interval`` seconds.
 
 Every record that does not reach the database is counted in ``dropped_by`` by reason (``queue
-full``, ``database locked``, ``database full``, ``write failed``), the real SQLite error is
-logged (once a minute per reason), and the writer keeps trying with the next batch. The store
-refuses a database holding tables it does not own: it would rewrite ``info`` and ``status``
-and switch the file to WAL.
+full``, ``database locked``, ``database full``, ``write failed``, ``database deleted``), the
+real SQLite error is logged (once a minute per reason), and the writer keeps trying with the
+next batch. A file is the collector's only if it is new or empty, or carries its
+``application_id``: any other is refused before anything is written into it (checked through a
+read-only connection), so it is left byte-identical.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -48,11 +50,6 @@ __all__ = ["APPLICATION_ID", "SqliteStore", "StoreError", "report_table"]
 
 #: ``PRAGMA application_id`` of the databases the collector writes ("PYNB").
 APPLICATION_ID: Final = 0x50594E42
-
-# The tables a collector writes: a file holding any other is not ours to rewrite.
-_OURS: Final = re.compile(
-    r"(request|timer|timertag|tag|info|status|report_by_\w+|tag_info_\w+|tag_report_\w+)"
-)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS request (
@@ -83,6 +80,73 @@ def report_table(kind: str, tag_names: Sequence[str]) -> str:
 
 class StoreError(PermissionError):
     """A database the store cannot or must not write."""
+
+
+def _check_directory(path: str) -> None:
+    """The directory of ``path`` exists and takes new files (the database's WAL and shared
+    memory files are created next to it): else a :class:`StoreError` saying which it is."""
+    directory = os.path.dirname(os.path.abspath(path))
+    what = f"cannot write the database {printable(path)!r}"
+    if not os.path.exists(directory):
+        raise StoreError(f"{what}: the directory {printable(directory)} does not exist")
+    if not os.path.isdir(directory):
+        raise StoreError(f"{what}: {printable(directory)} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"{what}: the directory {printable(directory)} is read-only (the database needs"
+            " its WAL file next to it)"
+        )
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise StoreError(f"{what}: the file is read-only")
+
+
+def _check_ours(path: str) -> None:
+    """Refuse a file that is not the collector's: it is ours only if it does not exist, is
+    empty, or carries :data:`APPLICATION_ID`. Only read, through a read-only connection, so a
+    refused file is left byte-identical (tables named like ours prove nothing: a foreign
+    ``status`` or ``info`` table would be dropped and rewritten)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return  # new, or an empty file: SQLite makes it a database
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot read the database {printable(path)!r}: {exc}") from None
+    refused = f"{printable(path)!r} is not a pynba collector database"
+    advice = ": refusing to write into it; give --db a new file"
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the database {printable(path)!r}: {exc}") from None
+    try:
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        if app_id == APPLICATION_ID:
+            return
+        tables = [r[0] for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        )]  # fmt: skip
+    except sqlite3.DatabaseError as exc:  # not a database at all (or a damaged one)
+        raise StoreError(f"{refused} ({exc}){advice}") from None
+    finally:
+        db.close()
+    if app_id:
+        raise StoreError(f"{refused} (application id {app_id:#x}){advice}")
+    if tables:
+        shown = ", ".join(map(printable, tables[:5])) + (", ..." if len(tables) > 5 else "")
+        raise StoreError(f"{refused} (it holds {shown}){advice}")
+    # A SQLite file without a table and without an id: nothing in it to lose.
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file's (device, inode): when it changes or goes, writes would go nowhere."""
+    if path == ":memory:":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _reason(exc: sqlite3.Error) -> str:
@@ -172,17 +236,19 @@ class SqliteStore:
     def _open(self, path: str, busy_timeout: float, max_db_bytes: int) -> int:
         """Open the database, and return the last request id an earlier run left in it."""
         # Opened from __init__: an unwritable path is an error of the caller, not of a thread.
-        directory = os.path.dirname(os.path.abspath(path)) if path != ":memory:" else "."
-        if not os.access(directory, os.W_OK):
-            raise StoreError(f"cannot write the database {path!r}: {directory} is read-only")
+        if path != ":memory:":
+            _check_directory(path)
+            # Checked read-only, before anything is written: a file that is not ours must be
+            # left byte-identical (no id stamped, no WAL, no table).
+            _check_ours(path)
         try:
             self._db = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=busy_timeout
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the database {path!r}: {exc}") from None
+            raise StoreError(f"cannot write the database {printable(path)!r}: {exc}") from None
         try:
-            self._claim(path)
+            self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             if path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=OFF")
@@ -196,31 +262,11 @@ class SqliteStore:
             # rows of requests that left memory are found by id.
             last = self._db.execute("SELECT max(id) FROM request").fetchone()[0] or 0
             self._last_timer_id = self._db.execute("SELECT max(id) FROM timer").fetchone()[0] or 0
+            self._identity = _identity(path)
         except sqlite3.Error as exc:
             self._db.close()
-            raise StoreError(f"cannot write the database {path!r}: {exc}") from None
-        except StoreError:
-            self._db.close()
-            raise
+            raise StoreError(f"cannot write the database {printable(path)!r}: {exc}") from None
         return int(last)
-
-    def _claim(self, path: str) -> None:
-        """Refuse a file that is not a database the collector wrote (before changing it)."""
-        db = self._db
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]  # fails on a non-database
-        if app_id == APPLICATION_ID:
-            return
-        tables = [r[0] for r in db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        )]  # fmt: skip
-        foreign = [t for t in tables if not _OURS.fullmatch(t)]
-        if app_id or foreign:
-            what = f"tables {', '.join(map(printable, foreign[:5]))}" if foreign else "its id"
-            raise StoreError(
-                f"{path!r} is not a pynba collector database ({what}): refusing to write"
-                " into it; give --db a new file"
-            )
-        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
 
     @property
     def dropped(self) -> int:
@@ -277,6 +323,14 @@ class SqliteStore:
             with self._count:
                 self._pending -= sum(r.size for r in batch)
             with self._lock:
+                if batch and self._identity is not None and _identity(self.path) != self._identity:
+                    # Deleted (or replaced): SQLite would keep writing into the unlinked
+                    # file, where nobody will ever read the rows.
+                    self._drop(
+                        "database deleted", len(batch),
+                        f"{printable(self.path)!r} was deleted or replaced",
+                    )  # fmt: skip
+                    batch = []
                 if batch:
                     try:
                         self._insert(batch)
