@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from web_helpers import T0, Site, req
 
 from pynba._cli import main as cli
-from pynba_exporter import PinbaTimer, UdpTransport
+from pynba_exporter import PinbaTimer, UdpTransport, encode
 from pynba_exporter.collector import Collector, History, WebServer
 from pynba_exporter.collector._aggregate import Record, percentile
 from pynba_exporter.collector._http import parse_http_address
@@ -448,4 +449,65 @@ def test_metrics_escape_what_a_terminal_would_obey_and_stay_small(site: Site) ->
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     names = {labels["script_name"] for labels, _ in samples(text)["pinba_requests_total"]}
     assert "/e\\u001b]52;c;bad\\u0007\\u202eexe.png" in names
-    assert "/long/" + "x" * 250 in names  # cut: the counters outlive the window
+    assert "/long/" + "x" * 249 + "\u2026" in names  # cut: the counters outlive the window
+
+
+def _strings(data: Any) -> Iterator[str]:
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(data, list):
+        for v in data:
+            yield from _strings(v)
+
+
+def test_long_names_leave_cut_and_what_metrics_keep_is_bounded_in_bytes() -> None:
+    # 60 KB names, each distinct, as script names and timer tags: with --max-memory 4M the
+    # window holds a few dozen, the counters (which outlive it) all of them.
+    c = Collector("127.0.0.1:0", max_bytes=4 << 20, clock=lambda: T0)
+    web = WebServer(c, "127.0.0.1:0", history=History(clock=lambda: T0))
+    metrics = web.metrics
+    assert metrics is not None
+    n = 400
+    for i in range(n):
+        big = f"{i:04d}" + "n" * 60_000
+        timers = [PinbaTimer({"group": big, "server": big, "x": big}, 0.001)]
+        c.handle([encode(req("/" + big, 0.01, timers=timers))])
+    body, _ = metrics.exposition()
+    families = list(text_string_to_metric_families(body.decode()))
+    label_sets = 0
+    for family in families:
+        for sample in family.samples:
+            label_sets += 1
+            assert all(len(v) <= 256 for v in sample.labels.values()), family.name
+    # Every line is one label set of at most 3 x 256 characters and its figures.
+    assert len(body) <= label_sets * 1200
+    # The label sets and the tag-set cache stay inside their share of the budget.
+    assert metrics.bytes <= metrics.max_bytes == (4 << 20) // 16
+    kept = sum(len(s) for key in metrics._requests for s in key)
+    kept += sum(len(s) for key in metrics._timers for s in key)
+    kept += sum(len(n) + len(v) for tags in metrics._tag_keys for n, v in tags)
+    assert kept <= metrics.max_bytes
+    # Past the budget, label sets are summed in <other>: no request is lost.
+    requests = sum(v for _, v in samples(body.decode())["pinba_requests_total"])
+    assert requests == n
+    # The JSON API cuts every string it sends the same way, and a cut name finds its script.
+    web.start()
+    try:
+        for path in ("/api/scripts", "/api/overview", "/api/timers", "/api/health"):
+            with urllib.request.urlopen(web.url.rstrip("/") + path, timeout=10) as r:
+                data = json.loads(r.read())
+            assert all(len(s) <= 256 for s in _strings(data)), path
+        with urllib.request.urlopen(web.url + "api/scripts", timeout=10) as r:
+            name = json.loads(r.read())["rows"][0]["script_name"]
+        assert len(name) == 256 and name.endswith("\u2026")
+        query = urllib.parse.urlencode({"name": name})
+        with urllib.request.urlopen(web.url + "api/script?" + query, timeout=10) as r:
+            one = json.loads(r.read())
+        assert one["row"]["req_count"] == 1 and one["name"] == name
+        assert len(one["timers_by_group_server"]) == 1
+    finally:
+        web.stop()

@@ -14,10 +14,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from pynba_exporter.collector._live import OTHER, LiveReports
+from pynba_exporter.collector._live import OTHER, LiveReports, RequestGroup, TimerGroup
 from pynba_exporter.collector._percentile import column, percentile, percentiles
 from pynba_exporter.collector._record import Record, TimerRecord, first_values
-from pynba_exporter.collector._reports import REPORTS, REQUEST_REPORTS, Reports, ReportSpec
+from pynba_exporter.collector._reports import (
+    REPORTS,
+    REQUEST_REPORTS,
+    Reports,
+    ReportSpec,
+    fold_requests,
+    fold_timers,
+    scan_timers,
+)
+from pynba_exporter.collector._text import cut
 from pynba_exporter.collector._window import Window, count
 
 __all__ = [
@@ -158,6 +167,68 @@ class Aggregator:
             self._window.expire(self.clock())
             sums = self._reports.timer_sums(names, self._window.records(), per_script=per_script)
         return self._reports.timer_rows(names, sums, self.interval(), per_script)
+
+    def script_report(
+        self, name: str, timer_tags: Sequence[Sequence[str]] = (("group",), ("group", "server"))
+    ) -> dict[str, Any] | None:
+        """One script's report row, its rows by status, its timer rows per tag set of
+        ``timer_tags`` and its request times (sorted); None when the window holds none of it.
+        ``name`` matches a script whose name is ``name`` or cuts to it (``cut``: the names an
+        HTTP endpoint showed).
+
+        For the web page, asked for by name at any rate: the lock is held only to pick the
+        script's own groups (a pass over the group keys) and copy them; rows and percentiles
+        are made outside it, and no report of every script is built (with 100,000 scripts in
+        the window that took seconds, with the receiving thread waiting)."""
+        wanted = tuple(tuple(t) for t in timer_tags)
+        live = self._live
+        with self._lock:
+            self._window.expire(self.clock())
+            fine = [g for key, g in live.fine.items() if cut(key[2]) == name]
+            if not fine:
+                return None
+            by_status: dict[Any, list[RequestGroup]] = {}
+            for g in fine:
+                by_status.setdefault(g.key[3], []).append(g)
+            statuses = {(name, s): fold_requests(gs) for s, gs in by_status.items()}
+            whole = fold_requests(fine)
+            t = live.totals
+            totals = (t.time / 1e9, t.utime / 1e9, t.stime / 1e9, t.traffic, t.footprint, t.count)
+            timer_sums: dict[tuple[str, ...], dict[Any, Any]] = {}
+            scan: list[tuple[str, ...]] = []
+            for names in wanted:
+                if names in live.timer_tags:
+                    table = live.timers[live.timer_tags.index(names)]
+                    folded: dict[Any, list[TimerGroup]] = {}
+                    for key, tg in table.items():
+                        if cut(key[0]) == name:
+                            folded.setdefault((name, *key[1:]), []).append(tg)
+                    timer_sums[names] = {k: fold_timers(gs) for k, gs in folded.items()}
+                else:
+                    scan.append(names)
+            records = list(self._window.records()) if scan else []
+        # Outside the lock: tag sets that are not kept up to date, from the script's records.
+        mine = [r for r in records if cut(r.script_name) == name]
+        for names in scan:
+            timer_sums[names] = {
+                (name, *k[1:]): fold_timers([g]) for k, g in scan_timers(names, mine).items()
+            }
+        interval = self.interval()
+        reports = self._reports
+        (row,) = reports.request_rows(
+            ("script_name",), (totals, {(name,): whole}), interval, full=True
+        )
+        return {
+            "row": row,
+            "statuses": reports.request_rows(
+                ("script_name", "status"), (totals, statuses), interval, full=True
+            ),
+            "timers": {
+                names: reports.timer_rows(names, sums, interval, True)
+                for names, sums in timer_sums.items()
+            },
+            "times": sorted(whole[6]),
+        }
 
     def info(self) -> dict[str, Any]:
         """pinba_engine's ``info``: totals of the window."""

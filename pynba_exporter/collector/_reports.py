@@ -196,7 +196,7 @@ class Reports:
                 live.timer_tags.index(names)
             ].items()
         else:
-            items = _scan_timers(names, records).items()
+            items = scan_timers(names, records).items()
         # Groups are per script; tag_info folds the scripts (a request counted once per key).
         folded: dict[Any, list[TimerGroup]] = {}
         for key, g in items:
@@ -238,7 +238,7 @@ def _largest_first(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _scan_timers(
+def scan_timers(
     names: tuple[str, ...], records: Iterable[Record]
 ) -> dict[tuple[Any, ...], TimerGroup]:
     """Timer groups of tags ``names`` (per script) from the records: timers without one of the
