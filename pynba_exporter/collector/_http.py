@@ -162,7 +162,10 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     self._send(*web.cached(path, lambda: (200, *metrics.exposition())))
             elif path == "/api/script":
-                names = parse_qs(url.query, keep_blank_values=True).get("name")
+                # surrogatepass: the page writes a name's undecodable bytes (lone surrogates,
+                # U+DC80..U+DCFF) as the UTF-8 form of their code unit, read back exactly here.
+                query = parse_qs(url.query, keep_blank_values=True, errors="surrogatepass")
+                names = query.get("name")
                 self._send(*web.cached(f"script {names!r}", lambda: _script(web, names)))
             elif path in web.views:
                 view = web.views[path]
