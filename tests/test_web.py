@@ -511,3 +511,83 @@ def test_long_names_leave_cut_and_what_metrics_keep_is_bounded_in_bytes() -> Non
         assert len(one["timers_by_group_server"]) == 1
     finally:
         web.stop()
+
+
+class _TimedLock:
+    """The aggregator's lock, noting the longest time it was held (outermost acquire to
+    release): what the receiving thread may wait for."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._since = 0.0
+        self.longest = 0.0
+
+    def __enter__(self) -> _TimedLock:
+        self._lock.acquire()
+        self._depth += 1
+        if self._depth == 1:
+            self._since = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.longest = max(self.longest, time.perf_counter() - self._since)
+        self._lock.release()
+
+
+def test_polling_script_pages_by_distinct_names_does_not_starve_the_receiver() -> None:
+    # 20,000 scripts in the window; 4 clients ask for a different script page each time (no
+    # answer can come from the cache) while packets arrive at 2,500 a second.
+    scripts = 20_000
+    c = Collector("127.0.0.1:0")
+    lock = c.aggregator._lock = _TimedLock()  # type: ignore[assignment]
+    c.handle([encode(req(f"/s{i}", 0.01)) for i in range(scripts)])
+    web = WebServer(c, "127.0.0.1:0")
+    c.start()
+    web.start()
+    stop = threading.Event()
+    answers: list[tuple[int, float]] = []
+
+    def poll(first: int) -> None:
+        i = first
+        while not stop.is_set():
+            started = time.monotonic()
+            url = web.url + "api/script?" + urllib.parse.urlencode({"name": f"/s{i % scripts}"})
+            with urllib.request.urlopen(url, timeout=30) as r:
+                r.read()
+                answers.append((r.status, time.monotonic() - started))
+            i += 7919
+
+    pollers = [threading.Thread(target=poll, args=(k,)) for k in range(4)]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for t in pollers:
+            t.start()
+        before = c.packets
+        lock.longest = 0.0
+        packet = encode(req("/live", 0.01))
+        sent = 0
+        for _ in range(100):  # 2,500 packets in about a second
+            for _ in range(25):
+                sock.sendto(packet, c.address)
+                sent += 1
+            time.sleep(0.01)
+        deadline = time.monotonic() + 20
+        while c.packets < before + sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+        for t in pollers:
+            t.join(timeout=30)
+    finally:
+        stop.set()
+        sock.close()
+        web.stop()
+        c.stop()
+    assert c.packets - before == sent  # every packet received
+    assert len(answers) >= 8 and {status for status, _ in answers} == {200}
+    # Each answer is quick, and the lock the receiving thread takes is never held long (an
+    # answer that folded every script's report held it for about a quarter of a second here).
+    assert max(took for _, took in answers) < 2.0
+    assert lock.longest < 0.1, lock.longest

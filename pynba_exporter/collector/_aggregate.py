@@ -26,7 +26,7 @@ from pynba_exporter.collector._reports import (
     fold_timers,
     scan_timers,
 )
-from pynba_exporter.collector._text import cut
+from pynba_exporter.collector._text import MAX_TEXT, cut
 from pynba_exporter.collector._window import Window, count
 
 __all__ = [
@@ -184,7 +184,10 @@ class Aggregator:
         live = self._live
         with self._lock:
             self._window.expire(self.clock())
-            fine = [g for key, g in live.fine.items() if cut(key[2]) == name]
+            if len(name) < MAX_TEXT:  # not cut: one comparison per group, in C mostly
+                fine = [g for key, g in live.fine.items() if key[2] == name]
+            else:
+                fine = [g for key, g in live.fine.items() if cut(key[2]) == name]
             if not fine:
                 return None
             by_status: dict[Any, list[RequestGroup]] = {}

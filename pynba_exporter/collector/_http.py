@@ -103,7 +103,10 @@ def _static(name: str) -> bytes:
 
 
 def _script(web: WebServer, names: list[str] | None) -> tuple[int, bytes, str]:
-    data = _api.script(web.collector, names[0]) if names else None
+    # One script answer is made at a time, whatever the number of clients asking for distinct
+    # names (each is quick, but several at once would take turns with the receiving thread).
+    with web.script_lock:
+        data = _api.script(web.collector, names[0]) if names else None
     if data is None:
         return 404, _api.dumps({"error": "no such script in the window"}), _JSON
     return 200, _api.dumps(data), _JSON
@@ -224,6 +227,7 @@ class WebServer:
         self._cache_lock = threading.Lock()
         self._making: dict[str, threading.Lock] = {}
         self._allowed_hosts: frozenset[str] = frozenset()
+        self.script_lock = threading.Lock()
 
     @property
     def address(self) -> tuple[str, int]:
