@@ -45,6 +45,11 @@ __all__ = ["main"]
 BY: dict[str, str] = {spec.short: spec.table for spec in REPORTS}
 
 
+#: Seconds the database writer has after the final report to write what it still holds (a
+#: container runtime's grace is 10 s by default: drain, report and writer fit in it).
+STORE_STOP_SECONDS = 4.0
+
+
 class _Stopped(Exception):
     """SIGTERM or SIGINT arrived: leave the reporting loop now, not at the next interval."""
 
@@ -94,8 +99,9 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
         args.listen, window=args.window, percentiles=args.percentiles,
         max_bytes=args.max_memory, timer_tags=timer_tags, request_tags=request_tags,
     )  # fmt: skip
+    store = None
     if args.db:
-        collector.store = SqliteStore(
+        store = collector.store = SqliteStore(
             args.db, collector.aggregator, timer_tags=timer_tags, request_tags=request_tags,
             max_pending_bytes=args.max_queue,
         )  # fmt: skip
@@ -137,8 +143,17 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
                 signal.signal(sig, signal.SIG_IGN)
             if web is not None:
                 web.stop()
-            collector.stop()
-        write_reports(out, collector, timer_tags, request_tags, as_json=args.json, final=True)
+            # The store is closed after the final report: with many distinct keys a rebuild
+            # of its report tables takes seconds, and the report must not wait for it.
+            if store is not None:
+                store.pause()
+            collector.stop(close_store=False)
+        try:
+            write_reports(out, collector, timer_tags, request_tags, as_json=args.json, final=True)
+        finally:
+            if store is not None:
+                # What the writer has not written by then is counted and logged.
+                store.close(timeout=STORE_STOP_SECONDS)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

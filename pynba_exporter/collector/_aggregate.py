@@ -36,12 +36,22 @@ __all__ = [
     "Aggregator",
     "Record",
     "ReportSpec",
+    "Rows",
     "TimerRecord",
     "column",
     "first_values",
     "percentile",
     "percentiles",
 ]
+
+
+class Rows(list[dict[str, Any]]):
+    """A report's rows (a list of dicts); ``total``: how many rows the whole report has (more
+    than ``len`` when only the top rows were asked for)."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), total: int | None = None) -> None:
+        super().__init__(rows)
+        self.total = len(self) if total is None else total
 
 
 class Aggregator:
@@ -141,32 +151,38 @@ class Aggregator:
 
     # -- reports
 
-    def request_report(self, keys: Sequence[str]) -> list[dict[str, Any]]:
-        """One row per value of the record fields ``keys`` (pinba_engine's report_by_*)."""
+    def request_report(self, keys: Sequence[str], *, top: int | None = None) -> Rows:
+        """One row per value of the record fields ``keys`` (pinba_engine's report_by_*); with
+        ``top``, only the rows of most time (``total`` says how many the report has)."""
         keys = tuple(keys)
         with self._lock:
             self._window.expire(self.clock())
             sums = self._reports.request_sums(keys, self._window.records())
-        return self._reports.request_rows(keys, sums, self.interval(), full=True)
+        rows = self._reports.request_rows(keys, sums, self.interval(), full=True, top=top)
+        return Rows(rows, len(sums[1]))
 
-    def tag_report(self, tag_names: Sequence[str]) -> list[dict[str, Any]]:
-        """Requests grouped by the values of request tags ``tag_names``."""
+    def tag_report(self, tag_names: Sequence[str], *, top: int | None = None) -> Rows:
+        """Requests grouped by the values of request tags ``tag_names`` (``top``: as above)."""
         names = tuple(tag_names)
         with self._lock:
             self._window.expire(self.clock())
             sums = self._reports.tag_sums(names, self._window.records())
-        return self._reports.request_rows(names, sums, self.interval(), full=False)
+        rows = self._reports.request_rows(names, sums, self.interval(), full=False, top=top)
+        return Rows(rows, len(sums[1]))
 
     def timer_report(
-        self, tag_names: Sequence[str], *, per_script: bool = False
-    ) -> list[dict[str, Any]]:
+        self, tag_names: Sequence[str], *, per_script: bool = False, top: int | None = None
+    ) -> Rows:
         """Timers grouped by the values of ``tag_names`` (pinba_engine's tag_info; with
-        ``per_script``, tag_report): timers without one of the tags are left out."""
+        ``per_script``, tag_report): timers without one of the tags are left out (``top``: as
+        above)."""
         names = tuple(tag_names)
         with self._lock:
             self._window.expire(self.clock())
             sums = self._reports.timer_sums(names, self._window.records(), per_script=per_script)
-        return self._reports.timer_rows(names, sums, self.interval(), per_script)
+        return Rows(
+            self._reports.timer_rows(names, sums, self.interval(), per_script, top), len(sums)
+        )
 
     def script_report(
         self, name: str, timer_tags: Sequence[Sequence[str]] = (("group",), ("group", "server"))

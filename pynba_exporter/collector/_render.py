@@ -55,7 +55,8 @@ def render(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
     shown = [[_cell(row.get(c, "")) for c in columns] for row in rows[:top]]
     columns = [printable(c) for c in columns]
     widths = [max([len(c)] + [len(r[i]) for r in shown]) for i, c in enumerate(columns)]
-    lines = [f"{printable(title)} ({len(rows)} rows)"]
+    total = getattr(rows, "total", len(rows))  # a report cut to its top rows knows its size
+    lines = [f"{printable(title)} ({total} rows)"]
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in shown)
@@ -71,20 +72,22 @@ def reports_text(
     """The collector's reports as text tables, then its ``info`` and ``status``."""
     a = collector.aggregator
     ps = a.percentiles
+    # Only the rows shown are made (percentiles of 30,000 rows for 15 shown took seconds, and
+    # the final report at a stop must come at once).
     parts = [
-        render("requests by script", a.request_report(("script_name",)),
+        render("requests by script", a.request_report(("script_name",), top=top),
                ["script_name", *_request_columns(ps)], top),
-        render("requests by status", a.request_report(("status",)),
+        render("requests by status", a.request_report(("status",), top=top),
                ["status", "req_count", "req_per_sec", "req_time_median",
                 *(column("req_time", p) for p in ps)], top),
     ]  # fmt: skip
     parts.extend(
-        render(f"timers by {','.join(tags)}", a.timer_report(tags),
+        render(f"timers by {','.join(tags)}", a.timer_report(tags, top=top),
                [*tags, *_timer_columns(ps)], top)
         for tags in timer_tags
     )  # fmt: skip
     parts.extend(
-        render(f"requests by tag {','.join(tags)}", a.tag_report(tags),
+        render(f"requests by tag {','.join(tags)}", a.tag_report(tags, top=top),
                [*tags, "req_count", "req_per_sec", "req_time_total", "req_time_median",
                 *(column("req_time", p) for p in ps)], top)
         for tags in request_tags

@@ -11,6 +11,7 @@ timer percentiles weigh each timer's per-hit value by its hit count.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, NamedTuple
@@ -76,6 +77,14 @@ def _chain(lists: Iterable[Iterable[Any]]) -> list[Any]:
 
 
 def fold_requests(gs: list[RequestGroup], *, values: bool = True) -> ReqSums:
+    if len(gs) == 1:
+        # Most keys have one group (a script seen from one host): no generator per column.
+        # (The text reports of 30,000 scripts: 3.3 s with generators, 1.3 s without.)
+        (g,) = gs
+        return (
+            g.time / 1e9, g.utime / 1e9, g.stime / 1e9, g.traffic, g.footprint, g.count,
+            list(g.times) if values else [],
+        )  # fmt: skip
     return (
         sum(g.time for g in gs) / 1e9,
         sum(g.utime for g in gs) / 1e9,
@@ -88,6 +97,12 @@ def fold_requests(gs: list[RequestGroup], *, values: bool = True) -> ReqSums:
 
 
 def fold_timers(gs: list[TimerGroup]) -> TimSums:
+    if len(gs) == 1:  # the common case, as for requests
+        (g,) = gs
+        return (
+            g.value / 1e9, g.req_count, g.hits, g.utime / 1e9, g.stime / 1e9,
+            list(g.values), list(g.weights),
+        )  # fmt: skip
     return (
         sum(g.value for g in gs) / 1e9, sum(g.req_count for g in gs),
         sum(g.hits for g in gs), sum(g.utime for g in gs) / 1e9,
@@ -156,12 +171,19 @@ class Reports:
         return totals, self._cap(sums, len(keys))
 
     def request_rows(
-        self, keys: Sequence[str], folded: Any, interval: float, *, full: bool
+        self,
+        keys: Sequence[str],
+        folded: Any,
+        interval: float,
+        *,
+        full: bool,
+        top: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Outside the lock: the rows, percentiles sorted in bounded runs."""
+        """Outside the lock: the rows (only the ``top`` of most time, if given), percentiles
+        sorted in bounded runs."""
         totals, sums = folded
         rows = []
-        for key, (t, u, s, traffic, footprint, count, values) in sums.items():
+        for key, (t, u, s, traffic, footprint, count, values) in _top(sums, top):
             median, *ranks = percentiles(values, None, (50.0, *self.percentiles))
             row: dict[str, Any] = dict(zip(keys, key))
             row.update(req_count=count, req_per_sec=count / interval)
@@ -205,12 +227,18 @@ class Reports:
         return self._cap(sums, len(names) + (1 if per_script else 0))
 
     def timer_rows(
-        self, names: tuple[str, ...], sums: dict[Any, TimSums], interval: float, per_script: bool
+        self,
+        names: tuple[str, ...],
+        sums: dict[Any, TimSums],
+        interval: float,
+        per_script: bool,
+        top: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Outside the lock: the rows of :meth:`timer_sums`."""
+        """Outside the lock: the rows of :meth:`timer_sums` (only the ``top`` of most time, if
+        given)."""
         columns = (["script_name"] if per_script else []) + list(names)
         rows = []
-        for key, (value, req_count, hits, u, s, values, weights) in sums.items():
+        for key, (value, req_count, hits, u, s, values, weights) in _top(sums, top):
             median, *ranks = percentiles(values, weights, (50.0, *self.percentiles))
             row: dict[str, Any] = dict(zip(columns, key))
             row.update(
@@ -231,6 +259,14 @@ class Reports:
         for p, value in zip(self.percentiles, ranks):
             row[column(prefix, p)] = value
         return row
+
+
+def _top(sums: dict[Any, Any], top: int | None) -> Iterable[tuple[Any, Any]]:
+    """The groups whose rows are made: all, or the ``top`` of most time (the first sum), the
+    rows a text table shows (percentiles of 30,000 rows for 15 shown took a second)."""
+    if top is None or len(sums) <= top:
+        return sums.items()
+    return heapq.nlargest(top, sums.items(), key=lambda kv: kv[1][0])
 
 
 def _largest_first(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:

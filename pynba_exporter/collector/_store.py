@@ -20,7 +20,8 @@ collector, the collector never blocks readers. Report tables are rebuilt every
 ``reports_interval`` seconds.
 
 Every record that does not reach the database is counted in ``dropped_by`` by reason (``queue
-full``, ``database locked``, ``database full``, ``write failed``, ``database deleted``), the
+full``, ``database locked``, ``database full``, ``write failed``, ``database deleted``, ``not
+written at stop``), the
 real SQLite error is logged (once a minute per reason), and the writer keeps trying with the
 next batch. A file is the collector's only if it is new or empty, or carries its
 ``application_id``: any other is refused before anything is written into it (checked through a
@@ -72,10 +73,17 @@ _PREFIX: Final = {"invalid_by_reason": "invalid_packets", "evicted_by_reason": "
 
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 
+#: Why records the writer had no time left for at stop are counted as dropped.
+LATE: Final = "not written at stop"
+
 
 def report_table(kind: str, tag_names: Sequence[str]) -> str:
     """The table of a timer report: ``tag_info_group_server``, ``tag_report_group``..."""
     return f"{kind}_" + "_".join(_IDENT.sub("_", name) for name in tag_names)
+
+
+class _CutShort(Exception):
+    """A rebuild of the report tables stopped by :meth:`SqliteStore.pause` or a late close."""
 
 
 class StoreError(PermissionError):
@@ -226,6 +234,8 @@ class SqliteStore:
         self._tags_text: dict[tuple[tuple[str, str], ...], str] = {}
         self._tag_rows: dict[tuple[tuple[str, str], ...], list[tuple[int, str]]] = {}
         self._tag_generation = 0
+        self._late = False  # close() ran out of time: what is left is counted, not written
+        self._paused = False  # pause(): no report rebuild until close()
         last = self._open(path, busy_timeout, max_db_bytes)
         self._base = last - aggregator.serial
         self._lock = threading.Lock()
@@ -293,13 +303,36 @@ class SqliteStore:
             return
         self._queue.put_nowait(records)
 
-    def close(self) -> None:
-        """Write what is queued and the reports (the writer does, as it stops), then close."""
+    def pause(self) -> None:
+        """Stop rebuilding the report tables until :meth:`close` (a rebuild running now stops
+        at its next table): at a stop, the final report must not share the interpreter and
+        the aggregator with a rebuild that takes seconds. Raw rows are still written."""
+        self._paused = True
+        self._db.interrupt()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is queued and the reports (the writer does, as it stops), then close.
+
+        With ``timeout`` (seconds), what is not written by then is counted as dropped (``not
+        written at stop``) and the statement running is interrupted (its transaction rolled
+        back: report tables keep their previous rows), so a stop is bounded whatever the
+        store holds (a container runtime kills a process that takes more than its grace)."""
         if self._stop.is_set():
             return
+        self._paused = False
         self._stop.set()
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout)
+        while self._thread.is_alive():
+            self._late = True  # the writer counts what is left instead of writing it
+            self._db.interrupt()  # the statement running now stops
+            self._thread.join(0.05)
+        if self._late:
+            errors.log(
+                ("store", "late"),
+                f"pynba collector: out of time at stop ({timeout:g} s): the report tables of"
+                f" {printable(self.path)!r} hold their last rebuild",
+            )
         with self._lock:
             self._db.close()
 
@@ -323,6 +356,9 @@ class SqliteStore:
             with self._count:
                 self._pending -= sum(r.size for r in batch)
             with self._lock:
+                if batch and self._late:
+                    self._drop(LATE, len(batch), "the writer ran out of time at stop")
+                    batch = []
                 if batch and self._identity is not None and _identity(self.path) != self._identity:
                     # Deleted (or replaced): SQLite would keep writing into the unlinked
                     # file, where nobody will ever read the rows.
@@ -335,19 +371,24 @@ class SqliteStore:
                     try:
                         self._insert(batch)
                     except sqlite3.Error as exc:
-                        self._drop(_reason(exc), len(batch), f"SQLite: {exc}")
+                        reason = LATE if self._late else _reason(exc)
+                        self._drop(reason, len(batch), f"SQLite: {exc}")
                     except Exception as exc:  # a bug of ours must not end the writer
                         self._drop("write failed", len(batch), repr(exc))
-                if time.monotonic() >= next_reports or stop:
+                rebuild = time.monotonic() >= next_reports and not self._paused
+                if (rebuild or stop) and not self._late:
                     started = time.monotonic()
                     try:
                         self._expire()
                         self._write_reports()
                     except Exception as exc:  # logged; the next rebuild tries again
-                        errors.log(
-                            ("store", "reports", type(exc).__name__),
-                            f"pynba collector: reports not written to the database: {exc!r}",
-                        )
+                        # (Cut short by pause() or by close() when late: the previous tables
+                        # stay, rolled back.)
+                        if not (self._late or self._paused):
+                            errors.log(
+                                ("store", "reports", type(exc).__name__),
+                                f"pynba collector: reports not written to the database: {exc!r}",
+                            )
                     took = time.monotonic() - started
                     # Never spend more than a fifth of the time on reports (the receiving
                     # thread needs the interpreter too).
@@ -475,6 +516,8 @@ class SqliteStore:
             db.execute("DELETE FROM request WHERE id < ?", (first,))
 
     def _table(self, name: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+        if self._late or (self._paused and not self._stop.is_set()):
+            raise _CutShort  # rolled back by the transaction: the previous tables stay
         db = self._db
         cols = ", ".join('"' + _sql(c).replace('"', '""') + '"' for c in columns)
         db.execute(f'DROP TABLE IF EXISTS "{name}"')
