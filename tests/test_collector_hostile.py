@@ -731,3 +731,17 @@ def test_keys_past_the_cap_come_and_go_through_other(steps: list[tuple[int, int,
     assert c.status()["window_bytes"] == 0  # every group dropped as its last request left
     assert c.request_report(("script_name",)) == []
     assert c.timer_report(("group",)) == []
+
+
+def test_overflow_keys_do_not_grow_when_reports_are_read() -> None:
+    c = Collector("127.0.0.1:0", max_keys=5, timer_tags=[("group",)])
+    c.handle([raw_packet(f"/s{i}", [(1, 0.001, [("group", f"g{i}")])]) for i in range(40)])
+    c.request_report(("script_name",))
+    c.timer_report(("group",))
+    first = c.status()["overflow_keys"]
+    assert first > 0  # 40 keys shown in 5 rows: 36 merged into <other>, per report
+    for _ in range(5):
+        c.request_report(("script_name",))
+        c.timer_report(("group",))
+        c.request_report(("server_name",))
+    assert c.status()["overflow_keys"] == first

@@ -279,7 +279,7 @@ class Aggregator:
                 "invalid_by_reason": dict(self.invalid),
                 "evicted_records": self.evicted,
                 "evicted_by_reason": dict(w.evicted_by),
-                "overflow_keys": self._live.overflow_keys,
+                "overflow_keys": self._reports.overflow,
                 "dictionary_size": len(w.words),
                 "dictionary_bytes": w.dictionary_bytes,
                 "window_bytes": w.bytes,

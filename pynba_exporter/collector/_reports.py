@@ -118,6 +118,9 @@ def _merge(sums: list[tuple[Any, ...]]) -> Any:
     )
 
 
+_REPORTS_REMEMBERED: Final = 256  # distinct reports whose <other> row is counted
+
+
 class Reports:
     """Rows from the groups of ``live`` (or from ``records`` for keys not configured)."""
 
@@ -125,10 +128,20 @@ class Reports:
         self.live = live
         self.max_keys = max_keys
         self.percentiles = ps
+        #: Rows merged into ``<other>`` the last time each report was made, by report: counted
+        #: once per report, not again at every read (``overflow``).
+        self.capped: dict[Any, int] = {}
 
-    def _cap(self, sums: dict[Any, Any], width: int) -> dict[Any, Any]:
+    @property
+    def overflow(self) -> int:
+        """Requests or timers summed into an ``<other>`` group as they came, plus the rows
+        each report last merged into its ``<other>`` row."""
+        return self.live.overflow_keys + sum(self.capped.values())
+
+    def _cap(self, sums: dict[Any, Any], width: int, report: Any) -> dict[Any, Any]:
         """At most ``max_keys`` rows: the ones of least total time merged into ``<other>``."""
         if len(sums) <= self.max_keys:
+            self.capped.pop(report, None)
             return sums
         other = (OTHER,) * width
         ranked = sorted(((k, s) for k, s in sums.items() if k != other), key=lambda kv: -kv[1][0])
@@ -137,7 +150,9 @@ class Reports:
         if other in sums:
             rest.append(sums[other])
         kept[other] = _merge(rest)
-        self.live.overflow_keys += len(rest)
+        if report not in self.capped and len(self.capped) >= _REPORTS_REMEMBERED:
+            self.capped.clear()  # reports asked for through the Python API without end
+        self.capped[report] = len(rest)
         return kept
 
     def request_sums(self, keys: tuple[str, ...], records: Iterable[Record]) -> Any:
@@ -150,7 +165,7 @@ class Reports:
         else:  # another field (doc_size...): from the records
             for r in records:
                 folded.setdefault(tuple(getattr(r, k) for k in keys), []).append(_request_group(r))
-        return self._request_sums(keys, folded)
+        return self._request_sums(keys, folded, ("request", keys))
 
     def tag_sums(self, names: tuple[str, ...], records: Iterable[Record]) -> Any:
         """Under the lock: the sums of the groups of request tags ``names``, and the totals."""
@@ -163,12 +178,14 @@ class Reports:
                 key = tag_key(dict(r.tags), names)
                 if key is not None:
                     folded.setdefault(key, []).append(_request_group(r))
-        return self._request_sums(names, folded)
+        return self._request_sums(names, folded, ("tag", names))
 
-    def _request_sums(self, keys: tuple[str, ...], folded: dict[Any, list[RequestGroup]]) -> Any:
+    def _request_sums(
+        self, keys: tuple[str, ...], folded: dict[Any, list[RequestGroup]], report: Any
+    ) -> Any:
         totals = fold_requests(list(self.live.fine.values()), values=False)
         sums = {k: fold_requests(gs) for k, gs in folded.items()}
-        return totals, self._cap(sums, len(keys))
+        return totals, self._cap(sums, len(keys), report)
 
     def request_rows(
         self,
@@ -224,7 +241,8 @@ class Reports:
         for key, g in items:
             folded.setdefault(key if per_script else key[1:], []).append(g)
         sums = {k: fold_timers(gs) for k, gs in folded.items()}
-        return self._cap(sums, len(names) + (1 if per_script else 0))
+        width = len(names) + (1 if per_script else 0)
+        return self._cap(sums, width, ("timer", names, per_script))
 
     def timer_rows(
         self,
