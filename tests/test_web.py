@@ -10,6 +10,7 @@ import io
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -591,3 +592,49 @@ def test_polling_script_pages_by_distinct_names_does_not_starve_the_receiver() -
     # answer that folded every script's report held it for about a quarter of a second here).
     assert max(took for _, took in answers) < 2.0
     assert lock.longest < 0.1, lock.longest
+
+
+SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options",
+                    "Referrer-Policy")  # fmt: skip
+
+
+def test_answers_the_standard_library_writes_carry_the_security_headers(site: Site) -> None:
+    # 501 for a method the server does not serve, 431 for too many header lines.
+    for raw in (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+                b"BREW / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n"):  # fmt: skip
+        with socket.create_connection(site.web.address, timeout=10) as s:
+            s.sendall(raw)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        head = answer.split(b"\r\n\r\n")[0].decode("latin-1")
+        assert head.split()[1] in ("501", "431"), head
+        names = {line.split(":")[0] for line in head.split("\r\n")[1:]}
+        assert set(SECURITY_HEADERS) <= names, head
+
+
+def test_without_prometheus_client_metrics_answers_501_naming_what_installs(site: Site) -> None:
+    site.web.metrics = None  # as when prometheus_client is not installed
+    status, headers, body = site.get("/metrics")
+    assert status == 501
+    assert b"pip install prometheus_client" in body and b"pynba[web]" not in body
+    assert all(name in headers for name in SECURITY_HEADERS)
+
+
+@pytest.mark.expect_pynba_errors
+def test_a_client_that_resets_its_connection_costs_one_line_not_a_traceback(
+    site: Site, capfd: pytest.CaptureFixture[str], pynba_log: Any
+) -> None:
+    for partial in (b"GET /api/scr", b""):
+        s = socket.create_connection(site.web.address, timeout=10)
+        s.sendall(partial)
+        time.sleep(0.05)
+        # SO_LINGER 0: close() sends a reset, not a FIN.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    time.sleep(0.3)
+    assert site.json("/api/config")["window"] == 900  # still serving
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    assert not pynba_log.problems  # a reset is not a problem of the collector
