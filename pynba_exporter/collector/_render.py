@@ -16,7 +16,7 @@ from pynba_exporter.collector._percentile import column
 from pynba_exporter.collector._server import Collector
 from pynba_exporter.collector._text import printable
 
-__all__ = ["ReportError", "render", "reports_json", "reports_text", "stored_report",
+__all__ = ["ReportError", "render", "reports_json", "reports_text", "stored_report", "unit",
            "write_reports"]  # fmt: skip
 
 _LABELS = {"invalid_by_reason": "invalid packets", "evicted_by_reason": "evicted records",
@@ -48,12 +48,33 @@ def _cell(value: Any) -> str:
     return printable("" if value is None else value)
 
 
+def unit(column: str) -> str:
+    """The unit of a report column, as pinba_engine's tables define them ("" for counts and
+    names): seconds for times, KB for traffic and memory, % for shares, per second for
+    rates."""
+    if column.endswith("_percent"):
+        return "%"
+    if column.startswith(("traffic", "memory_footprint", "kbytes")):
+        return "KB/s" if column.endswith("_per_sec") else "KB"
+    if column in ("req_per_sec", "hit_per_sec"):
+        return "/s"
+    if column.startswith(("req_time", "ru_utime", "ru_stime", "timer_", "time_")):
+        return "s/s" if column.endswith("_per_sec") else "s"
+    return ""
+
+
+def _header(column: str) -> str:
+    u = unit(column)
+    return f"{column} ({u})" if u else column
+
+
 def render(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
            top: int = 15) -> str:  # fmt: skip
-    """A report as an aligned text table (the first ``top`` rows); names that came from
-    packets are escaped (``printable``)."""
+    """A report as an aligned text table (the first ``top`` rows), each column header with
+    its unit (``req_time_total (s)``); names that came from packets are escaped
+    (``printable``)."""
     shown = [[_cell(row.get(c, "")) for c in columns] for row in rows[:top]]
-    columns = [printable(c) for c in columns]
+    columns = [printable(_header(c)) for c in columns]
     widths = [max([len(c)] + [len(r[i]) for r in shown]) for i, c in enumerate(columns)]
     total = getattr(rows, "total", len(rows))  # a report cut to its top rows knows its size
     lines = [f"{printable(title)} ({total} rows)"]
@@ -61,6 +82,11 @@ def render(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in shown)
     return "\n".join(lines)
+
+
+def _suffix(name: str) -> str:
+    u = unit(name)
+    return f" {u}" if u else ""
 
 
 def reports_text(
@@ -93,7 +119,7 @@ def reports_text(
         for tags in request_tags
     )  # fmt: skip
     info = a.info()
-    parts.append("info: " + ", ".join(f"{k}={_cell(v)}" for k, v in info.items()))
+    parts.append("info: " + ", ".join(f"{k}={_cell(v)}{_suffix(k)}" for k, v in info.items()))
     status = collector.status()
     by_reason = {k: status.pop(k) for k in list(status) if isinstance(status[k], dict)}
     parts.append("status: " + ", ".join(f"{k}={_cell(v)}" for k, v in status.items()))
