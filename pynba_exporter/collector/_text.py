@@ -43,17 +43,20 @@ def printable(value: object) -> str:
     )
 
 
-#: Characters of a name an HTTP endpoint shows or keeps at most (a cut name ends in "…").
+#: Characters of a name an HTTP endpoint shows or keeps at most (a cut name ends in "...").
 MAX_TEXT: Final = 256
-_MORE: Final = "\u2026"
+# ASCII, not an ellipsis character: one character above U+00FF makes Python store the whole
+# string, and every /metrics line holding it, at 2 bytes a character (a scrape's lines and
+# their join took twice the memory).
+_MORE: Final = "..."
 
 
 def cut(s: str) -> str:
-    """``s``, or its first characters and "…" when longer than :data:`MAX_TEXT` (a cut name
+    """``s``, or its first characters and "..." when longer than :data:`MAX_TEXT` (a cut name
     cut again is unchanged, so a name the page got back finds its script)."""
     if len(s) <= MAX_TEXT:
         return s
-    return s[: MAX_TEXT - 1] + _MORE
+    return s[: MAX_TEXT - len(_MORE)] + _MORE
 
 
 def label(s: str) -> str:
