@@ -6,9 +6,14 @@ pynba report --db FILE [--by script|server|host|status|schema|timer:TAGS|tag:TAG
 pynba decode FILE|-
 pynba demo [--http HOST:PORT] [--serve]
 
+pynba --version
+
 Names in packets are chosen by whoever sends them: every text output escapes their control and
 bidi characters (``printable``); JSON output is exact. SIGINT and SIGTERM stop the collector:
-it drains what the kernel holds, writes it, prints the final report and exits.
+it drains what the kernel holds, prints the final report (within 2 s), then lets the database
+writer finish (4 s at most; what it could not write is counted) and exits. Reports are printed
+only when something changed; numbers are checked as they are read (the subcommand's usage
+says what is wrong); a reader that goes away (``| head``) ends the command quietly, exit 0.
 """
 
 from __future__ import annotations
