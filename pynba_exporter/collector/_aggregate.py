@@ -211,8 +211,7 @@ class Aggregator:
                 by_status.setdefault(g.key[3], []).append(g)
             statuses = {(name, s): fold_requests(gs) for s, gs in by_status.items()}
             whole = fold_requests(fine)
-            t = live.totals
-            totals = (t.time / 1e9, t.utime / 1e9, t.stime / 1e9, t.traffic, t.footprint, t.count)
+            totals = self._reports.totals()
             timer_sums: dict[tuple[str, ...], dict[Any, Any]] = {}
             scan: list[tuple[str, ...]] = []
             for names in wanted:

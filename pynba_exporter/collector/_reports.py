@@ -138,6 +138,12 @@ class Reports:
         each report last merged into its ``<other>`` row."""
         return self.live.overflow_keys + sum(self.capped.values())
 
+    def totals(self) -> ReqSums:
+        """Under the lock: the sums of every request of the window, kept up to date (the same
+        integers as a fold of every group, without a pass over them)."""
+        t = self.live.totals
+        return (t.time / 1e9, t.utime / 1e9, t.stime / 1e9, t.traffic, t.footprint, t.count, [])
+
     def _cap(self, sums: dict[Any, Any], width: int, report: Any) -> dict[Any, Any]:
         """At most ``max_keys`` rows: the ones of least total time merged into ``<other>``."""
         if len(sums) <= self.max_keys:
@@ -183,7 +189,7 @@ class Reports:
     def _request_sums(
         self, keys: tuple[str, ...], folded: dict[Any, list[RequestGroup]], report: Any
     ) -> Any:
-        totals = fold_requests(list(self.live.fine.values()), values=False)
+        totals = self.totals()
         sums = {k: fold_requests(gs) for k, gs in folded.items()}
         return totals, self._cap(sums, len(keys), report)
 
