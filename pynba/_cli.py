@@ -7,14 +7,20 @@ pynba decode FILE|-
 pynba demo [--http HOST:PORT] [--serve]
 pynba run [--script NAME] [--tag K=V]... [--server ADDR] [--hostname H] [--server-name S] -- CMD...
 
+pynba --version
+
 Names in packets are chosen by whoever sends them: every text output escapes their control and
 bidi characters (``printable``); JSON output is exact. SIGINT and SIGTERM stop the collector:
-it drains what the kernel holds, writes it, prints the final report and exits.
+it drains what the kernel holds, prints the final report (within 2 s), then lets the database
+writer finish (4 s at most; what it could not write is counted) and exits. Reports are printed
+only when something changed; numbers are checked as they are read (the subcommand's usage
+says what is wrong); a reader that goes away (``| head``) ends the command quietly, exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -25,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from pynba import __version__
 from pynba_exporter.collector import (
     REPORTS,
     Collector,
@@ -46,6 +53,11 @@ __all__ = ["main"]
 BY: dict[str, str] = {spec.short: spec.table for spec in REPORTS}
 
 
+#: Seconds the database writer has after the final report to write what it still holds (a
+#: container runtime's grace is 10 s by default: drain, report and writer fit in it).
+STORE_STOP_SECONDS = 4.0
+
+
 class _Stopped(Exception):
     """SIGTERM or SIGINT arrived: leave the reporting loop now, not at the next interval."""
 
@@ -65,6 +77,43 @@ def _percentiles(text: str) -> tuple[float, ...]:
     if not values or not all(0 < v <= 100 for v in values):
         raise argparse.ArgumentTypeError(f"percentiles are between 0 and 100: {text!r}")
     return values
+
+
+def _positive(text: str) -> float:
+    """Seconds that must be more than 0 (``--window``, ``--interval``)."""
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    """Seconds that may be 0 (``--duration``: 0 is never)."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 1 (``--top``, ``--requests``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
+    return value
 
 
 def _size(text: str) -> int:
@@ -95,8 +144,9 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
         args.listen, window=args.window, percentiles=args.percentiles,
         max_bytes=args.max_memory, timer_tags=timer_tags, request_tags=request_tags,
     )  # fmt: skip
+    store = None
     if args.db:
-        collector.store = SqliteStore(
+        store = collector.store = SqliteStore(
             args.db, collector.aggregator, timer_tags=timer_tags, request_tags=request_tags,
             max_pending_bytes=args.max_queue,
         )  # fmt: skip
@@ -123,13 +173,17 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
                 web.start()
                 print(f"pynba collector: live page at {web.url}", file=sys.stderr, flush=True)
             deadline = time.monotonic() + args.duration if args.duration else math.inf
+            shown = _state(collector)  # an idle collector prints nothing until a packet comes
             while time.monotonic() < deadline:
                 report_at = min(deadline, time.monotonic() + args.interval)
                 # Short sleeps: a signal the kernel gave to another thread only sets a flag
                 # that this thread sees when it wakes, and it must act on it at once.
                 while (left := report_at - time.monotonic()) > 0:
                     time.sleep(min(left, 0.1))
-                write_reports(out, collector, timer_tags, request_tags, as_json=args.json)
+                state = _state(collector)
+                if state != shown:  # quiet when nothing changed
+                    shown = state
+                    write_reports(out, collector, timer_tags, request_tags, as_json=args.json)
         except (_Stopped, KeyboardInterrupt):
             pass
         finally:
@@ -138,12 +192,28 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
                 signal.signal(sig, signal.SIG_IGN)
             if web is not None:
                 web.stop()
-            collector.stop()
-        write_reports(out, collector, timer_tags, request_tags, as_json=args.json, final=True)
+            # The store is closed after the final report: with many distinct keys a rebuild
+            # of its report tables takes seconds, and the report must not wait for it.
+            if store is not None:
+                store.pause()
+            collector.stop(close_store=False)
+        try:
+            write_reports(out, collector, timer_tags, request_tags, as_json=args.json, final=True)
+        finally:
+            if store is not None:
+                # What the writer has not written by then is counted and logged.
+                store.close(timeout=STORE_STOP_SECONDS)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _state(collector: Collector) -> tuple[Any, ...]:
+    """What the reports show changes only if one of these does: packets received, requests
+    kept or gone, anything counted."""
+    status = collector.status()
+    return tuple(sorted((k, repr(v)) for k, v in status.items()))
 
 
 def _report_table(by: str) -> str | None:
@@ -238,47 +308,80 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pynba", description="Pinba for Python: collector and tools"
     )
+    parser.add_argument("--version", action="version", version=f"pynba {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("collect", help="run the collector and show live reports")
-    p.add_argument("--listen", default="127.0.0.1:30002", help="HOST:PORT (default %(default)s)")
+    p.add_argument(
+        "--listen", default="127.0.0.1:30002", metavar="HOST:PORT",
+        help="where to receive UDP packets: %(default)s ([::1]:PORT for IPv6; 0.0.0.0:PORT for"
+        " every interface, only when asked; port 0 takes a free one)",
+    )  # fmt: skip
     p.add_argument(
         "--http",
         metavar="HOST:PORT",
         help="serve a live page, its JSON API and /metrics there, e.g. 127.0.0.1:8080 "
         "(a bare PORT is on 127.0.0.1; other interfaces only when named)",
     )
-    p.add_argument("--db", help="keep raw data and reports in this SQLite file")
-    p.add_argument("--window", type=float, default=900.0, help="seconds of data kept (900)")
-    p.add_argument("--interval", type=float, default=5.0, help="seconds between reports (5)")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: never)")
     p.add_argument(
-        "--timer-tags", action="append", help="timer tags to report by, e.g. group,server"
-    )
-    p.add_argument("--request-tags", action="append", help="request tags to report by: user_type")
+        "--db", metavar="FILE",
+        help="keep raw data and reports in this SQLite file (a new or empty file, or one an"
+        " earlier pynba collect wrote; any other file is refused untouched)",
+    )  # fmt: skip
     p.add_argument(
-        "--percentiles", type=_percentiles, default=(95.0, 99.0), help="e.g. 90,99,99.9 (95,99)"
-    )
+        "--window", type=_positive, default=900.0, metavar="S",
+        help="seconds of requests the reports cover (900)",
+    )  # fmt: skip
     p.add_argument(
-        "--max-memory", type=_size, default=256 << 20,
+        "--interval", type=_positive, default=5.0, metavar="S",
+        help="seconds between two printed reports, printed only when something changed (5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--duration", type=_not_negative, default=0.0, metavar="S",
+        help="stop after S seconds (0: never)",
+    )  # fmt: skip
+    p.add_argument(
+        "--timer-tags", action="append", metavar="TAGS",
+        help="timer tags to report by, e.g. group,server; repeat for more reports"
+        " (group and group,server)",
+    )  # fmt: skip
+    p.add_argument(
+        "--request-tags", action="append", metavar="TAGS",
+        help="request tags to report by, e.g. user_type; repeat for more reports (none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--percentiles", type=_percentiles, default=(95.0, 99.0), metavar="LIST",
+        help="percentile columns, e.g. 90,99,99.9 (95,99)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-memory", type=_size, default=256 << 20, metavar="SIZE",
         help="bytes the window's requests and reports may hold: 256M (the oldest leave first)",
     )  # fmt: skip
     p.add_argument(
-        "--max-queue", type=_size, default=64 << 20,
+        "--max-queue", type=_size, default=64 << 20, metavar="SIZE",
         help="bytes of requests waiting for the database writer: 64M (beyond, not stored)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     p = sub.add_parser("report", help="print a report from a database the collector writes")
-    p.add_argument("--db", required=True)
+    p.add_argument(
+        "--db", required=True, metavar="FILE", help="a database pynba collect --db wrote"
+    )
     p.add_argument(
         "--by", default="script",
-        help=f"{', '.join(BY)}, timer:TAGS (timer tags) or tag:TAGS (request tags)",
+        help=f"{', '.join(BY)}, timer:TAGS (timer tags) or tag:TAGS (request tags)"
+        " (default: %(default)s)",
     )  # fmt: skip
-    p.add_argument("--top", type=int, default=30)
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--top", type=_count, default=30, metavar="N",
+        help="rows shown, those of most time first (%(default)s)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="every row as JSON instead of a table")
     p = sub.add_parser("decode", help="print a captured packet decoded")
     p.add_argument("file", help="a file holding one packet, or - for standard input")
     p = sub.add_parser("demo", help="collector, monitored app, traffic and reports, in seconds")
-    p.add_argument("--requests", type=int, default=300)
+    p.add_argument(
+        "--requests", type=_count, default=300, metavar="N",
+        help="HTTP requests sent to the demo app (%(default)s)",
+    )  # fmt: skip
     p.add_argument(
         "--http", metavar="HOST:PORT", default="127.0.0.1:0",
         help="where the live page is served while the demo runs (a free local port)",
@@ -312,8 +415,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     parser = _parser()
     args = parser.parse_args(argv)
-    if getattr(args, "window", 1) <= 0 or getattr(args, "interval", 1) <= 0:
-        parser.error("--window and --interval must be positive")
     try:
         if args.command == "collect":
             return cmd_collect(args, out)
@@ -326,6 +427,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 parser.error("run: no command given (pynba run [options] -- CMD ARGS...)")
             return cmd_run(args)
         return cmd_demo(args, out)
+    except BrokenPipeError:
+        # The reader went away (pynba report | head -1): what it wanted it has. Standard
+        # output goes to /dev/null so that Python's flush at exit does not fail again.
+        if out is sys.stdout:
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+        return 0
     except (CollectorError, PermissionError, ValueError, OSError) as exc:
         print(f"pynba {args.command}: {printable(exc)}", file=sys.stderr)
         return 2

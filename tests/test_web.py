@@ -10,10 +10,12 @@ import io
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from web_helpers import T0, Site, req
 
 from pynba._cli import main as cli
-from pynba_exporter import PinbaTimer, UdpTransport
+from pynba_exporter import PinbaTimer, UdpTransport, encode
 from pynba_exporter.collector import Collector, History, WebServer
 from pynba_exporter.collector._aggregate import Record, percentile
 from pynba_exporter.collector._http import parse_http_address
@@ -448,4 +450,191 @@ def test_metrics_escape_what_a_terminal_would_obey_and_stay_small(site: Site) ->
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     names = {labels["script_name"] for labels, _ in samples(text)["pinba_requests_total"]}
     assert "/e\\u001b]52;c;bad\\u0007\\u202eexe.png" in names
-    assert "/long/" + "x" * 250 in names  # cut: the counters outlive the window
+    assert "/long/" + "x" * 247 + "..." in names  # cut: the counters outlive the window
+
+
+def _strings(data: Any) -> Iterator[str]:
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(data, list):
+        for v in data:
+            yield from _strings(v)
+
+
+def test_long_names_leave_cut_and_what_metrics_keep_is_bounded_in_bytes() -> None:
+    # 60 KB names, each distinct, as script names and timer tags: with --max-memory 4M the
+    # window holds a few dozen, the counters (which outlive it) all of them.
+    c = Collector("127.0.0.1:0", max_bytes=4 << 20, clock=lambda: T0)
+    web = WebServer(c, "127.0.0.1:0", history=History(clock=lambda: T0))
+    metrics = web.metrics
+    assert metrics is not None
+    n = 400
+    for i in range(n):
+        big = f"{i:04d}" + "n" * 60_000
+        timers = [PinbaTimer({"group": big, "server": big, "x": big}, 0.001)]
+        c.handle([encode(req("/" + big, 0.01, timers=timers))])
+    body, _ = metrics.exposition()
+    families = list(text_string_to_metric_families(body.decode()))
+    label_sets = 0
+    for family in families:
+        for sample in family.samples:
+            label_sets += 1
+            assert all(len(v) <= 256 for v in sample.labels.values()), family.name
+    # Every line is one label set of at most 3 x 256 characters and its figures.
+    assert len(body) <= label_sets * 1200
+    # The label sets and the tag-set cache stay inside their share of the budget.
+    assert metrics.bytes <= metrics.max_bytes == (4 << 20) // 64
+    kept = sum(len(s) for key in metrics._requests for s in key)
+    kept += sum(len(s) for key in metrics._timers for s in key)
+    kept += sum(len(n) + len(v) for tags in metrics._tag_keys for n, v in tags)
+    assert kept <= metrics.max_bytes
+    # Past the budget, label sets are summed in <other>: no request is lost.
+    requests = sum(v for _, v in samples(body.decode())["pinba_requests_total"])
+    assert requests == n
+    # The JSON API cuts every string it sends the same way, and a cut name finds its script.
+    web.start()
+    try:
+        for path in ("/api/scripts", "/api/overview", "/api/timers", "/api/health"):
+            with urllib.request.urlopen(web.url.rstrip("/") + path, timeout=10) as r:
+                data = json.loads(r.read())
+            assert all(len(s) <= 256 for s in _strings(data)), path
+        with urllib.request.urlopen(web.url + "api/scripts", timeout=10) as r:
+            name = json.loads(r.read())["rows"][0]["script_name"]
+        assert len(name) == 256 and name.endswith("...")
+        query = urllib.parse.urlencode({"name": name})
+        with urllib.request.urlopen(web.url + "api/script?" + query, timeout=10) as r:
+            one = json.loads(r.read())
+        assert one["row"]["req_count"] == 1 and one["name"] == name
+        assert len(one["timers_by_group_server"]) == 1
+    finally:
+        web.stop()
+
+
+class _TimedLock:
+    """The aggregator's lock, noting the longest time it was held (outermost acquire to
+    release): what the receiving thread may wait for."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._since = 0.0
+        self.longest = 0.0
+
+    def __enter__(self) -> _TimedLock:
+        self._lock.acquire()
+        self._depth += 1
+        if self._depth == 1:
+            self._since = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.longest = max(self.longest, time.perf_counter() - self._since)
+        self._lock.release()
+
+
+def test_polling_script_pages_by_distinct_names_does_not_starve_the_receiver() -> None:
+    # 20,000 scripts in the window; 4 clients ask for a different script page each time (no
+    # answer can come from the cache) while packets arrive at 2,500 a second.
+    scripts = 20_000
+    c = Collector("127.0.0.1:0")
+    lock = c.aggregator._lock = _TimedLock()  # type: ignore[assignment]
+    c.handle([encode(req(f"/s{i}", 0.01)) for i in range(scripts)])
+    web = WebServer(c, "127.0.0.1:0")
+    c.start()
+    web.start()
+    stop = threading.Event()
+    answers: list[tuple[int, float]] = []
+
+    def poll(first: int) -> None:
+        i = first
+        while not stop.is_set():
+            started = time.monotonic()
+            url = web.url + "api/script?" + urllib.parse.urlencode({"name": f"/s{i % scripts}"})
+            with urllib.request.urlopen(url, timeout=30) as r:
+                r.read()
+                answers.append((r.status, time.monotonic() - started))
+            i += 7919
+
+    pollers = [threading.Thread(target=poll, args=(k,)) for k in range(4)]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for t in pollers:
+            t.start()
+        before = c.packets
+        lock.longest = 0.0
+        packet = encode(req("/live", 0.01))
+        sent = 0
+        for _ in range(100):  # 2,500 packets in about a second
+            for _ in range(25):
+                sock.sendto(packet, c.address)
+                sent += 1
+            time.sleep(0.01)
+        deadline = time.monotonic() + 20
+        while c.packets < before + sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+        for t in pollers:
+            t.join(timeout=30)
+    finally:
+        stop.set()
+        sock.close()
+        web.stop()
+        c.stop()
+    assert c.packets - before == sent  # every packet received
+    assert len(answers) >= 8 and {status for status, _ in answers} == {200}
+    # Each answer is quick, and the lock the receiving thread takes is never held long (an
+    # answer that folded every script's report held it for about a quarter of a second here).
+    assert max(took for _, took in answers) < 2.0
+    assert lock.longest < 0.1, lock.longest
+
+
+SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options",
+                    "Referrer-Policy")  # fmt: skip
+
+
+def test_answers_the_standard_library_writes_carry_the_security_headers(site: Site) -> None:
+    # 501 for a method the server does not serve, 431 for too many header lines.
+    for raw in (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+                b"BREW / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n"):  # fmt: skip
+        with socket.create_connection(site.web.address, timeout=10) as s:
+            s.sendall(raw)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        head = answer.split(b"\r\n\r\n")[0].decode("latin-1")
+        assert head.split()[1] in ("501", "431"), head
+        names = {line.split(":")[0] for line in head.split("\r\n")[1:]}
+        assert set(SECURITY_HEADERS) <= names, head
+
+
+def test_without_prometheus_client_metrics_answers_501_naming_what_installs(site: Site) -> None:
+    site.web.metrics = None  # as when prometheus_client is not installed
+    status, headers, body = site.get("/metrics")
+    assert status == 501
+    assert b"pip install prometheus_client" in body and b"pynba[web]" not in body
+    assert all(name in headers for name in SECURITY_HEADERS)
+
+
+@pytest.mark.expect_pynba_errors
+def test_a_client_that_resets_its_connection_costs_one_line_not_a_traceback(
+    site: Site, capfd: pytest.CaptureFixture[str], pynba_log: Any
+) -> None:
+    for partial in (b"GET /api/scr", b""):
+        s = socket.create_connection(site.web.address, timeout=10)
+        s.sendall(partial)
+        time.sleep(0.05)
+        # SO_LINGER 0: close() sends a reset, not a FIN.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    time.sleep(0.3)
+    assert site.json("/api/config")["window"] == 900  # still serving
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    assert not pynba_log.problems  # a reset is not a problem of the collector

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from collector_packets import raw_packet
 from web_helpers import T0, Site, req
 
 from pynba_exporter import PinbaTimer
@@ -360,6 +362,43 @@ def test_control_and_bidi_characters_show_as_escapes(site: Site, page: Page) -> 
     assert "/f\\u202egnp.exe" in shown
     assert "/bell\\u0007\\u001b[2J" in shown
     assert not any("\u202e" in s or "\x1b" in s for s in shown)
+
+
+def test_a_name_that_is_not_utf8_keeps_the_scripts_view_and_opens_its_page(
+    site: Site, page: Page
+) -> None:
+    # b"/\xff" decodes to "/\udcff": a lone surrogate, on which encodeURIComponent throws.
+    site.now = T0 + 1
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for script in (b"/\xff", b"/caf\xe9/\xed\xa0\x80x"):  # a byte; an encoded surrogate
+            sock.sendto(raw_packet(script, request_time=0.25), site.collector.address)
+    finally:
+        sock.close()
+    site.send(req("/ok", 0.1), req("/ok", 0.1))
+    site.now = T0 + 10
+    page.goto(site.url + "#/scripts")
+    page.locator("#scripts-table tbody tr").nth(2).wait_for()
+    assert set(first_column(page, "scripts-table")) == {
+        "/caf\\udce9/\\udced\\udca0\\udc80x", "/ok", "/\\udcff",
+    }  # fmt: skip
+    assert "cannot reach" not in (page.text_content("#updated") or "")
+    for name in ("/\\udcff", "/caf\\udce9/\\udced\\udca0\\udc80x"):
+        page.locator("#scripts-table a").filter(has_text=name).click()
+        page.wait_for_function(
+            "() => document.querySelector('[data-card=\"requests\"] .value')"
+            " && location.hash.startsWith('#/script/')"
+        )
+        assert page.text_content("#script-name") == name
+        page.locator('[data-card="requests"] .value').wait_for()
+        assert page.text_content('[data-card="requests"] .value') == "1"
+        assert "cannot reach" not in (page.text_content("#updated") or "")
+        # The address names it: reloaded, the page shows the same script.
+        page.reload()
+        page.locator('[data-card="requests"] .value').wait_for()
+        assert page.text_content("#script-name") == name
+        page.goto(site.url + "#/scripts")
+        page.locator("#scripts-table tbody tr").nth(2).wait_for()
 
 
 def drawn_text(page: Page) -> str:

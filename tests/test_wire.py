@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from collector_packets import raw_packet
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pinba_proto import Request as PbRequest
@@ -837,17 +838,33 @@ def test_a_tag_with_no_values_is_left_out() -> None:
 
 
 def _pure_only(data: bytes) -> Any:
+    saved = _decode._RUNTIME
+    _decode._RUNTIME = False  # as on a machine without the protobuf runtime
     try:
-        return _pure.decode_packet(data, 0)
-    except Exception:  # parse() reports any failure of the pure decoder as an invalid packet
-        return "invalid"
+        return _decode.parse(data)
+    except PinbaDecodeError as exc:  # the same verdict, and the same reason to count it under
+        return ("invalid", exc.kind, exc.reason)
+    finally:
+        _decode._RUNTIME = saved
 
 
 def _either(data: bytes) -> Any:
     try:
         return _decode.parse(data)
-    except PinbaDecodeError:
-        return "invalid"
+    except PinbaDecodeError as exc:
+        return ("invalid", exc.kind, exc.reason)
+
+
+def test_an_invalid_nested_request_has_one_reason_with_or_without_the_runtime() -> None:
+    # The runtime path used to give the nested request's own rule (invalid float) where the
+    # pure decoder gives "nested request 0: ..." (counted as an invalid nested request).
+    if not _decode._runtime():
+        pytest.skip("the protobuf runtime is not installed")
+    nested = raw_packet("/sub", [(1, float("nan"), [("group", "db")])])
+    packet = raw_packet("/parent", nested=[nested])
+    verdict = _either(packet)
+    assert verdict == _pure_only(packet)
+    assert verdict[:2] == ("invalid", "nested") and verdict[2].startswith("nested request 0: ")
 
 
 @given(requests, st.data())

@@ -14,10 +14,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from pynba_exporter.collector._live import OTHER, LiveReports
+from pynba_exporter.collector._live import OTHER, LiveReports, RequestGroup, TimerGroup
 from pynba_exporter.collector._percentile import column, percentile, percentiles
 from pynba_exporter.collector._record import Record, TimerRecord, first_values
-from pynba_exporter.collector._reports import REPORTS, REQUEST_REPORTS, Reports, ReportSpec
+from pynba_exporter.collector._reports import (
+    REPORTS,
+    REQUEST_REPORTS,
+    Reports,
+    ReportSpec,
+    fold_requests,
+    fold_timers,
+    scan_timers,
+)
+from pynba_exporter.collector._text import MAX_TEXT, cut
 from pynba_exporter.collector._window import Window, count
 
 __all__ = [
@@ -27,12 +36,22 @@ __all__ = [
     "Aggregator",
     "Record",
     "ReportSpec",
+    "Rows",
     "TimerRecord",
     "column",
     "first_values",
     "percentile",
     "percentiles",
 ]
+
+
+class Rows(list[dict[str, Any]]):
+    """A report's rows (a list of dicts); ``total``: how many rows the whole report has (more
+    than ``len`` when only the top rows were asked for)."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), total: int | None = None) -> None:
+        super().__init__(rows)
+        self.total = len(self) if total is None else total
 
 
 class Aggregator:
@@ -132,32 +151,102 @@ class Aggregator:
 
     # -- reports
 
-    def request_report(self, keys: Sequence[str]) -> list[dict[str, Any]]:
-        """One row per value of the record fields ``keys`` (pinba_engine's report_by_*)."""
+    def request_report(self, keys: Sequence[str], *, top: int | None = None) -> Rows:
+        """One row per value of the record fields ``keys`` (pinba_engine's report_by_*); with
+        ``top``, only the rows of most time (``total`` says how many the report has)."""
         keys = tuple(keys)
         with self._lock:
             self._window.expire(self.clock())
             sums = self._reports.request_sums(keys, self._window.records())
-        return self._reports.request_rows(keys, sums, self.interval(), full=True)
+        rows = self._reports.request_rows(keys, sums, self.interval(), full=True, top=top)
+        return Rows(rows, len(sums[1]))
 
-    def tag_report(self, tag_names: Sequence[str]) -> list[dict[str, Any]]:
-        """Requests grouped by the values of request tags ``tag_names``."""
+    def tag_report(self, tag_names: Sequence[str], *, top: int | None = None) -> Rows:
+        """Requests grouped by the values of request tags ``tag_names`` (``top``: as above)."""
         names = tuple(tag_names)
         with self._lock:
             self._window.expire(self.clock())
             sums = self._reports.tag_sums(names, self._window.records())
-        return self._reports.request_rows(names, sums, self.interval(), full=False)
+        rows = self._reports.request_rows(names, sums, self.interval(), full=False, top=top)
+        return Rows(rows, len(sums[1]))
 
     def timer_report(
-        self, tag_names: Sequence[str], *, per_script: bool = False
-    ) -> list[dict[str, Any]]:
+        self, tag_names: Sequence[str], *, per_script: bool = False, top: int | None = None
+    ) -> Rows:
         """Timers grouped by the values of ``tag_names`` (pinba_engine's tag_info; with
-        ``per_script``, tag_report): timers without one of the tags are left out."""
+        ``per_script``, tag_report): timers without one of the tags are left out (``top``: as
+        above)."""
         names = tuple(tag_names)
         with self._lock:
             self._window.expire(self.clock())
             sums = self._reports.timer_sums(names, self._window.records(), per_script=per_script)
-        return self._reports.timer_rows(names, sums, self.interval(), per_script)
+        return Rows(
+            self._reports.timer_rows(names, sums, self.interval(), per_script, top), len(sums)
+        )
+
+    def script_report(
+        self, name: str, timer_tags: Sequence[Sequence[str]] = (("group",), ("group", "server"))
+    ) -> dict[str, Any] | None:
+        """One script's report row, its rows by status, its timer rows per tag set of
+        ``timer_tags`` and its request times (sorted); None when the window holds none of it.
+        ``name`` matches a script whose name is ``name`` or cuts to it (``cut``: the names an
+        HTTP endpoint showed).
+
+        For the web page, asked for by name at any rate: the lock is held only to pick the
+        script's own groups (a pass over the group keys) and copy them; rows and percentiles
+        are made outside it, and no report of every script is built (with 100,000 scripts in
+        the window that took seconds, with the receiving thread waiting)."""
+        wanted = tuple(tuple(t) for t in timer_tags)
+        live = self._live
+        with self._lock:
+            self._window.expire(self.clock())
+            if len(name) < MAX_TEXT:  # not cut: one comparison per group, in C mostly
+                fine = [g for key, g in live.fine.items() if key[2] == name]
+            else:
+                fine = [g for key, g in live.fine.items() if cut(key[2]) == name]
+            if not fine:
+                return None
+            by_status: dict[Any, list[RequestGroup]] = {}
+            for g in fine:
+                by_status.setdefault(g.key[3], []).append(g)
+            statuses = {(name, s): fold_requests(gs) for s, gs in by_status.items()}
+            whole = fold_requests(fine)
+            totals = self._reports.totals()
+            timer_sums: dict[tuple[str, ...], dict[Any, Any]] = {}
+            scan: list[tuple[str, ...]] = []
+            for names in wanted:
+                if names in live.timer_tags:
+                    table = live.timers[live.timer_tags.index(names)]
+                    folded: dict[Any, list[TimerGroup]] = {}
+                    for key, tg in table.items():
+                        if cut(key[0]) == name:
+                            folded.setdefault((name, *key[1:]), []).append(tg)
+                    timer_sums[names] = {k: fold_timers(gs) for k, gs in folded.items()}
+                else:
+                    scan.append(names)
+            records = list(self._window.records()) if scan else []
+        # Outside the lock: tag sets that are not kept up to date, from the script's records.
+        mine = [r for r in records if cut(r.script_name) == name]
+        for names in scan:
+            timer_sums[names] = {
+                (name, *k[1:]): fold_timers([g]) for k, g in scan_timers(names, mine).items()
+            }
+        interval = self.interval()
+        reports = self._reports
+        (row,) = reports.request_rows(
+            ("script_name",), (totals, {(name,): whole}), interval, full=True
+        )
+        return {
+            "row": row,
+            "statuses": reports.request_rows(
+                ("script_name", "status"), (totals, statuses), interval, full=True
+            ),
+            "timers": {
+                names: reports.timer_rows(names, sums, interval, True)
+                for names, sums in timer_sums.items()
+            },
+            "times": sorted(whole[6]),
+        }
 
     def info(self) -> dict[str, Any]:
         """pinba_engine's ``info``: totals of the window."""
@@ -189,7 +278,7 @@ class Aggregator:
                 "invalid_by_reason": dict(self.invalid),
                 "evicted_records": self.evicted,
                 "evicted_by_reason": dict(w.evicted_by),
-                "overflow_keys": self._live.overflow_keys,
+                "overflow_keys": self._reports.overflow,
                 "dictionary_size": len(w.words),
                 "dictionary_bytes": w.dictionary_bytes,
                 "window_bytes": w.bytes,

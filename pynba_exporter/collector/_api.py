@@ -17,6 +17,7 @@ from typing import Any, Final
 from pynba_exporter.collector._history import History
 from pynba_exporter.collector._percentile import percentile
 from pynba_exporter.collector._server import Collector
+from pynba_exporter.collector._text import cut
 from pynba_exporter.log import internal_errors
 
 __all__ = ["config", "dumps", "health", "overview", "script", "scripts", "tags", "timers"]
@@ -25,21 +26,25 @@ _HISTOGRAM_BINS: Final = 24
 _TOP_NAMES: Final = 50  # hosts and servers listed on the overview
 
 
-def _finite(value: Any) -> Any:
-    # JSON has no NaN or infinity (JSON.parse refuses them): they become null.
+def _safe(value: Any) -> Any:
+    # JSON has no NaN or infinity (JSON.parse refuses them): they become null. Every string is
+    # cut (a page of 8,000 names of 60 KB would be half a gigabyte).
+    if isinstance(value, str):
+        return cut(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {cut(str(k)): _safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [_safe(v) for v in value]
     return value
 
 
 def dumps(data: Any) -> bytes:
-    """JSON text safe to serve whatever the strings hold: ASCII only, and ``<``, ``>``, ``&``
-    escaped so that no browser can read a response as markup."""
-    text = json.dumps(_finite(data), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    """JSON text safe to serve whatever the strings hold: every string cut to ``MAX_TEXT``
+    characters, ASCII only, and ``<``, ``>``, ``&`` escaped so that no browser can read a
+    response as markup. The one way every API answer leaves."""
+    text = json.dumps(_safe(data), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     # These three characters only ever occur inside JSON strings, where \\uXXXX means the same.
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return text.encode("ascii")
@@ -153,37 +158,30 @@ def _histogram(times: list[float]) -> list[dict[str, Any]]:
 def script(collector: Collector, name: str) -> dict[str, Any] | None:
     """One script: its report row, request-time histogram, statuses and timers (by ``group``
     and by ``group`` and ``server``) with hits and time per request and share of its time.
-    None when the window holds no request of that script."""
-    aggregator = collector.aggregator
-    row = next(
-        (r for r in aggregator.request_report(("script_name",)) if r["script_name"] == name),
-        None,
-    )
-    if row is None:
+    ``name`` as the API gave it (cut when long). None when the window holds no request of that
+    script. Only the script's own groups are read (``Aggregator.script_report``)."""
+    found = collector.aggregator.script_report(name, (("group",), ("group", "server")))
+    if found is None:
         return None
-    times = sorted(r.req_time for r in aggregator.records() if r.script_name == name)
+    row, times = found["row"], found["times"]
     statuses = [
         {
             "status": r["status"],
             "req_count": r["req_count"],
             "req_time_median": r["req_time_median"],
         }
-        for r in aggregator.request_report(("script_name", "status"))
-        if r["script_name"] == name
+        for r in found["statuses"]
     ]
     statuses.sort(key=lambda r: -r["req_count"])
     count, total = row["req_count"], row["req_time_total"]
 
     def timer_rows(tag_names: tuple[str, ...]) -> list[dict[str, Any]]:
-        rows = []
-        for t in aggregator.timer_report(tag_names, per_script=True):
-            if t["script_name"] != name:
-                continue
+        rows = found["timers"][tag_names]
+        for t in rows:
             t["hits_per_request"] = t["hit_count"] / count if count else 0.0
             t["time_per_request"] = t["timer_value"] / count if count else 0.0
             t["time_percent"] = 100.0 * t["timer_value"] / total if total else 0.0
-            rows.append(t)
-        return rows
+        return list(rows)
 
     return {
         "time": collector.clock(),

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +56,10 @@ _CSP: Final = (
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _JSON: Final = "application/json"
+_NO_METRICS: Final = (
+    b"/metrics needs the prometheus_client package: pip install prometheus_client\n"
+    b"(in a checkout of this project: pip install -e '.[web]')\n"
+)
 #: An answer is reused for this many times as long as it took to make (whoever asks): with a
 #: big window, polling tabs cost at most about a sixth of a core, and the receiving thread keeps
 #: the rest. Answers made in milliseconds are hardly reused at all.
@@ -103,7 +109,10 @@ def _static(name: str) -> bytes:
 
 
 def _script(web: WebServer, names: list[str] | None) -> tuple[int, bytes, str]:
-    data = _api.script(web.collector, names[0]) if names else None
+    # One script answer is made at a time, whatever the number of clients asking for distinct
+    # names (each is quick, but several at once would take turns with the receiving thread).
+    with web.script_lock:
+        data = _api.script(web.collector, names[0]) if names else None
     if data is None:
         return 404, _api.dumps({"error": "no such script in the window"}), _JSON
     return 200, _api.dumps(data), _JSON
@@ -112,6 +121,20 @@ def _script(web: WebServer, names: list[str] | None) -> tuple[int, bytes, str]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     web: WebServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr for any exception out of a handler; a
+        # client that resets its connection (before or while its request is read) is not a
+        # bug: one line, to the pynba logger like every other problem of the collector.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            errors.log(
+                ("web", "connection", type(exc).__name__),
+                f"pynba web page: a connection from {client_address[0]} ended: {exc}",
+                level=logging.INFO if isinstance(exc, ConnectionError) else logging.WARNING,
+            )
+        else:
+            errors.log(("web", type(exc).__name__), f"pynba web page: {exc!r}", exc_info=exc)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -124,14 +147,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # a page polled every few seconds would flood the terminal
 
-    def _send(self, status: int, body: bytes, content_type: str, *, cache: bool = False) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+    def end_headers(self) -> None:
+        # Here, not in _send: the answers the standard library writes itself (501 for an
+        # unsupported method, 400 for a malformed request line) carry them too.
         self.send_header("Content-Security-Policy", _CSP)
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("X-Frame-Options", "DENY")
         self.send_header("Referrer-Policy", "no-referrer")
+        super().end_headers()
+
+    def _send(self, status: int, body: bytes, content_type: str, *, cache: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "max-age=60" if cache else "no-store")
         self.end_headers()
         if self.command != "HEAD":
@@ -157,12 +185,16 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/metrics":
                 metrics = web.metrics
                 if metrics is None:
-                    text = b"/metrics needs prometheus_client: pip install 'pynba[web]'\n"
+                    # Not "pynba[web]": the pynba on the package index is the old predecessor.
+                    text = _NO_METRICS
                     self._send(HTTPStatus.NOT_IMPLEMENTED, text, "text/plain; charset=utf-8")
                 else:
                     self._send(*web.cached(path, lambda: (200, *metrics.exposition())))
             elif path == "/api/script":
-                names = parse_qs(url.query, keep_blank_values=True).get("name")
+                # surrogatepass: the page writes a name's undecodable bytes (lone surrogates,
+                # U+DC80..U+DCFF) as the UTF-8 form of their code unit, read back exactly here.
+                query = parse_qs(url.query, keep_blank_values=True, errors="surrogatepass")
+                names = query.get("name")
                 self._send(*web.cached(f"script {names!r}", lambda: _script(web, names)))
             elif path in web.views:
                 view = web.views[path]
@@ -221,6 +253,7 @@ class WebServer:
         self._cache_lock = threading.Lock()
         self._making: dict[str, threading.Lock] = {}
         self._allowed_hosts: frozenset[str] = frozenset()
+        self.script_lock = threading.Lock()
 
     @property
     def address(self) -> tuple[str, int]:

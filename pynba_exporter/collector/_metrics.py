@@ -16,7 +16,8 @@ Gauges over the reports' window: ``pinba_window_request_time_seconds`` (labels `
 ``pinba_collector_records``, ``pinba_collector_memory_bytes`` and its bound,
 ``pinba_collector_window_seconds``.
 
-Label cardinality is bounded by the collector's own limit (``max_keys``): label sets past it are
+Label cardinality is bounded by the collector's own limit (``max_keys``) and in bytes (a
+sixty-fourth of its ``max_bytes``, label values cut to 256 characters): label sets past either are
 summed under ``<other>`` values. Names that are not UTF-8 show U+FFFD where bytes were invalid.
 """
 
@@ -34,23 +35,36 @@ from prometheus_client.registry import CollectorRegistry
 from pynba_exporter.collector._live import OTHER
 from pynba_exporter.collector._record import Record
 from pynba_exporter.collector._server import Collector
+from pynba_exporter.collector._text import cut, label
 
 __all__ = ["PrometheusMetrics"]
 
 _REQUEST_LABELS: Final = ("script_name", "status", "server_name")
+#: The counters of a request label set, in the order of its row.
+_REQUEST_FAMILIES: Final = (
+    ("pinba_requests", "Requests received"),
+    ("pinba_request_time_seconds", "Request time"),
+    ("pinba_request_ru_utime_seconds", "User CPU time"),
+    ("pinba_request_ru_stime_seconds", "System CPU time"),
+    ("pinba_request_document_bytes", "Response body bytes"),
+)
+_TIMER_FAMILIES: Final = (
+    ("pinba_timer_hits", "Timer hits"),
+    ("pinba_timer_seconds", "Time measured by timers"),
+)
 _TIMER_LABELS: Final = ("group", "server")
 
 
-_TAG_SETS: Final = 4096  # timer tag sets whose label values are remembered
-_SMALL_TAG_SET: Final = 16  # larger tag sets (a tag bomb) are looked at, never remembered
-#: Label values are cut to this many characters: the counters live as long as the collector,
-#: so what they hold must stay small whatever the packets carry (names of kilobytes).
-_MAX_LABEL: Final = 256
+#: Bytes a label set costs besides its strings (the key tuple, its row list, the dict slot).
+_ROW_BYTES: Final = 300
+#: Characters of a timer tag set whose (group, server) is remembered: larger ones (a tag bomb,
+#: 60 KB tag values) are looked at, never kept alive by the cache.
+_SMALL_TAG_SET: Final = 256
 _UNSET: Final[Any] = object()
 
 
 def _timer_key(tags: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
-    """A timer's (group, server) labels; None without a group tag. The first value of a
+    """A timer's (group, server) labels, cut; None without a group tag. The first value of a
     repeated tag name wins, as in pinba2."""
     group = server = None
     for name, value in tags:
@@ -60,18 +74,11 @@ def _timer_key(tags: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
             server = value
     if group is None:
         return None
-    return group[:_MAX_LABEL], (server or "")[:_MAX_LABEL]
+    return cut(group), cut(server or "")
 
 
-def _text(s: str) -> str:
-    # Packet strings keep invalid UTF-8 as lone surrogates, which the exposition cannot encode.
-    s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if s.isprintable():
-        return s
-    # /metrics is text people read on terminals too: control and bidi characters are written
-    # as escapes, as in every text output of the collector; newlines, backslashes and quotes
-    # are the format's own to escape, and a parser gives them back exactly.
-    return "".join(c if c.isprintable() or c == "\n" else f"\\u{ord(c):04x}" for c in s)
+def _cost(key: tuple[str, ...]) -> int:
+    return _ROW_BYTES + sum(len(s) for s in key)
 
 
 class PrometheusMetrics(_PromCollector):
@@ -79,33 +86,44 @@ class PrometheusMetrics(_PromCollector):
     exposes them with the health and window gauges. ``registry`` is a fresh
     :class:`CollectorRegistry` holding only these metrics (``generate_latest(m.registry)``)."""
 
-    def __init__(self, collector: Collector, max_keys: int | None = None) -> None:
+    def __init__(
+        self, collector: Collector, max_keys: int | None = None, max_bytes: int | None = None
+    ) -> None:
         self.collector = collector
         self.max_keys = collector.aggregator.max_keys if max_keys is None else max_keys
+        #: Estimated bytes the label sets and the tag-set cache may hold: a sixty-fourth of the
+        #: collector's budget. They live as long as the collector, past every window, and one
+        #: scrape writes each label set 5 times, making it at about 7 times its size (a 3.3 MB
+        #: exposition peaked at 22 MB more): 4 MB of label sets by default, 10,000 short ones.
+        self.max_bytes = collector.aggregator.max_bytes // 64 if max_bytes is None else max_bytes
+        self.bytes = 0  # estimated bytes of the label sets
         self._lock = threading.Lock()
         # (script, status, server) -> [count, time, utime, stime, bytes]
         self._requests: dict[tuple[str, str, str], list[float]] = {}
         self._timers: dict[tuple[str, str], list[float]] = {}  # (group, server) -> [hits, s]
         self._tag_keys: dict[tuple[tuple[str, str], ...], tuple[str, str] | None] = {}
+        self._tag_bytes = 0
         self.overflow = 0  # label sets counted under <other> for want of room
         collector.listeners.append(self.add)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
+
+    def _room(self, size: int, count: int) -> bool:
+        """Whether a new label set of ``size`` bytes fits (one set stays for <other>)."""
+        return count < self.max_keys - 1 and self.bytes + size <= self.max_bytes
 
     def add(self, records: Sequence[Record]) -> None:
         """Count a batch of records (the collector's receiving thread calls it)."""
         with self._lock:
             requests, timers, keys = self._requests, self._timers, self._tag_keys
             for r in records:
-                script, server = r.script_name, r.server_name
-                if len(script) > _MAX_LABEL:
-                    script = script[:_MAX_LABEL]
-                if len(server) > _MAX_LABEL:
-                    server = server[:_MAX_LABEL]
-                key = (script, str(r.status), server)
+                key = (cut(r.script_name), str(r.status), cut(r.server_name))
                 row = requests.get(key)
                 if row is None:
-                    if len(requests) >= self.max_keys - 1:
+                    size = _cost(key)
+                    if self._room(size, len(requests)):
+                        self.bytes += size
+                    else:
                         self.overflow += 1
                         key = (OTHER, OTHER, OTHER)
                         row = requests.get(key)
@@ -121,15 +139,15 @@ class PrometheusMetrics(_PromCollector):
                     tkey = keys.get(tags, _UNSET)
                     if tkey is _UNSET:
                         tkey = _timer_key(tags)
-                        if len(tags) <= _SMALL_TAG_SET:
-                            if len(keys) >= _TAG_SETS:
-                                keys.clear()
-                            keys[tags] = tkey
+                        self._remember(tags, tkey)
                     if tkey is None:
                         continue
                     trow = timers.get(tkey)
                     if trow is None:
-                        if len(timers) >= self.max_keys - 1:
+                        size = _cost(tkey)
+                        if self._room(size, len(timers)):
+                            self.bytes += size
+                        else:
                             self.overflow += 1
                             tkey = (OTHER, OTHER)
                             trow = timers.get(tkey)
@@ -137,6 +155,18 @@ class PrometheusMetrics(_PromCollector):
                             trow = timers[tkey] = [0, 0.0]
                     trow[0] += hits
                     trow[1] += value
+
+    def _remember(self, tags: tuple[tuple[str, str], ...], tkey: tuple[str, str] | None) -> None:
+        """Cache a small tag set's labels, within a quarter of the byte budget."""
+        chars = sum(len(n) + len(v) for n, v in tags)
+        if chars > _SMALL_TAG_SET:
+            return
+        size = _ROW_BYTES + chars
+        if self._tag_bytes + size > self.max_bytes // 4:
+            self._tag_keys.clear()
+            self._tag_bytes = 0
+        self._tag_keys[tags] = tkey
+        self._tag_bytes += size
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in the Prometheus text format, and its content type."""
@@ -149,36 +179,22 @@ class PrometheusMetrics(_PromCollector):
         with self._lock:
             requests = {k: list(v) for k, v in self._requests.items()}
             timers = {k: list(v) for k, v in self._timers.items()}
-        families = [
-            CounterMetricFamily("pinba_requests", "Requests received", labels=_REQUEST_LABELS),
-            CounterMetricFamily(
-                "pinba_request_time_seconds", "Request time", labels=_REQUEST_LABELS
-            ),
-            CounterMetricFamily(
-                "pinba_request_ru_utime_seconds", "User CPU time", labels=_REQUEST_LABELS
-            ),
-            CounterMetricFamily(
-                "pinba_request_ru_stime_seconds", "System CPU time", labels=_REQUEST_LABELS
-            ),
-            CounterMetricFamily(
-                "pinba_request_document_bytes", "Response body bytes", labels=_REQUEST_LABELS
-            ),
-        ]
-        for key, row in sorted(requests.items()):
-            labels = [_text(v) for v in key]
-            for family, value in zip(families, row):
-                family.add_metric(labels, value)
-        yield from families
-        hits = CounterMetricFamily("pinba_timer_hits", "Timer hits", labels=_TIMER_LABELS)
-        seconds = CounterMetricFamily(
-            "pinba_timer_seconds", "Time measured by timers", labels=_TIMER_LABELS
-        )
-        for tkey, trow in sorted(timers.items()):
-            labels = [_text(v) for v in tkey]
-            hits.add_metric(labels, trow[0])
-            seconds.add_metric(labels, trow[1])
-        yield hits
-        yield seconds
+        # One family at a time, each made when the exposition asks for it: a family holds an
+        # object per sample, and five of them at once cost several times the text they make.
+        request_labels = [([label(v) for v in key], row) for key, row in sorted(requests.items())]
+        for i, (name, doc) in enumerate(_REQUEST_FAMILIES):
+            family = CounterMetricFamily(name, doc, labels=_REQUEST_LABELS)
+            for labels, row in request_labels:
+                family.add_metric(labels, row[i])
+            yield family
+        del request_labels
+        timer_labels = [([label(v) for v in key], row) for key, row in sorted(timers.items())]
+        for i, (name, doc) in enumerate(_TIMER_FAMILIES):
+            family = CounterMetricFamily(name, doc, labels=_TIMER_LABELS)
+            for labels, row in timer_labels:
+                family.add_metric(labels, row[i])
+            yield family
+        del timer_labels
         yield from self._window()
         yield from self._health()
 
@@ -194,7 +210,7 @@ class PrometheusMetrics(_PromCollector):
             labels=["script_name", "quantile"],
         )
         for row in rows:
-            name = _text(str(row["script_name"]))
+            name = label(str(row["script_name"]))
             count.add_metric([name], row["req_count"])
             quantiles.add_metric([name, "0.5"], row["req_time_median"])
             for p in aggregator.percentiles:

@@ -16,7 +16,7 @@ from pynba_exporter.collector._percentile import column
 from pynba_exporter.collector._server import Collector
 from pynba_exporter.collector._text import printable
 
-__all__ = ["ReportError", "render", "reports_json", "reports_text", "stored_report",
+__all__ = ["ReportError", "render", "reports_json", "reports_text", "stored_report", "unit",
            "write_reports"]  # fmt: skip
 
 _LABELS = {"invalid_by_reason": "invalid packets", "evicted_by_reason": "evicted records",
@@ -48,18 +48,45 @@ def _cell(value: Any) -> str:
     return printable("" if value is None else value)
 
 
+def unit(column: str) -> str:
+    """The unit of a report column, as pinba_engine's tables define them ("" for counts and
+    names): seconds for times, KB for traffic and memory, % for shares, per second for
+    rates."""
+    if column.endswith("_percent"):
+        return "%"
+    if column.startswith(("traffic", "memory_footprint", "kbytes")):
+        return "KB/s" if column.endswith("_per_sec") else "KB"
+    if column in ("req_per_sec", "hit_per_sec"):
+        return "/s"
+    if column.startswith(("req_time", "ru_utime", "ru_stime", "timer_", "time_")):
+        return "s/s" if column.endswith("_per_sec") else "s"
+    return ""
+
+
+def _header(column: str) -> str:
+    u = unit(column)
+    return f"{column} ({u})" if u else column
+
+
 def render(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
            top: int = 15) -> str:  # fmt: skip
-    """A report as an aligned text table (the first ``top`` rows); names that came from
-    packets are escaped (``printable``)."""
+    """A report as an aligned text table (the first ``top`` rows), each column header with
+    its unit (``req_time_total (s)``); names that came from packets are escaped
+    (``printable``)."""
     shown = [[_cell(row.get(c, "")) for c in columns] for row in rows[:top]]
-    columns = [printable(c) for c in columns]
+    columns = [printable(_header(c)) for c in columns]
     widths = [max([len(c)] + [len(r[i]) for r in shown]) for i, c in enumerate(columns)]
-    lines = [f"{printable(title)} ({len(rows)} rows)"]
+    total = getattr(rows, "total", len(rows))  # a report cut to its top rows knows its size
+    lines = [f"{printable(title)} ({total} rows)"]
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in shown)
     return "\n".join(lines)
+
+
+def _suffix(name: str) -> str:
+    u = unit(name)
+    return f" {u}" if u else ""
 
 
 def reports_text(
@@ -71,26 +98,28 @@ def reports_text(
     """The collector's reports as text tables, then its ``info`` and ``status``."""
     a = collector.aggregator
     ps = a.percentiles
+    # Only the rows shown are made (percentiles of 30,000 rows for 15 shown took seconds, and
+    # the final report at a stop must come at once).
     parts = [
-        render("requests by script", a.request_report(("script_name",)),
+        render("requests by script", a.request_report(("script_name",), top=top),
                ["script_name", *_request_columns(ps)], top),
-        render("requests by status", a.request_report(("status",)),
+        render("requests by status", a.request_report(("status",), top=top),
                ["status", "req_count", "req_per_sec", "req_time_median",
                 *(column("req_time", p) for p in ps)], top),
     ]  # fmt: skip
     parts.extend(
-        render(f"timers by {','.join(tags)}", a.timer_report(tags),
+        render(f"timers by {','.join(tags)}", a.timer_report(tags, top=top),
                [*tags, *_timer_columns(ps)], top)
         for tags in timer_tags
     )  # fmt: skip
     parts.extend(
-        render(f"requests by tag {','.join(tags)}", a.tag_report(tags),
+        render(f"requests by tag {','.join(tags)}", a.tag_report(tags, top=top),
                [*tags, "req_count", "req_per_sec", "req_time_total", "req_time_median",
                 *(column("req_time", p) for p in ps)], top)
         for tags in request_tags
     )  # fmt: skip
     info = a.info()
-    parts.append("info: " + ", ".join(f"{k}={_cell(v)}" for k, v in info.items()))
+    parts.append("info: " + ", ".join(f"{k}={_cell(v)}{_suffix(k)}" for k, v in info.items()))
     status = collector.status()
     by_reason = {k: status.pop(k) for k in list(status) if isinstance(status[k], dict)}
     parts.append("status: " + ", ".join(f"{k}={_cell(v)}" for k, v in status.items()))

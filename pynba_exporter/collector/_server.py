@@ -206,9 +206,11 @@ class Collector:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, close_store: bool = True) -> None:
         """Stop receiving, take in what the kernel already holds (for up to ``DRAIN_SECONDS``;
-        what is left then is counted in ``unread_at_stop``), write it, close."""
+        what is left then is counted in ``unread_at_stop``), write it, close. With
+        ``close_store`` False the store is left to the caller to close (``pynba collect``
+        prints the final report first, then lets the writer finish)."""
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop.set()
@@ -218,7 +220,7 @@ class Collector:
             if thread is not None:
                 self._drain(sock)
             sock.close()
-        if self.store is not None:
+        if self.store is not None and close_store:
             self.store.close()
 
     def _drain(self, sock: socket.socket) -> None:

@@ -20,10 +20,12 @@ collector, the collector never blocks readers. Report tables are rebuilt every
 ``reports_interval`` seconds.
 
 Every record that does not reach the database is counted in ``dropped_by`` by reason (``queue
-full``, ``database locked``, ``database full``, ``write failed``), the real SQLite error is
-logged (once a minute per reason), and the writer keeps trying with the next batch. The store
-refuses a database holding tables it does not own: it would rewrite ``info`` and ``status``
-and switch the file to WAL.
+full``, ``database locked``, ``database full``, ``write failed``, ``database deleted``, ``not
+written at stop``), the
+real SQLite error is logged (once a minute per reason), and the writer keeps trying with the
+next batch. A file is the collector's only if it is new or empty, or carries its
+``application_id``: any other is refused before anything is written into it (checked through a
+read-only connection), so it is left byte-identical.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -48,11 +51,6 @@ __all__ = ["APPLICATION_ID", "SqliteStore", "StoreError", "report_table"]
 
 #: ``PRAGMA application_id`` of the databases the collector writes ("PYNB").
 APPLICATION_ID: Final = 0x50594E42
-
-# The tables a collector writes: a file holding any other is not ours to rewrite.
-_OURS: Final = re.compile(
-    r"(request|timer|timertag|tag|info|status|report_by_\w+|tag_info_\w+|tag_report_\w+)"
-)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS request (
@@ -75,14 +73,88 @@ _PREFIX: Final = {"invalid_by_reason": "invalid_packets", "evicted_by_reason": "
 
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 
+#: Why records the writer had no time left for at stop are counted as dropped.
+LATE: Final = "not written at stop"
+
 
 def report_table(kind: str, tag_names: Sequence[str]) -> str:
     """The table of a timer report: ``tag_info_group_server``, ``tag_report_group``..."""
     return f"{kind}_" + "_".join(_IDENT.sub("_", name) for name in tag_names)
 
 
+class _CutShort(Exception):
+    """A rebuild of the report tables stopped by :meth:`SqliteStore.pause` or a late close."""
+
+
 class StoreError(PermissionError):
     """A database the store cannot or must not write."""
+
+
+def _check_directory(path: str) -> None:
+    """The directory of ``path`` exists and takes new files (the database's WAL and shared
+    memory files are created next to it): else a :class:`StoreError` saying which it is."""
+    directory = os.path.dirname(os.path.abspath(path))
+    what = f"cannot write the database {printable(path)!r}"
+    if not os.path.exists(directory):
+        raise StoreError(f"{what}: the directory {printable(directory)} does not exist")
+    if not os.path.isdir(directory):
+        raise StoreError(f"{what}: {printable(directory)} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"{what}: the directory {printable(directory)} is read-only (the database needs"
+            " its WAL file next to it)"
+        )
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise StoreError(f"{what}: the file is read-only")
+
+
+def _check_ours(path: str) -> None:
+    """Refuse a file that is not the collector's: it is ours only if it does not exist, is
+    empty, or carries :data:`APPLICATION_ID`. Only read, through a read-only connection, so a
+    refused file is left byte-identical (tables named like ours prove nothing: a foreign
+    ``status`` or ``info`` table would be dropped and rewritten)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return  # new, or an empty file: SQLite makes it a database
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot read the database {printable(path)!r}: {exc}") from None
+    refused = f"{printable(path)!r} is not a pynba collector database"
+    advice = ": refusing to write into it; give --db a new file"
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the database {printable(path)!r}: {exc}") from None
+    try:
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        if app_id == APPLICATION_ID:
+            return
+        tables = [r[0] for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        )]  # fmt: skip
+    except sqlite3.DatabaseError as exc:  # not a database at all (or a damaged one)
+        raise StoreError(f"{refused} ({exc}){advice}") from None
+    finally:
+        db.close()
+    if app_id:
+        raise StoreError(f"{refused} (application id {app_id:#x}){advice}")
+    if tables:
+        shown = ", ".join(map(printable, tables[:5])) + (", ..." if len(tables) > 5 else "")
+        raise StoreError(f"{refused} (it holds {shown}){advice}")
+    # A SQLite file without a table and without an id: nothing in it to lose.
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file's (device, inode): when it changes or goes, writes would go nowhere."""
+    if path == ":memory:":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _reason(exc: sqlite3.Error) -> str:
@@ -162,6 +234,8 @@ class SqliteStore:
         self._tags_text: dict[tuple[tuple[str, str], ...], str] = {}
         self._tag_rows: dict[tuple[tuple[str, str], ...], list[tuple[int, str]]] = {}
         self._tag_generation = 0
+        self._late = False  # close() ran out of time: what is left is counted, not written
+        self._paused = False  # pause(): no report rebuild until close()
         last = self._open(path, busy_timeout, max_db_bytes)
         self._base = last - aggregator.serial
         self._lock = threading.Lock()
@@ -172,17 +246,19 @@ class SqliteStore:
     def _open(self, path: str, busy_timeout: float, max_db_bytes: int) -> int:
         """Open the database, and return the last request id an earlier run left in it."""
         # Opened from __init__: an unwritable path is an error of the caller, not of a thread.
-        directory = os.path.dirname(os.path.abspath(path)) if path != ":memory:" else "."
-        if not os.access(directory, os.W_OK):
-            raise StoreError(f"cannot write the database {path!r}: {directory} is read-only")
+        if path != ":memory:":
+            _check_directory(path)
+            # Checked read-only, before anything is written: a file that is not ours must be
+            # left byte-identical (no id stamped, no WAL, no table).
+            _check_ours(path)
         try:
             self._db = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=busy_timeout
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the database {path!r}: {exc}") from None
+            raise StoreError(f"cannot write the database {printable(path)!r}: {exc}") from None
         try:
-            self._claim(path)
+            self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             if path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=OFF")
@@ -196,31 +272,11 @@ class SqliteStore:
             # rows of requests that left memory are found by id.
             last = self._db.execute("SELECT max(id) FROM request").fetchone()[0] or 0
             self._last_timer_id = self._db.execute("SELECT max(id) FROM timer").fetchone()[0] or 0
+            self._identity = _identity(path)
         except sqlite3.Error as exc:
             self._db.close()
-            raise StoreError(f"cannot write the database {path!r}: {exc}") from None
-        except StoreError:
-            self._db.close()
-            raise
+            raise StoreError(f"cannot write the database {printable(path)!r}: {exc}") from None
         return int(last)
-
-    def _claim(self, path: str) -> None:
-        """Refuse a file that is not a database the collector wrote (before changing it)."""
-        db = self._db
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]  # fails on a non-database
-        if app_id == APPLICATION_ID:
-            return
-        tables = [r[0] for r in db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        )]  # fmt: skip
-        foreign = [t for t in tables if not _OURS.fullmatch(t)]
-        if app_id or foreign:
-            what = f"tables {', '.join(map(printable, foreign[:5]))}" if foreign else "its id"
-            raise StoreError(
-                f"{path!r} is not a pynba collector database ({what}): refusing to write"
-                " into it; give --db a new file"
-            )
-        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
 
     @property
     def dropped(self) -> int:
@@ -247,13 +303,36 @@ class SqliteStore:
             return
         self._queue.put_nowait(records)
 
-    def close(self) -> None:
-        """Write what is queued and the reports (the writer does, as it stops), then close."""
+    def pause(self) -> None:
+        """Stop rebuilding the report tables until :meth:`close` (a rebuild running now stops
+        at its next table): at a stop, the final report must not share the interpreter and
+        the aggregator with a rebuild that takes seconds. Raw rows are still written."""
+        self._paused = True
+        self._db.interrupt()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is queued and the reports (the writer does, as it stops), then close.
+
+        With ``timeout`` (seconds), what is not written by then is counted as dropped (``not
+        written at stop``) and the statement running is interrupted (its transaction rolled
+        back: report tables keep their previous rows), so a stop is bounded whatever the
+        store holds (a container runtime kills a process that takes more than its grace)."""
         if self._stop.is_set():
             return
+        self._paused = False
         self._stop.set()
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout)
+        while self._thread.is_alive():
+            self._late = True  # the writer counts what is left instead of writing it
+            self._db.interrupt()  # the statement running now stops
+            self._thread.join(0.05)
+        if self._late:
+            errors.log(
+                ("store", "late"),
+                f"pynba collector: out of time at stop ({timeout:g} s): the report tables of"
+                f" {printable(self.path)!r} hold their last rebuild",
+            )
         with self._lock:
             self._db.close()
 
@@ -277,23 +356,39 @@ class SqliteStore:
             with self._count:
                 self._pending -= sum(r.size for r in batch)
             with self._lock:
+                if batch and self._late:
+                    self._drop(LATE, len(batch), "the writer ran out of time at stop")
+                    batch = []
+                if batch and self._identity is not None and _identity(self.path) != self._identity:
+                    # Deleted (or replaced): SQLite would keep writing into the unlinked
+                    # file, where nobody will ever read the rows.
+                    self._drop(
+                        "database deleted", len(batch),
+                        f"{printable(self.path)!r} was deleted or replaced",
+                    )  # fmt: skip
+                    batch = []
                 if batch:
                     try:
                         self._insert(batch)
                     except sqlite3.Error as exc:
-                        self._drop(_reason(exc), len(batch), f"SQLite: {exc}")
+                        reason = LATE if self._late else _reason(exc)
+                        self._drop(reason, len(batch), f"SQLite: {exc}")
                     except Exception as exc:  # a bug of ours must not end the writer
                         self._drop("write failed", len(batch), repr(exc))
-                if time.monotonic() >= next_reports or stop:
+                rebuild = time.monotonic() >= next_reports and not self._paused
+                if (rebuild or stop) and not self._late:
                     started = time.monotonic()
                     try:
                         self._expire()
                         self._write_reports()
                     except Exception as exc:  # logged; the next rebuild tries again
-                        errors.log(
-                            ("store", "reports", type(exc).__name__),
-                            f"pynba collector: reports not written to the database: {exc!r}",
-                        )
+                        # (Cut short by pause() or by close() when late: the previous tables
+                        # stay, rolled back.)
+                        if not (self._late or self._paused):
+                            errors.log(
+                                ("store", "reports", type(exc).__name__),
+                                f"pynba collector: reports not written to the database: {exc!r}",
+                            )
                     took = time.monotonic() - started
                     # Never spend more than a fifth of the time on reports (the receiving
                     # thread needs the interpreter too).
@@ -421,6 +516,8 @@ class SqliteStore:
             db.execute("DELETE FROM request WHERE id < ?", (first,))
 
     def _table(self, name: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+        if self._late or (self._paused and not self._stop.is_set()):
+            raise _CutShort  # rolled back by the transaction: the previous tables stay
         db = self._db
         cols = ", ".join('"' + _sql(c).replace('"', '""') + '"' for c in columns)
         db.execute(f'DROP TABLE IF EXISTS "{name}"')

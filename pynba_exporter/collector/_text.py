@@ -5,13 +5,18 @@ anonymous HTTP client: a script name may hold ``ESC]52;...`` (writes the operato
 clipboard), ``ESC[2J``, a carriage return that hides what precedes it, or bidi overrides that
 reorder what is shown. Every text output of the collector (tables, logs, errors) passes such
 names through :func:`printable`; JSON output stays exact (``json.dumps`` escapes them itself).
+
+Names may also be 60 KB long. Every name that leaves by an HTTP endpoint (the JSON API, the
+page, ``/metrics``) is first cut here to :data:`MAX_TEXT` characters (:func:`cut`), so what an
+endpoint answers and what it keeps are bounded by the number of rows, not by what the packets
+carry; :func:`label` makes a ``/metrics`` label value of it.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["printable"]
+__all__ = ["MAX_TEXT", "cut", "label", "printable"]
 
 # Non-printable by str.isprintable() but harmless and expected inside a name.
 _KEEP: Final = frozenset(" ")
@@ -36,3 +41,34 @@ def printable(value: object) -> str:
     return "".join(
         "\\\\" if c == "\\" else c if c.isprintable() or c in _KEEP else _escape(c) for c in s
     )
+
+
+#: Characters of a name an HTTP endpoint shows or keeps at most (a cut name ends in "...").
+MAX_TEXT: Final = 256
+# ASCII, not an ellipsis character: one character above U+00FF makes Python store the whole
+# string, and every /metrics line holding it, at 2 bytes a character (a scrape's lines and
+# their join took twice the memory).
+_MORE: Final = "..."
+
+
+def cut(s: str) -> str:
+    """``s``, or its first characters and "..." when longer than :data:`MAX_TEXT` (a cut name
+    cut again is unchanged, so a name the page got back finds its script)."""
+    if len(s) <= MAX_TEXT:
+        return s
+    return s[: MAX_TEXT - len(_MORE)] + _MORE
+
+
+def label(s: str) -> str:
+    """A ``/metrics`` label value: cut; U+FFFD for bytes that were not UTF-8 (kept by the
+    decoder as lone surrogates, which the exposition cannot encode); control and bidi
+    characters written as escapes, as in every text output (newlines, backslashes and quotes
+    are the format's own to escape, and a parser gives them back exactly)."""
+    s = cut(s)
+    try:
+        s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate no decoder made (a name from the Python API)
+        s = s.encode("utf-8", "replace").decode("utf-8")
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() or c == "\n" else f"\\u{ord(c):04x}" for c in s)

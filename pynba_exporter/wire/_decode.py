@@ -8,7 +8,13 @@ from operator import attrgetter
 from typing import Any, Final
 
 from pynba_exporter._model import PinbaRequest
-from pynba_exporter.wire._errors import MALFORMED, MAX_NESTING, TRUNCATED, PinbaDecodeError
+from pynba_exporter.wire._errors import (
+    MALFORMED,
+    MAX_NESTING,
+    NESTED,
+    TRUNCATED,
+    PinbaDecodeError,
+)
 from pynba_exporter.wire._pure import Packet, _build, _multi, _timer, decode_packet
 
 __all__ = ["decode", "parse"]
@@ -85,8 +91,13 @@ def _from_runtime(m: Any, depth: int) -> Packet | None:
     if len(m.f18):
         if depth >= MAX_NESTING:
             return None
-        for sub in m.f18:
-            packet = _from_runtime(sub, depth + 1)
+        for i, sub in enumerate(m.f18):
+            try:
+                packet = _from_runtime(sub, depth + 1)
+            except PinbaDecodeError as exc:
+                # As the pure decoder says it (and counts it: invalid nested request), not as
+                # the nested request's own rule: the same reason with or without the runtime.
+                raise PinbaDecodeError(f"nested request {i}: {exc.reason}", NESTED) from None
             if packet is None:
                 return None
             nested.append(packet)

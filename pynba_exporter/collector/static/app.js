@@ -1,8 +1,8 @@
 // The collector's live page: reads /api/* every few seconds and draws tables and SVG charts.
 //
 // Every name shown here came from a packet anyone could send, so names only ever reach the page
-// as text nodes (append/textContent) or through setAttribute, and links carry them through
-// encodeURIComponent. Nothing is parsed as HTML (no innerHTML), nothing is evaluated, and the
+// as text nodes (append/textContent) or through setAttribute, and links carry them percent-encoded
+// (encodeName: encodeURIComponent, and lone surrogates too). Nothing is parsed as HTML (no innerHTML), nothing is evaluated, and the
 // server's Content-Security-Policy refuses inline scripts should a bug let markup through.
 "use strict";
 (() => {
@@ -129,8 +129,39 @@
       rows.length ? null : el("p", { class: "muted empty" }, opts.empty || "nothing in the window yet"));
   }
 
+  // A name whose bytes were not UTF-8 arrives with lone surrogates (U+DC80..U+DCFF, the
+  // collector's surrogate escapes), on which encodeURIComponent throws: one such name would
+  // blank the whole table. Each lone surrogate is written as the three bytes of its code unit
+  // (%ED%B2%80 for U+DC80), which the server reads back exactly (surrogatepass) and
+  // decodeName below turns back into the same code unit.
+  function encodeName(name) {
+    let out = "";
+    for (let i = 0; i < name.length; i++) {
+      const c = name.charCodeAt(i);
+      if (c >= 0xd800 && c <= 0xdbff && i + 1 < name.length) {
+        const d = name.charCodeAt(i + 1);
+        if (d >= 0xdc00 && d <= 0xdfff) { out += encodeURIComponent(name.slice(i, i + 2)); i++; continue; }
+      }
+      if (c >= 0xd800 && c <= 0xdfff) {
+        out += [0xe0 | c >> 12, 0x80 | c >> 6 & 0x3f, 0x80 | c & 0x3f]
+          .map((b) => "%" + b.toString(16).toUpperCase()).join("");
+      } else {
+        out += encodeURIComponent(name[i]);
+      }
+    }
+    return out;
+  }
+
+  function decodeName(text) {
+    // Encoded surrogates (%ED%A0..%ED%BF, never valid UTF-8) apart; the rest is ordinary.
+    return text.split(/(%ED%[AB][0-9A-F]%[89AB][0-9A-F])/i).map((part, i) => {
+      if (i % 2) return String.fromCharCode(0xd000 | (parseInt(part.slice(4, 6), 16) & 0x3f) << 6 | parseInt(part.slice(7, 9), 16) & 0x3f);
+      try { return decodeURIComponent(part); } catch { return part; }
+    }).join("");
+  }
+
   function scriptLink(name) {
-    return el("a", { href: "#/script/" + encodeURIComponent(name) }, name);
+    return el("a", { href: "#/script/" + encodeName(name) }, name);
   }
 
   function statusBadges(statuses) {
@@ -321,7 +352,7 @@
   ];
 
   views.script = {
-    load() { return api("/api/script?name=" + encodeURIComponent(this.name)); },
+    load() { return api("/api/script?name=" + encodeName(this.name)); },
     mount(root, name) {
       this.name = name;
       root.append(el("p", null, el("a", { href: "#/scripts" }, "← scripts")),
@@ -440,9 +471,7 @@
   function route() {
     const hash = location.hash.replace(/^#/, "") || "/";
     if (hash.startsWith("/script/")) {
-      let name;
-      try { name = decodeURIComponent(hash.slice("/script/".length)); } catch { name = hash.slice("/script/".length); }
-      return ["script", name];
+      return ["script", decodeName(hash.slice("/script/".length))];
     }
     const name = hash.slice(1);
     return [Object.hasOwn(views, name) && name !== "script" ? name : "overview", null];
