@@ -407,7 +407,10 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--hostname", help="the request's host name (default: this machine's)")
     p.add_argument("--server-name", help="the request's server name (default: this machine's)")
-    p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    p.add_argument(
+        "command_line", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+        help="the command to run and its arguments, after --",
+    )  # fmt: skip
     return parser
 
 
