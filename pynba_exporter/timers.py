@@ -147,5 +147,12 @@ class Timer:
         return _timed(func, self.spec)
 
     def __repr__(self) -> str:
-        state = "running" if self.started else f"{self.elapsed_total:.6f}s"
-        return f"<Timer {dict(self.spec.tags)!r} {state}>"
+        # The predecessors' shape, which their users' logs and doctests show:
+        # <Timer({...}) started:EPOCH> while running, <Timer({...}) elapsed:SECONDS> after.
+        tags = f"{type(self).__name__}({dict(self.spec.tags)!r})"
+        start = self._start
+        if start is not None and self.started:
+            return f"<{tags} started:{time.time() - (_perf_counter() - start[0])}>"
+        if self.elapsed_total:
+            return f"<{tags} elapsed:{self.elapsed_total}>"
+        return f"<{tags}>"
