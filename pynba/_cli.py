@@ -270,7 +270,7 @@ def cmd_decode(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from pynba._demo import run_demo  # noqa: PLC0415 - only for this command
+    from pynba._demo import Traffic, explain, run_demo  # noqa: PLC0415 - only for this command
 
     def serving(url: str) -> None:
         print(f"pynba demo: live page at {url}"
@@ -278,10 +278,18 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
               file=out, flush=True)  # fmt: skip
 
     started = time.monotonic()
-    collector = run_demo(args.requests, http=args.http, on_serving=serving, serve=args.serve)
+    traffic = Traffic()
+    collector = run_demo(
+        args.requests, http=args.http, on_serving=serving, serve=args.serve, traffic=traffic
+    )
     took = time.monotonic() - started
-    print(f"pynba demo: {args.requests} HTTP requests to a monitored shop app, reported to an "
-          f"embedded collector in {took:.1f} s\n", file=out)  # fmt: skip
+    # What was sent (--serve sends more than --requests), then why the reports count and name
+    # other than that: a reader would otherwise take the difference for lost requests.
+    print(f"pynba demo: {len(traffic.answers)} HTTP requests to a monitored shop app, reported "
+          f"to an embedded collector in {took:.1f} s", file=out)  # fmt: skip
+    for line in explain(traffic, collector):
+        print(f"  {line}", file=out)
+    print(file=out)
     timer_tags = [("group",), ("group", "server")]
     print(reports_text(collector, timer_tags, request_tags=[("user_type",)]), file=out)
     return 0

@@ -16,8 +16,10 @@ import io
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -27,9 +29,34 @@ from pynba._wsgi import PynbaMiddleware
 from pynba_exporter.collector import Collector, History, WebServer
 from pynba_exporter.spans import current_request
 
-__all__ = ["run_demo"]
+__all__ = ["Traffic", "explain", "run_demo"]
 
 Environ = dict[str, Any]
+
+# The shop's routes, as the app below answers them and the client picks them. The summary's
+# explanation reads these, so it says what the app does, not what it did once.
+_PRODUCT = "/product/"  # a page per id: the app names them all PRODUCT_SCRIPT
+_PRODUCT_SCRIPT = "/product/<id>"
+_UNREPORTED = "/health"  # the app turns reporting off for it (pynba.enabled = False)
+_UNKNOWN = "/nowhere"  # no such route: answered 404
+_JOB_SCRIPT = "nightly-export"
+_JOBS = 20  # background jobs run when OpenTelemetry is installed
+
+
+@dataclass
+class Traffic:
+    """What the demo did, from the client's side: each HTTP request's path and the status it
+    got, and the background jobs run. Appends come from the client's threads (list.append is
+    atomic)."""
+
+    answers: list[tuple[str, int]] = field(default_factory=list)
+    jobs: int = 0
+
+    @property
+    def expected(self) -> int:
+        """The requests the reports should count: every HTTP request but those the app does
+        not report, and each background job."""
+        return sum(1 for path, _ in self.answers if path != _UNREPORTED) + self.jobs
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -85,8 +112,8 @@ def shop_app(
     def app(env: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
         path = env.get("PATH_INFO", "/")
         pynba.tags["user_type"] = "member" if "session" in env.get("HTTP_COOKIE", "") else "guest"
-        if path.startswith("/product/"):
-            pynba.scriptname = "/product/<id>"
+        if path.startswith(_PRODUCT):
+            pynba.scriptname = _PRODUCT_SCRIPT
             select()
             with pynba.timer(group="cache::get", server="mc1"):
                 pause(0.0001, 0.0003)
@@ -105,7 +132,7 @@ def shop_app(
                 raise RuntimeError("payment declined")  # reported with status 500
             start_response("303 See Other", [("Location", "/thanks")])
             yield b""
-        elif path == "/health":
+        elif path == _UNREPORTED:
             pynba.enabled = False  # not worth reporting
             start_response("200 OK", [])
             yield b"ok"
@@ -122,35 +149,35 @@ def _client_kind() -> Any:
     return SpanKind.CLIENT
 
 
-def _drive(port: int, paths: list[str]) -> int:
-    def get(path: str) -> int:
+def _drive(port: int, paths: list[str], traffic: Traffic) -> None:
+    def get(path: str) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
             conn.request("GET", path, headers={"Cookie": "session=1"} if "7" in path else {})
             response = conn.getresponse()
             response.read()
-            return response.status
+            traffic.answers.append((path, response.status))
         finally:
             conn.close()
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return len(list(pool.map(get, paths)))
+        list(pool.map(get, paths))
 
 
-def _keep_busy(port: int, rng: random.Random, sent: int) -> None:
+def _keep_busy(port: int, rng: random.Random, sent: int, traffic: Traffic) -> None:
     # Until Ctrl-C: a few requests a second, so that the live page's charts move.
     while True:
-        _drive(port, _paths(rng, 10, sent))
+        _drive(port, _paths(rng, 10, sent), traffic)
         sent += 10
         time.sleep(1.0)
 
 
 def _paths(rng: random.Random, count: int, first: int = 0) -> list[str]:
-    choices = ["/product/"] * 10 + ["/search"] * 4 + ["/checkout"] * 2 + ["/health", "/nowhere"]
+    choices = [_PRODUCT] * 10 + ["/search"] * 4 + ["/checkout"] * 2 + [_UNREPORTED, _UNKNOWN]
     paths = []
     for i in range(first, first + count):
         path = rng.choice(choices)
-        paths.append(f"{path}{i}" if path == "/product/" else path)
+        paths.append(f"{path}{i}" if path == _PRODUCT else path)
     return paths
 
 
@@ -175,20 +202,21 @@ def _start(
     return web
 
 
-def _background_jobs(tracer: Any) -> None:
+def _background_jobs(tracer: Any, traffic: Traffic) -> None:
     """A background job traced with OpenTelemetry only: requests of their own. Its root span
     is an INTERNAL one, which the bridge reports only when it is marked as a request (by
     ``pinba.script_name``): unmarked, such roots are dropped and counted, and the demo would
     wait for requests that never come."""
     current_request.set(None)
-    job = {"pinba.script_name": "nightly-export"}
-    for _ in range(20):
+    job = {"pinba.script_name": _JOB_SCRIPT}
+    for _ in range(_JOBS):
         query = {"db.system": "sqlite", "db.operation": "SELECT"}
         with (
-            tracer.start_as_current_span("nightly-export", attributes=job),
+            tracer.start_as_current_span(_JOB_SCRIPT, attributes=job),
             tracer.start_as_current_span("export", attributes=query),
         ):
             time.sleep(0.0005)
+        traffic.jobs += 1
 
 
 def run_demo(
@@ -199,14 +227,17 @@ def run_demo(
     on_serving: Callable[[str], None] | None = None,
     after_traffic: Callable[[WebServer], None] | None = None,
     serve: bool = False,
+    traffic: Traffic | None = None,
 ) -> Collector:
-    """Run the demo; the collector (stopped) holds the reports.
+    """Run the demo; the collector (stopped) holds the reports, ``traffic`` (when given) what
+    the demo sent, for :func:`explain`.
 
     ``http``: where to serve the live page meanwhile (``127.0.0.1:0``: a free port); its URL is
     given to ``on_serving`` before the traffic starts, and ``after_traffic`` is called with the
     web server once the requests are in. ``serve``: then keep sending a few requests a second,
     the page up, until Ctrl-C.
     """
+    traffic = Traffic() if traffic is None else traffic
     collector = Collector("127.0.0.1:0")
     web = _start(collector, http, on_serving)
     provider, tracer = _otel_tracer(collector)
@@ -217,18 +248,21 @@ def run_demo(
     thread.start()
     paths = _paths(rng, requests)
     try:
-        _drive(server.server_port, paths)
+        _drive(server.server_port, paths, traffic)
         if tracer is not None:
-            _background_jobs(tracer)
-        expected = sum(1 for p in paths if p != "/health") + (20 if tracer is not None else 0)
+            _background_jobs(tracer, traffic)
+        # Done as soon as every request it made is in: UDP gives no other signal. The
+        # deadline only bounds a lost packet's wait (explain() then says how many).
         deadline = time.monotonic() + 10
-        while collector.aggregator.requests_total < expected and time.monotonic() < deadline:
+        while (
+            collector.aggregator.requests_total < traffic.expected and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         if web is not None and after_traffic is not None:
             after_traffic(web)
         if serve:
             with contextlib.suppress(KeyboardInterrupt):
-                _keep_busy(server.server_port, rng, requests)
+                _keep_busy(server.server_port, rng, requests, traffic)
     finally:
         if web is not None:
             web.stop()
@@ -238,3 +272,71 @@ def run_demo(
             provider.shutdown()
         collector.stop()
     return collector
+
+
+def _plural(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+def explain(traffic: Traffic, collector: Collector) -> list[str]:
+    """Why the reports' counts and names are not the HTTP requests the demo made, a line per
+    reason, each computed from the traffic and the collector: a reader of the report would
+    otherwise take the difference for lost requests."""
+    sent = len(traffic.answers)
+    aggregator = collector.aggregator
+    in_reports = sum(row["req_count"] for row in aggregator.request_report(["script_name"]))
+    received = aggregator.requests_total
+    unreported = sum(1 for path, _ in traffic.answers if path == _UNREPORTED)
+    if in_reports == sent:
+        lines = [f"The reports count {_plural(in_reports, 'request')}, one per HTTP request."]
+    else:
+        lines = [f"The reports count {_plural(in_reports, 'request')}, not {sent}:"]
+    if unreported:
+        lines.append(
+            f"- {_plural(unreported, 'request')} to {_UNREPORTED} are not reported: the app turns"
+            " reporting off for them (pynba.enabled = False)"
+        )
+    if traffic.jobs:
+        lines.append(
+            f"- {_plural(traffic.jobs, 'background job')} traced with OpenTelemetry are requests"
+            f" of their own ({_JOB_SCRIPT}, status 0: not HTTP)"
+        )
+    if received < traffic.expected:
+        lines.append(
+            f"- {traffic.expected - received} never arrived: UDP drops packets when the"
+            " receiver falls behind, or they were in flight when the demo stopped"
+        )
+    elif received > traffic.expected:
+        lines.append(
+            f"- {received - traffic.expected} arrived whose answer the client never saw:"
+            " in flight when the demo stopped"
+        )
+    if in_reports < received:
+        lines.append(
+            f"- {received - in_reports} left the collector's window ({aggregator.window:g} s,"
+            " or its memory budget) before the reports were made"
+        )
+    names = []
+    products = sum(1 for path, _ in traffic.answers if path.startswith(_PRODUCT))
+    if products:
+        names.append(
+            f"- {_plural(products, 'product page')} ({_PRODUCT}<n>) are one script,"
+            f" {_PRODUCT_SCRIPT}: the app names them so (pynba.scriptname)"
+        )
+    unmatched = sum(1 for _, status in traffic.answers if status in (404, 405))
+    if unmatched:
+        names.append(
+            f"- {_plural(unmatched, 'request')} for unknown paths, answered 404, are one script,"
+            " <unmatched>: raw paths would let any scanner fill Pinba's script names"
+        )
+    failed = Counter(path for path, status in traffic.answers if status >= 500)
+    if failed:
+        where = ", ".join(sorted(failed))
+        names.append(
+            f"- {_plural(sum(failed.values()), 'request')} raised in the app ({where}):"
+            " reported with status 500"
+        )
+    if names:
+        lines.append("Names and statuses:")
+        lines.extend(names)
+    return lines
