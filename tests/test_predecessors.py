@@ -545,6 +545,18 @@ def test_message_dumps() -> None:
     assert cast("é") == "é".encode()
 
 
+def test_message_dumps_of_some_fields_is_a_whole_packet() -> None:
+    """The originals' ``dumps(hostname=...)`` gave that one field's bytes, which no Pinba
+    server takes (its required fields missing); here it is a request with the others zero."""
+    from pynba.core import dumps
+
+    packet = dumps(hostname="example.com", request_count=23, request_time=0.25)
+    assert packet.startswith(b"\n\x0bexample.com")
+    r = decode(packet)
+    assert (r.hostname, r.server_name, r.script_name) == ("example.com", "", "")
+    assert (r.request_count, r.request_time, r.document_size, r.timers) == (23, 0.25, 0, ())
+
+
 def test_every_module_and_name_of_the_predecessors() -> None:
     import importlib
 

@@ -3,7 +3,12 @@
 ``dumps(**fields)`` takes the fields of the Pinba message by their schema names, timers and
 tags as the dictionary-indexed columns of the wire format, and returns the packet. It goes
 through this project's encoder, so the bytes follow the reference client's layout (the
-dictionary in its order, fields checked) rather than the original's: the content is the same.
+dictionary in its order, fields checked) rather than the original's, and it is always a whole
+request: fields not given are zero (the original gave only the given fields' bytes, which no
+Pinba server takes without its required fields). Columns that make no timer (hit counts or
+values without ``timer_tag_count``) and dictionary words no tag uses are not sent. ``cast``
+encodes text as UTF-8 (the originals used ``six.b``: Latin-1 on Python 3, so a non-ASCII name
+was not the UTF-8 Pinba's reports read, and one outside Latin-1 raised).
 """
 
 from __future__ import annotations
