@@ -244,7 +244,11 @@ def run_demo(
     rng = random.Random(seed)
     app = PynbaMiddleware(shop_app(tracer, rng), collector.address_text, tags={"app": "shop"})
     server = make_server("127.0.0.1", 0, app, _Server, _Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default, the demo's longest
+    # pause once its traffic is in.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     paths = _paths(rng, requests)
     try:
