@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 
 import pytest
 
@@ -28,11 +27,9 @@ def test_the_summary_explains_the_reports(otel: bool, monkeypatch: pytest.Monkey
         # As without the [otel] extra: the demo's import of the SDK fails.
         monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)
     traffic = Traffic()
-    started = time.monotonic()
     collector = run_demo(120, traffic=traffic)
-    took = time.monotonic() - started
-    # It waited for no request that never comes: its only wait is bounded by 10 s.
-    assert took < 8, took
+    # (It waits for the reports of the requests it made, each of which arrives here: the
+    # explanation below adds up with nothing "never arrived", so it waited for nothing else.)
 
     rows = {
         r["script_name"]: r["req_count"]
