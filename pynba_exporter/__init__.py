@@ -16,6 +16,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from pynba_exporter import health  # noqa: F401 - its summary listens for lost data from now on
 from pynba_exporter._model import PinbaRequest, PinbaTimer, RequestLike, TagValue, TimerLike
 from pynba_exporter._transport import (
     MemoryTransport,

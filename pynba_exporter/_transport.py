@@ -39,8 +39,7 @@ from typing import Any, Final, TypeAlias
 from pynba_exporter import config
 from pynba_exporter._model import PinbaRequest, RequestLike
 from pynba_exporter.address import DEFAULT_PORT, Address, Endpoint, parse_addresses
-from pynba_exporter.health import note_loss
-from pynba_exporter.log import errors, from_signal_handler
+from pynba_exporter.log import errors, from_signal_handler, note_loss
 from pynba_exporter.wire import (
     DEFAULT_MAX_PACKET_SIZE,
     MIN_PACKET_SIZE,

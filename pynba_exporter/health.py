@@ -28,7 +28,9 @@ import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from pynba_exporter.log import logger
+from pynba_exporter import _transport
+from pynba_exporter.log import logger, note_loss, on_loss
+from pynba_exporter.naming import script_names, server_names
 
 __all__ = ["SUMMARY_INTERVAL", "ClientStats", "client_stats", "note_loss", "reset_summary"]
 
@@ -65,9 +67,6 @@ class ClientStats:
 
 def client_stats() -> ClientStats:
     """The counts of every transport of the process, and of the name guards, summed."""
-    from pynba_exporter import _transport  # noqa: PLC0415 - _transport imports this module
-    from pynba_exporter.naming import script_names, server_names  # noqa: PLC0415 - likewise
-
     requests = sent = encode_errors = shrunk = resolve = 0
     dropped: dict[str, int] = {}
     for stats in _transport.all_stats():
@@ -144,8 +143,9 @@ class _Summary:
 
 
 _summary = _Summary()
+# Told where data is lost (pynba_exporter.log.note_loss: the transport and the name guards call
+# it); imported with the package (pynba_exporter/__init__.py), so the summary always listens.
+on_loss(_summary.note)
 
-#: Called where data is lost (a datagram dropped, a request not encodable, a name refused).
-note_loss = _summary.note
 #: Forget the summary's schedule and baseline (tests).
 reset_summary = _summary.reset

@@ -12,9 +12,17 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
-__all__ = ["ErrorLog", "errors", "from_signal_handler", "internal_errors", "logger"]
+__all__ = [
+    "ErrorLog",
+    "errors",
+    "from_signal_handler",
+    "internal_errors",
+    "logger",
+    "note_loss",
+    "on_loss",
+]
 
 logger = logging.getLogger("pynba")
 
@@ -144,3 +152,23 @@ def from_signal_handler(exc: BaseException) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+# -- where data is lost: the transport and the name guards tell it here, and whoever reads their
+# counts (pynba_exporter.health, its periodic summary) listens. The hook lives at the bottom of
+# the house so that the senders need not import what reads them.
+
+_loss_listener: Callable[[], None] | None = None
+
+
+def on_loss(listener: Callable[[], None] | None) -> None:
+    """Call ``listener`` (cheap, never raising) each time data is lost; None: nobody."""
+    global _loss_listener
+    _loss_listener = listener
+
+
+def note_loss() -> None:
+    """Data was lost here: a datagram dropped, a request not encodable, a name refused."""
+    listener = _loss_listener
+    if listener is not None:
+        listener()

@@ -25,8 +25,7 @@ from collections.abc import Callable
 from typing import Final
 
 from pynba_exporter import config
-from pynba_exporter.health import note_loss
-from pynba_exporter.log import errors
+from pynba_exporter.log import errors, note_loss
 
 __all__ = ["OVERFLOW", "UNMATCHED", "ScriptNames", "script_names", "server_names"]
 
