@@ -31,6 +31,7 @@ read-only connection), so it is left byte-identical.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import re
@@ -41,6 +42,7 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
+from pynba_exporter.collector import _archive
 from pynba_exporter.collector._aggregate import Aggregator
 from pynba_exporter.collector._record import Record
 from pynba_exporter.collector._reports import REPORTS
@@ -213,6 +215,8 @@ class SqliteStore:
         max_pending_bytes: int = 64 * 1024 * 1024,
         max_db_bytes: int = 0,
         busy_timeout: float = 1.0,
+        minute_retention: float = _archive.MINUTE_RETENTION,
+        hour_retention: float = _archive.HOUR_RETENTION,
     ) -> None:
         self.path = path
         self.aggregator = aggregator
@@ -236,8 +240,16 @@ class SqliteStore:
         self._tag_generation = 0
         self._late = False  # close() ran out of time: what is left is counted, not written
         self._paused = False  # pause(): no report rebuild until close()
+        self.archive = _archive.Archive(
+            timer_tags=self.timer_tags, max_keys=aggregator.max_keys,
+            minute_retention=minute_retention, hour_retention=hour_retention,
+        )  # fmt: skip
+        self._next_roll_up = -math.inf  # clock time of the next roll-up of minutes into hours
         last = self._open(path, busy_timeout, max_db_bytes)
         self._base = last - aggregator.serial
+        # Raw rows an earlier run left (ids up to ``last``) leave by age, not by serial: this
+        # run's aggregator never held them, and they are the window's until they age out.
+        self._previous_last = last
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pynba-sqlite", daemon=True)
@@ -266,6 +278,7 @@ class SqliteStore:
                 page = self._db.execute("PRAGMA page_size").fetchone()[0]
                 self._db.execute(f"PRAGMA max_page_count={max(1, max_db_bytes // page)}")
             self._db.executescript(_SCHEMA)
+            self._db.executescript(_archive.SCHEMA)
             for tag_id, name in self._db.execute("SELECT id, name FROM tag"):
                 self._tags[name] = tag_id
             # Request ids are the aggregator's serials past what an earlier run left, so the
@@ -273,6 +286,12 @@ class SqliteStore:
             last = self._db.execute("SELECT max(id) FROM request").fetchone()[0] or 0
             self._last_timer_id = self._db.execute("SELECT max(id) FROM timer").fetchone()[0] or 0
             self._identity = _identity(path)
+            #: What the file held when it was opened (``pynba collect`` says it at start).
+            self.kept = _archive.kept(self._db)
+            self.kept["raw_requests"] = self._db.execute(
+                "SELECT count(*) FROM request WHERE timestamp >= ?",
+                (self.aggregator.clock() - self.aggregator.window,),
+            ).fetchone()[0]
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"cannot write the database {printable(path)!r}: {exc}") from None
@@ -368,6 +387,12 @@ class SqliteStore:
                     )  # fmt: skip
                     batch = []
                 if batch:
+                    # Counted in the minute history before the raw insert: a full disk that
+                    # refuses the raw rows must not take the history (smaller) with them.
+                    try:
+                        self.archive.fold(batch)
+                    except Exception as exc:  # a bug of ours must not end the writer
+                        errors.log(("store", "history fold"), f"pynba collector: {exc!r}")
                     try:
                         self._insert(batch)
                     except sqlite3.Error as exc:
@@ -378,6 +403,7 @@ class SqliteStore:
                 rebuild = time.monotonic() >= next_reports and not self._paused
                 if (rebuild or stop) and not self._late:
                     started = time.monotonic()
+                    self._write_history()
                     try:
                         self._expire()
                         self._write_reports()
@@ -395,6 +421,32 @@ class SqliteStore:
                     next_reports = time.monotonic() + max(self.reports_interval, 4 * took)
             if stop:
                 return
+
+    def _write_history(self) -> None:
+        """Merge the minutes folded since the last pass into the file; once a minute, roll
+        minutes past their retention up into hours. On failure the figures stay pending (the
+        next pass tries again) and the reason is logged; nothing is lost unless the process
+        dies first."""
+        now = self.aggregator.clock()
+        roll_up = now >= self._next_roll_up
+        if not self.archive.pending and not roll_up:
+            return
+        try:
+            with self._transaction():
+                self.archive.flush(self._db)
+                if roll_up:
+                    self.archive.roll_up(self._db, now)
+        except Exception as exc:
+            if self._late or self._paused:
+                return  # interrupted by pause() or a late close(): still pending
+            errors.log(
+                ("store", "history", type(exc).__name__),
+                f"pynba collector: history not written to the database: {exc!r}",
+            )
+            return
+        self.archive.flushed(now)
+        if roll_up:
+            self._next_roll_up = now + 60
 
     def _tag_id(self, name: str) -> int:
         tag_id = self._tags.get(name)
@@ -507,6 +559,20 @@ class SqliteStore:
         budget) leave the tables: the raw tables are the window."""
         first = self._base + self.aggregator.first_serial
         db = self._db
+        if self._previous_last:
+            # Rows of an earlier run: kept until they are older than the window (a restart
+            # keeps the window it found), then this run's rows expire by serial again. While
+            # they stay, rows of this run evicted by the byte budget wait with them (ids are
+            # one range, so timers and tags leave with one range delete).
+            (survivor,) = db.execute(
+                "SELECT min(id) FROM request WHERE id <= ? AND timestamp >= ?",
+                (self._previous_last, self.aggregator.clock() - self.aggregator.window),
+            ).fetchone()
+            if survivor is not None:
+                first = min(first, survivor)
+            else:
+                first = min(first, self._previous_last + 1)
+                self._previous_last = 0
         with self._transaction():
             db.execute("DELETE FROM timer WHERE request_id < ?", (first,))
             db.execute(

@@ -1,0 +1,463 @@
+"""History that outlives the window: the reports by the minute and by the hour, in SQLite.
+
+Pinba's reports (and the collector's raw tables) cover a rolling window; :class:`Archive`
+keeps the same figures for as long as days and months. With ``pynba collect --db FILE``, the
+SQLite writer thread folds every request it receives into the current minute, per
+
+- ``script``, ``server``, ``host``, ``status`` (the request reports' keys), a ``total`` row,
+- ``timer:<tags>`` for each configured timer tag set (``timer:group``, ``timer:group,server``;
+  the key is the JSON list of the tag values),
+
+and merges these figures into the table ``history_minute`` at each report rebuild (about
+once a second): ``req_count``, ``errors`` (status >= 500), ``hit_count`` (timers),
+``req_time_us``, ``ru_utime_us``, ``ru_stime_us`` (sums in whole microseconds: integers
+take less room than SQLite's 8-byte reals) and ``hist``, a histogram of the request times
+(timers: per-hit values weighted by hits). Rows are merged into what the file holds, never
+replaced, so a restart on the same file keeps all of it, and a ``kill -9`` loses only what
+was not merged yet (about a second).
+
+Minutes older than ``minute_retention`` (7 days) are rolled up into ``history_hour`` (same
+columns, ``start`` on the hour): histograms add up, so an hour's percentiles are as precise
+as a minute's. Hours older than ``hour_retention`` (92 days) are deleted. Minute and hour
+rows never overlap (a minute leaves when its hour takes it), so a range reads both tables.
+
+Histogram cells are those of the live page (``_history.cell_of``): each cell is 2 % wide, so a
+percentile read from the history is within 1 % of the exact (nearest-rank) value, as pinba2's
+histograms are. ``hist`` is the non-empty cells as unsigned LEB128 varints: the gap to the
+previous cell, then the count (two or three bytes a cell).
+
+Every key set is bounded per minute: past ``max_keys`` distinct keys of a dimension in one
+minute, requests count in a ``<other>`` key (as the reports do), so a flood of distinct names
+costs at most ``max_keys`` rows per dimension and minute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pynba_exporter.collector._history import cell_of, cell_value
+from pynba_exporter.collector._live import OTHER
+from pynba_exporter.collector._record import Record
+
+__all__ = [
+    "HOUR_RETENTION",
+    "MINUTE_RETENTION",
+    "Archive",
+    "Figures",
+    "cells",
+    "decode_cells",
+    "dimension",
+    "encode_cells",
+    "history_percentile",
+    "report",
+    "series",
+    "totals",
+]
+
+#: Seconds minute rows are kept before they are rolled up into hours (7 days).
+MINUTE_RETENTION: Final = 7 * 86400
+#: Seconds hour rows are kept (92 days: three months).
+HOUR_RETENTION: Final = 92 * 86400
+
+_COLUMNS: Final = (
+    "start INTEGER NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, req_count INTEGER NOT NULL,"
+    " errors INTEGER NOT NULL, hit_count INTEGER NOT NULL, req_time_us INTEGER NOT NULL,"
+    " ru_utime_us INTEGER NOT NULL, ru_stime_us INTEGER NOT NULL, hist BLOB NOT NULL,"
+    " PRIMARY KEY (start, dim, key)"
+)
+SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS history_minute ({_COLUMNS}) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history_hour ({_COLUMNS}) WITHOUT ROWID;
+"""
+_TABLES: Final = ("history_minute", "history_hour")
+
+# Stored values and their SQL, column by column after (start, dim, key).
+_SELECT: Final = "SELECT start, dim, key, req_count, errors, hit_count, req_time_us, ru_utime_us,"
+_SELECT_END: Final = " ru_stime_us, hist FROM"
+
+
+def read_only_uri(path: str) -> str:
+    """A SQLite URI that opens ``path`` read-only (any character in the name is safe)."""
+    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+
+
+def encode_cells(cells: dict[int, int]) -> bytes:
+    """The non-empty cells of a histogram as varints: gap to the previous cell, count."""
+    out = bytearray()
+    previous = 0
+    for cell in sorted(cells):
+        for value in (cell - previous, cells[cell]):
+            n = value
+            while n > 0x7F:
+                out.append((n & 0x7F) | 0x80)
+                n >>= 7
+            out.append(n)
+        previous = cell
+    return bytes(out)
+
+
+def decode_cells(blob: bytes, into: dict[int, int] | None = None) -> dict[int, int]:
+    """Cells from :func:`encode_cells`, added to ``into``; a damaged blob (a file edited by
+    hand) gives the cells read before the damage, never an exception."""
+    cells = {} if into is None else into
+    numbers: list[int] = []
+    number = shift = 0
+    for byte in bytes(blob) if isinstance(blob, (bytes, bytearray, memoryview)) else b"":
+        number |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            if shift > 63:
+                break
+            continue
+        numbers.append(number)
+        number = shift = 0
+    cell = 0
+    for i in range(0, len(numbers) - 1, 2):
+        cell += numbers[i]
+        cells[cell] = cells.get(cell, 0) + numbers[i + 1]
+    return cells
+
+
+def history_percentile(cells: dict[int, int], p: float) -> float | None:
+    """Nearest-rank percentile of a histogram (the value of its cell), None when empty."""
+    count = sum(cells.values())
+    if count <= 0:
+        return None
+    rank = min(count, max(1, math.ceil(p / 100 * count)))
+    seen = 0
+    for cell in sorted(cells):
+        seen += cells[cell]
+        if seen >= rank:
+            return cell_value(cell)
+    return cell_value(max(cells))
+
+
+@dataclass(slots=True)
+class Figures:
+    """One key's figures over one minute or hour (or a range, when read back)."""
+
+    req_count: int = 0
+    errors: int = 0
+    hit_count: int = 0
+    req_time_us: int = 0
+    ru_utime_us: int = 0
+    ru_stime_us: int = 0
+    cells: dict[int, int] = field(default_factory=dict)
+
+    def merge(self, other: Figures) -> None:
+        self.req_count += other.req_count
+        self.errors += other.errors
+        self.hit_count += other.hit_count
+        self.req_time_us += other.req_time_us
+        self.ru_utime_us += other.ru_utime_us
+        self.ru_stime_us += other.ru_stime_us
+        cells = self.cells
+        for cell, n in other.cells.items():
+            cells[cell] = cells.get(cell, 0) + n
+
+    def row(self) -> tuple[int, int, int, int, int, int, bytes]:
+        return (self.req_count, self.errors, self.hit_count, self.req_time_us,
+                self.ru_utime_us, self.ru_stime_us, encode_cells(self.cells))  # fmt: skip
+
+    @classmethod
+    def of_row(cls, row: Sequence[Any]) -> Figures:
+        """From the stored columns after (start, dim, key); a value that is not a number (a
+        file edited by hand) counts as 0."""
+        c, e, h, t, u, s = (v if isinstance(v, int) else 0 for v in row[:6])
+        return cls(c, e, h, t, u, s, decode_cells(row[6]))
+
+
+def _us(seconds: float) -> int:
+    return round(seconds * 1e6) if seconds < 1e12 else 10**18  # no float overflow to int
+
+
+def timer_dimension(tags: Sequence[str]) -> str:
+    return "timer:" + ",".join(tags)
+
+
+Key = tuple[int, str, str]  # (start, dimension, key)
+
+
+class Archive:
+    """Folds records into minutes and merges them into the history tables; rolls minutes up
+    into hours and drops what is past retention. Used from one thread (the SQLite writer)."""
+
+    def __init__(
+        self,
+        *,
+        timer_tags: Sequence[Sequence[str]] = (("group",), ("group", "server")),
+        max_keys: int = 10_000,
+        minute_retention: float = MINUTE_RETENTION,
+        hour_retention: float = HOUR_RETENTION,
+    ) -> None:
+        self.timer_tags = [(tuple(t), timer_dimension(t)) for t in timer_tags]
+        self.max_keys = max_keys
+        self.minute_retention = minute_retention
+        self.hour_retention = hour_retention
+        # Figures not merged into the file yet, and the keys each (minute, dimension) has.
+        self._pending: dict[Key, Figures] = {}
+        self._keys: dict[tuple[int, str], set[str]] = {}
+        #: Requests folded into a ``<other>`` key (the key cap of a minute was reached).
+        self.overflow = 0
+
+    @property
+    def pending(self) -> int:
+        """Keys waiting for :meth:`flush`."""
+        return len(self._pending)
+
+    def _figures(self, minute: int, dim: str, key: str) -> Figures:
+        full = (minute, dim, key)
+        f = self._pending.get(full)
+        if f is not None:
+            return f
+        seen = self._keys.setdefault((minute, dim), set())
+        if key not in seen:
+            if len(seen) >= self.max_keys and key != OTHER:
+                self.overflow += 1
+                other = self._pending.get((minute, dim, OTHER))
+                return other if other is not None else self._new((minute, dim, OTHER))
+            seen.add(key)
+        return self._new(full)
+
+    def _new(self, full: Key) -> Figures:
+        f = self._pending[full] = Figures()
+        return f
+
+    def fold(self, records: Iterable[Record]) -> None:
+        """Count records in their minutes (not written until :meth:`flush`)."""
+        for r in records:
+            minute = int(r.timestamp // 60) * 60 if math.isfinite(r.timestamp) else 0
+            cell = cell_of(r.req_time)
+            t, u, s = _us(r.req_time), _us(r.ru_utime), _us(r.ru_stime)
+            error = 1 if r.status >= 500 else 0
+            for dim, key in (("total", ""), ("script", r.script_name), ("server", r.server_name),
+                             ("host", r.hostname), ("status", str(r.status))):  # fmt: skip
+                f = self._figures(minute, dim, key)
+                f.req_count += 1
+                f.errors += error
+                f.req_time_us += t
+                f.ru_utime_us += u
+                f.ru_stime_us += s
+                f.cells[cell] = f.cells.get(cell, 0) + 1
+            for names, dim in self.timer_tags:
+                counted: set[str] = set()
+                for tags, value, hits, ru_u, ru_s in r.timer_rows:
+                    d = dict(tags)
+                    if not all(n in d for n in names):
+                        continue  # as the reports: a timer without one of the tags is left out
+                    key = json.dumps([d[n] for n in names])
+                    f = self._figures(minute, dim, key)
+                    if key not in counted:
+                        counted.add(key)
+                        f.req_count += 1
+                        f.errors += error
+                    f.hit_count += hits
+                    f.req_time_us += _us(value)
+                    f.ru_utime_us += _us(ru_u)
+                    f.ru_stime_us += _us(ru_s)
+                    per_hit = cell_of(value / hits if hits > 0 else value)
+                    f.cells[per_hit] = f.cells.get(per_hit, 0) + max(1, hits)
+
+    def flush(self, db: sqlite3.Connection) -> int:
+        """Merge the pending figures into ``history_minute`` (in the caller's transaction);
+        the number of rows written. The pending figures are forgotten only once merged: if
+        this raises, the caller's transaction rolls back and the next flush tries again."""
+        if not self._pending:
+            return 0
+        self._merge(db, "history_minute", self._pending)
+        return len(self._pending)
+
+    def flushed(self, now: float) -> None:
+        """The transaction of :meth:`flush` committed: forget what it wrote, and the key sets
+        of minutes past (a late request still finds its minute row, merged)."""
+        self._pending.clear()
+        current = int(now // 60) * 60
+        for minute_dim in [k for k in self._keys if k[0] < current - 60]:
+            del self._keys[minute_dim]
+
+    @staticmethod
+    def _merge(db: sqlite3.Connection, table: str, figures: dict[Key, Figures]) -> None:
+        select = f"{_SELECT}{_SELECT_END} {table} WHERE start = ? AND dim = ? AND key = ?"
+        rows = []
+        for (start, dim, key), f in figures.items():
+            old = db.execute(select, (start, dim, key)).fetchone()
+            merged = f
+            if old is not None:
+                merged = Figures.of_row(old[3:])
+                merged.merge(f)
+            rows.append((start, dim, key, *merged.row()))
+        db.executemany(
+            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+        )
+
+    def roll_up(self, db: sqlite3.Connection, now: float, *, max_hours: int = 24) -> int:
+        """Minutes past ``minute_retention`` move into their hours (merged into any hour row
+        already there); hours past ``hour_retention`` leave. At most ``max_hours`` hours are
+        moved per call, so a writer pass stays short after a long stop (the next calls go on).
+        In the caller's transaction; returns the hours moved."""
+        cutoff = int((now - self.minute_retention) // 3600) * 3600  # whole hours only
+        moved = 0
+        while moved < max_hours:
+            first = db.execute(
+                "SELECT min(start) FROM history_minute WHERE start < ?", (cutoff,)
+            ).fetchone()[0]
+            if first is None:
+                break
+            hour = int(first // 3600) * 3600
+            hours: dict[Key, Figures] = {}
+            query = f"{_SELECT}{_SELECT_END} history_minute WHERE start >= ? AND start < ?"
+            for row in db.execute(query, (hour, hour + 3600)):
+                full = (hour, str(row[1]), str(row[2]))
+                f = hours.get(full)
+                if f is None:
+                    hours[full] = Figures.of_row(row[3:])
+                else:
+                    f.merge(Figures.of_row(row[3:]))
+            self._merge(db, "history_hour", hours)
+            db.execute(
+                "DELETE FROM history_minute WHERE start >= ? AND start < ?", (hour, hour + 3600)
+            )
+            moved += 1
+        db.execute("DELETE FROM history_hour WHERE start < ?", (now - self.hour_retention,))
+        return moved
+
+
+def kept(db: sqlite3.Connection) -> dict[str, Any]:
+    """What the history tables hold: rows and first/last start of each."""
+    out: dict[str, Any] = {}
+    for table, name in zip(_TABLES, ("minutes", "hours")):
+        rows, first, last = db.execute(
+            f"SELECT count(*), min(start), max(start) FROM {table} WHERE dim = 'total'"
+        ).fetchone()
+        out[name] = {"count": rows or 0, "first": first, "last": last}
+    return out
+
+
+_SUMS: Final = (
+    "sum(req_count), sum(errors), sum(hit_count), sum(req_time_us), sum(ru_utime_us),"
+    " sum(ru_stime_us)"
+)
+
+
+def _both(columns: str, where: str) -> str:
+    """A query over the minutes and the hours (they never overlap)."""
+    return " UNION ALL ".join(f"SELECT {columns} FROM {t} WHERE {where}" for t in _TABLES)
+
+
+def totals(db: sqlite3.Connection, dim: str, since: float, until: float) -> dict[str, Figures]:
+    """Each key's sums of ``dim`` over the minutes (and hours) that start in [since, until),
+    histograms left empty: summed by SQLite, so a week of minutes of 1,000 scripts takes
+    seconds, not minutes (see :func:`cells` for a key's percentiles)."""
+    query = (
+        f"SELECT key, {_SUMS} FROM ("
+        + _both("*", "start >= ? AND start < ? AND dim = ?")
+        + ") GROUP BY key"
+    )
+    out: dict[str, Figures] = {}
+    for row in db.execute(query, (since, until, dim, since, until, dim)):
+        out[str(row[0])] = Figures.of_row([*row[1:], b""])
+    return out
+
+
+def cells(db: sqlite3.Connection, dim: str, key: str, since: float, until: float) -> dict[int, int]:
+    """The merged histogram of one key over [since, until)."""
+    merged: dict[int, int] = {}
+    query = _both("hist", "start >= ? AND start < ? AND dim = ? AND key = ?")
+    for (blob,) in db.execute(query, (since, until, dim, key) * 2):
+        decode_cells(blob, merged)
+    return merged
+
+
+def series(
+    db: sqlite3.Connection, dim: str, key: str, since: float, until: float
+) -> list[tuple[int, int, Figures]]:
+    """(start, seconds it covers: 60 or 3600, figures) of one key, oldest first."""
+    out = []
+    for table, seconds in zip(_TABLES, (60, 3600)):
+        query = (
+            f"{_SELECT}{_SELECT_END} {table} WHERE start >= ? AND start < ? AND dim = ? AND key = ?"
+        )
+        for row in db.execute(query, (since, until, dim, key)):
+            start = row[0] if isinstance(row[0], int) else 0
+            out.append((start, seconds, Figures.of_row(row[3:])))
+    out.sort(key=lambda x: x[0])
+    return out
+
+
+def dimension(by: str) -> str | None:
+    """The history dimension of a ``pynba report --by`` name (None: not kept by the minute)."""
+    if by in ("script", "server", "host", "status", "total"):
+        return by
+    if by.startswith("timer:"):
+        names = [n.strip() for n in by[6:].split(",") if n.strip()]
+        return timer_dimension(names) if names else None
+    return None
+
+
+def report(
+    db: sqlite3.Connection,
+    dim: str,
+    since: float,
+    until: float,
+    *,
+    percentiles: Sequence[float] = (95.0, 99.0),
+    top: int = 30,
+) -> tuple[list[dict[str, Any]], int]:
+    """The report of ``dim`` over [since, until) as rows like the live reports' (most time
+    first, the first ``top`` with their percentiles), and how many keys there are in all."""
+    seconds = max(1.0, until - since)
+    found = totals(db, dim, since, until)
+    total_time = sum(f.req_time_us for f in found.values()) or 1
+    ordered = sorted(found.items(), key=lambda kv: (-kv[1].req_time_us, kv[0]))[:top]
+    timers = dim.startswith("timer:")
+    names = dim[6:].split(",") if timers else [dim]
+    rows = []
+    for key, f in ordered:
+        hist = cells(db, dim, key, since, until)
+        row: dict[str, Any] = {}
+        if timers:
+            try:
+                values = json.loads(key)
+            except ValueError:
+                values = [key]
+            if not isinstance(values, list) or len(values) != len(names):
+                values = [key] + [""] * (len(names) - 1)
+            row.update(zip(names, (str(v) for v in values)))
+            row.update({
+                "req_count": f.req_count, "hit_count": f.hit_count,
+                "hit_per_sec": f.hit_count / seconds, "timer_value": f.req_time_us / 1e6,
+                "timer_median": history_percentile(hist, 50),
+            })  # fmt: skip
+            for p in percentiles:
+                row[f"timer_p{p:g}"] = history_percentile(hist, p)
+            row["ru_utime_value"] = f.ru_utime_us / 1e6
+            row["ru_stime_value"] = f.ru_stime_us / 1e6
+        else:
+            row[_KEY_COLUMN.get(dim, dim)] = key
+            row.update({
+                "req_count": f.req_count, "req_per_sec": f.req_count / seconds,
+                "req_time_total": f.req_time_us / 1e6,
+                "req_time_percent": 100.0 * f.req_time_us / total_time,
+                "req_time_median": history_percentile(hist, 50),
+            })  # fmt: skip
+            for p in percentiles:
+                row[f"req_time_p{p:g}"] = history_percentile(hist, p)
+            row["ru_utime_total"] = f.ru_utime_us / 1e6
+            row["ru_stime_total"] = f.ru_stime_us / 1e6
+            row["errors"] = f.errors
+        rows.append(row)
+    return rows, len(found)
+
+
+# The key column of a request dimension, as the live reports name it.
+_KEY_COLUMN: Final = {
+    "script": "script_name", "server": "server_name", "host": "hostname", "status": "status",
+    "total": "total",
+}  # fmt: skip
