@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import sqlite3
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pynba._cli import main as cli
 from pynba_exporter import PinbaRequest, PinbaTimer
-from pynba_exporter.collector import Collector, SqliteStore
+from pynba_exporter.collector import Collector, SqliteStore, WebServer
 from pynba_exporter.collector._archive import (
+    SCHEMA,
     Archive,
     Figures,
     decode_cells,
@@ -22,6 +29,7 @@ from pynba_exporter.collector._archive import (
 from pynba_exporter.collector._history import cell_of
 from pynba_exporter.collector._percentile import percentile
 from pynba_exporter.collector._record import Record
+from pynba_exporter.collector._store import APPLICATION_ID
 from pynba_exporter.wire import decode, encode
 
 T0 = 1_800_000_000.0  # on the hour (and the minute)
@@ -197,3 +205,169 @@ def test_keys_per_minute_are_capped(tmp_path: Path) -> None:
 
 def _records(script: str) -> list[Record]:
     return [Record.of(decode(req(script, 0.1)), T0)]
+
+
+#: The documented size of a week of minutes for 1,000 scripts (docs/collector.md), each with
+#: 20 requests a minute of spread times, and 20 timer groups.
+WEEK_OF_1000_SCRIPTS = 1200 * 1024 * 1024
+
+
+def test_a_week_of_minutes_for_1000_scripts_stays_under_the_documented_size(
+    tmp_path: Path,
+) -> None:
+    # Five minutes through the real fold and merge, on a file; the week is 2,016 times that
+    # (every minute of a week has the same rows, and the rows' size does not depend on when).
+    path = str(tmp_path / "p.db")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(SCHEMA)
+    before = _bytes(db)
+    archive = Archive(timer_tags=(("group",),))
+    rng = random.Random(1)
+    minutes = 5
+    for minute in range(minutes):
+        start = T0 + 60 * minute
+        # fmt: off
+        records = [
+            Record(
+                start + i % 60, f"web{i % 4}", "shop", f"/app/route/{s:04d}",
+                200 + 300 * (i == 0), "https", rng.lognormvariate(-3, 1), 0.01, 0.002, 1000,
+                10**6, 10**6, (), (((("group", f"db::query{s % 20}"),), 0.002, 2, 0.0, 0.0),),
+            )
+            for s in range(1000)
+            for i in range(20)
+        ]
+        # fmt: on
+        archive.fold(records)
+        db.execute("BEGIN")
+        archive.flush(db)
+        db.execute("COMMIT")
+        archive.flushed(start)
+    grown = _bytes(db) - before
+    (rows,) = db.execute("SELECT count(*) FROM history_minute").fetchone()
+    db.close()
+    assert rows == minutes * (1000 + 4 + 1 + 2 + 1 + 20)  # scripts, hosts, server, statuses...
+    week = grown * (7 * 1440 // minutes)
+    print(f"{grown / rows:.0f} bytes a row, a week of 1,000 scripts: {week / 2**20:.0f} MiB")
+    assert week < WEEK_OF_1000_SCRIPTS
+
+
+def _bytes(db: sqlite3.Connection) -> int:
+    return int(
+        db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+    )
+
+
+def _history_file(path: str, clock: Clock) -> None:
+    """An hour of /a (10 requests a minute at 0.1 s, one 503 a minute) and /b (2 at 0.5 s),
+    its timers in group db::select, then the collector stopped."""
+
+    def feed(c: Collector) -> None:
+        for minute in range(60):
+            clock.t = T0 + 60 * minute
+            c.handle([req("/a", 0.1) for _ in range(9)] + [req("/a", 0.1, status=503)])
+            c.handle([req("/b", 0.5) for _ in range(2)])
+
+    run(path, clock, feed)
+
+
+def test_pynba_report_since_and_between_read_the_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "p.db")
+    clock = Clock()
+    _history_file(path, clock)
+    monkeypatch.setattr(time, "time", lambda: T0 + 3600)
+    assert cli(["report", "--db", path, "--since", "2h", "--json"]) == 0
+    rows = {r["script_name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["/a"]["req_count"] == 600 and rows["/a"]["errors"] == 60
+    assert rows["/b"]["req_count"] == 120
+    assert rows["/a"]["req_time_total"] == pytest.approx(60.0, rel=1e-6)
+    assert rows["/b"]["req_time_median"] == pytest.approx(0.5, rel=0.01)
+    assert rows["/a"]["req_time_percent"] == pytest.approx(50.0, rel=1e-6)
+
+    assert cli(["report", "--db", path, "--since", "10m", "--by", "status", "--json"]) == 0
+    status = {r["status"]: r["req_count"] for r in json.loads(capsys.readouterr().out)}
+    assert status == {"200": 9 * 10 + 2 * 10, "503": 10}  # the last ten minutes only
+
+    start = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(T0 + 600))
+    end = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(T0 + 1200))
+    assert cli(["report", "--db", path, "--between", start, end, "--by", "timer:group"]) == 0
+    text = capsys.readouterr().out
+    assert "history by timer:group" in text and "db::select" in text
+    assert "timer_median (s)" in text
+    assert re.search(r"db::select\s+120\s+240\s", text)  # ten minutes of 12 requests
+
+    for argv, message in [
+        (["--since=-2h"], "more than 0"),
+        (["--since", "0"], "more than 0"),
+        (["--since", "2x"], "not a duration"),
+        (["--between", "tomorrow", "2026-01-01"], "not a time"),
+        (["--since", "1h", "--between", "1", "2"], "not allowed with"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            cli(["report", "--db", path, *argv])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+    assert cli(["report", "--db", path, "--between", "2000", "1000"]) == 2
+    assert "START must come before END" in capsys.readouterr().err
+    assert cli(["report", "--db", path, "--since", "1h", "--by", "schema"]) == 2
+    assert "not kept in the history" in capsys.readouterr().err
+    old = tmp_path / "old.db"  # a file of the collector from before the history
+    with sqlite3.connect(old) as db:
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        db.execute("CREATE TABLE info (req_count)")
+    assert cli(["report", "--db", str(old), "--since", "1h"]) == 2
+    assert "no history in" in capsys.readouterr().err
+
+
+def test_api_history_after_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "p.db")
+    clock = Clock()
+    _history_file(path, clock)
+    clock.t = T0 + 3600 + 5  # restarted: the page's API serves the previous hour
+    c = Collector("127.0.0.1:0", clock=clock)
+    c.store = SqliteStore(path, c.aggregator)
+    web = WebServer(c, "127.0.0.1:0").start()
+    try:
+
+        def get(query: str) -> tuple[int, Any]:
+            url = web.url + "api/history" + query
+            try:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    return exc.code, json.loads(exc.read())
+
+        status, answer = get("?by=script&since=3600")
+        assert status == 200
+        assert [(r["script_name"], r["req_count"]) for r in answer["rows"]] == [
+            ("/a", 600), ("/b", 120),
+        ]  # fmt: skip
+        assert len(answer["series"]) == 60  # the total, minute by minute
+        assert answer["series"][0] == {
+            "start": T0, "seconds": 60, "requests": 12, "req_per_sec": 0.2, "errors": 1,
+            "error_rate": 1 / 12, "time_total": pytest.approx(2.0), "ru_utime": 0.0,
+            "ru_stime": 0.0, "p50": pytest.approx(0.1, rel=0.01),
+            "p95": pytest.approx(0.5, rel=0.01), "p99": pytest.approx(0.5, rel=0.01),
+        }  # fmt: skip
+        status, answer = get(f"?by=script&key=/b&from={T0:.0f}&to={T0 + 120:.0f}")
+        assert [(p["start"], p["requests"]) for p in answer["series"]] == [
+            (T0, 2), (T0 + 60, 2),
+        ]  # fmt: skip
+        status, answer = get('?by=timer:group&key=["db::select"]&since=600')
+        assert status == 200 and sum(p["hit_count"] for p in answer["series"]) == 240
+        for query in ("?by=nothing", "?since=x", "?from=10&to=5", "?since=nan"):
+            status, answer = get(query)
+            assert status == 400 and answer["error"], query
+    finally:
+        web.stop()
+        c.store.close()
+    bare = WebServer(Collector("127.0.0.1:0"), "127.0.0.1:0").start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(bare.url + "api/history", timeout=10)
+        assert error.value.code == 404
+        error.value.close()
+    finally:
+        bare.stop()

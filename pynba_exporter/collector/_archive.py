@@ -184,6 +184,9 @@ def timer_dimension(tags: Sequence[str]) -> str:
 
 Key = tuple[int, str, str]  # (start, dimension, key)
 
+_MISSING: Final[Any] = object()
+_MAX_CACHED: Final = 4096
+
 
 class Archive:
     """Folds records into minutes and merges them into the history tables; rolls minutes up
@@ -206,6 +209,7 @@ class Archive:
         self._keys: dict[tuple[int, str], set[str]] = {}
         #: Requests folded into a ``<other>`` key (the key cap of a minute was reached).
         self.overflow = 0
+        self._timer_keys: dict[tuple[Any, ...], str | None] = {}
 
     @property
     def pending(self) -> int:
@@ -249,10 +253,10 @@ class Archive:
             for names, dim in self.timer_tags:
                 counted: set[str] = set()
                 for tags, value, hits, ru_u, ru_s in r.timer_rows:
-                    d = dict(tags)
-                    if not all(n in d for n in names):
+                    timer_key = self._timer_key(tags, names)
+                    if timer_key is None:
                         continue  # as the reports: a timer without one of the tags is left out
-                    key = json.dumps([d[n] for n in names])
+                    key = timer_key
                     f = self._figures(minute, dim, key)
                     if key not in counted:
                         counted.add(key)
@@ -264,6 +268,21 @@ class Archive:
                     f.ru_stime_us += _us(ru_s)
                     per_hit = cell_of(value / hits if hits > 0 else value)
                     f.cells[per_hit] = f.cells.get(per_hit, 0) + max(1, hits)
+
+    def _timer_key(self, tags: tuple[tuple[str, str], ...], names: tuple[str, ...]) -> str | None:
+        """The key of a timer in a timer dimension: the JSON list of its values of ``names``
+        (None when it lacks one). The same few tag sets come in nearly every request: their
+        keys are kept (small sets only, at most ``_MAX_CACHED``)."""
+        cached: str | None = self._timer_keys.get((tags, names), _MISSING)
+        if cached is not _MISSING:
+            return cached
+        d = dict(tags)
+        key = json.dumps([d[n] for n in names]) if all(n in d for n in names) else None
+        if sum(len(k) + len(v) for k, v in tags) <= 256:
+            if len(self._timer_keys) >= _MAX_CACHED:
+                self._timer_keys.clear()
+            self._timer_keys[(tags, names)] = key
+        return key
 
     def flush(self, db: sqlite3.Connection) -> int:
         """Merge the pending figures into ``history_minute`` (in the caller's transaction);
@@ -286,7 +305,9 @@ class Archive:
     def _merge(db: sqlite3.Connection, table: str, figures: dict[Key, Figures]) -> None:
         select = f"{_SELECT}{_SELECT_END} {table} WHERE start = ? AND dim = ? AND key = ?"
         rows = []
-        for (start, dim, key), f in figures.items():
+        # In key order: rows of a new minute then append to the table's B-tree instead of
+        # splitting its pages (a tenth less room on disk).
+        for (start, dim, key), f in sorted(figures.items(), key=lambda kv: kv[0]):
             old = db.execute(select, (start, dim, key)).fetchone()
             merged = f
             if old is not None:
@@ -346,20 +367,27 @@ _SUMS: Final = (
 )
 
 
+_SECONDS: Final = (60, 3600)
+
+
+def _overlapping(table: str, seconds: int) -> str:
+    # A minute (an hour) is in a range when it overlaps it: ``--since 2h`` at 10:00:30 takes
+    # the minute of 08:00 whole.
+    return f"FROM {table} WHERE start > ? - {seconds} AND start < ?"
+
+
 def _both(columns: str, where: str) -> str:
     """A query over the minutes and the hours (they never overlap)."""
-    return " UNION ALL ".join(f"SELECT {columns} FROM {t} WHERE {where}" for t in _TABLES)
+    return " UNION ALL ".join(
+        f"SELECT {columns} {_overlapping(t, s)} AND {where}" for t, s in zip(_TABLES, _SECONDS)
+    )
 
 
 def totals(db: sqlite3.Connection, dim: str, since: float, until: float) -> dict[str, Figures]:
-    """Each key's sums of ``dim`` over the minutes (and hours) that start in [since, until),
+    """Each key's sums of ``dim`` over the minutes (and hours) that overlap [since, until),
     histograms left empty: summed by SQLite, so a week of minutes of 1,000 scripts takes
     seconds, not minutes (see :func:`cells` for a key's percentiles)."""
-    query = (
-        f"SELECT key, {_SUMS} FROM ("
-        + _both("*", "start >= ? AND start < ? AND dim = ?")
-        + ") GROUP BY key"
-    )
+    query = f"SELECT key, {_SUMS} FROM (" + _both("*", "dim = ?") + ") GROUP BY key"
     out: dict[str, Figures] = {}
     for row in db.execute(query, (since, until, dim, since, until, dim)):
         out[str(row[0])] = Figures.of_row([*row[1:], b""])
@@ -369,7 +397,7 @@ def totals(db: sqlite3.Connection, dim: str, since: float, until: float) -> dict
 def cells(db: sqlite3.Connection, dim: str, key: str, since: float, until: float) -> dict[int, int]:
     """The merged histogram of one key over [since, until)."""
     merged: dict[int, int] = {}
-    query = _both("hist", "start >= ? AND start < ? AND dim = ? AND key = ?")
+    query = _both("hist", "dim = ? AND key = ?")
     for (blob,) in db.execute(query, (since, until, dim, key) * 2):
         decode_cells(blob, merged)
     return merged
@@ -380,9 +408,9 @@ def series(
 ) -> list[tuple[int, int, Figures]]:
     """(start, seconds it covers: 60 or 3600, figures) of one key, oldest first."""
     out = []
-    for table, seconds in zip(_TABLES, (60, 3600)):
+    for table, seconds in zip(_TABLES, _SECONDS):
         query = (
-            f"{_SELECT}{_SELECT_END} {table} WHERE start >= ? AND start < ? AND dim = ? AND key = ?"
+            f"{_SELECT}{_SELECT_END[:-5]} {_overlapping(table, seconds)} AND dim = ? AND key = ?"
         )
         for row in db.execute(query, (since, until, dim, key)):
             start = row[0] if isinstance(row[0], int) else 0
