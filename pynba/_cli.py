@@ -187,7 +187,7 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
     if args.db:
         store = collector.store = SqliteStore(
             args.db, collector.aggregator, timer_tags=timer_tags, request_tags=request_tags,
-            max_pending_bytes=args.max_queue,
+            max_pending_bytes=args.max_queue, max_history_bytes=args.max_history,
         )  # fmt: skip
     web = None
     if args.http:
@@ -438,6 +438,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-queue", type=_size, default=64 << 20, metavar="SIZE",
         help="bytes of requests waiting for the database writer: 64M (beyond, not stored)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-history", type=_size, default=2 << 30, metavar="SIZE",
+        help="bytes the history by the minute and hour may take in the database: 2G (beyond,"
+        " the oldest minutes become hours early, then the oldest hours leave)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     p = sub.add_parser("report", help="print a report from a database the collector writes")

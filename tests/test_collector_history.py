@@ -249,6 +249,8 @@ def test_a_week_of_minutes_for_1000_scripts_stays_under_the_documented_size(
     week = grown * (7 * 1440 // minutes)
     print(f"{grown / rows:.0f} bytes a row, a week of 1,000 scripts: {week / 2**20:.0f} MiB")
     assert week < WEEK_OF_1000_SCRIPTS
+    # The running estimate the byte budget is enforced on is the file's growth, within 20 %.
+    assert 0.8 < archive.bytes / grown < 1.2, (archive.bytes, grown)
 
 
 def _bytes(db: sqlite3.Connection) -> int:
@@ -371,3 +373,44 @@ def test_api_history_after_a_restart(tmp_path: Path) -> None:
         error.value.close()
     finally:
         bare.stop()
+
+
+def test_the_history_stays_within_its_byte_budget(tmp_path: Path) -> None:
+    db = sqlite3.connect(str(tmp_path / "p.db"), isolation_level=None)
+    db.executescript(SCHEMA)
+    archive = Archive(timer_tags=(), max_bytes=10**9)
+    archive.open(db)
+    for hour in range(6):  # six hours of 50 scripts, a request a minute each
+        for minute in range(0, 60, 1):
+            t = T0 + 3600 * hour + 60 * minute
+            records = [_records(f"/s{s}")[0] for s in range(50)]
+            for r in records:
+                r.timestamp = t
+            archive.fold(records)
+        db.execute("BEGIN")
+        archive.flush(db)
+        db.execute("COMMIT")
+        archive.flushed(T0 + 3600 * hour + 3599)
+    (measured,) = db.execute(
+        "SELECT sum(48 + length(dim) + length(key) + length(hist)) FROM history_minute"
+    ).fetchone()
+    assert archive.bytes == measured  # the running estimate is the file's rows
+    full = archive.bytes
+
+    # A budget for the current hour's minutes (a sixth) and about two hours of hour rows
+    # (each a sixtieth of its minutes): the others must go.
+    archive.max_bytes = full // 6 + full // 180
+    now = T0 + 6 * 3600 - 1  # still in the sixth hour: the retention is far away
+    db.execute("BEGIN")
+    archive.flush(db)
+    assert archive.roll_up(db, now) > 0
+    db.execute("COMMIT")
+    archive.flushed(now)
+    assert archive.bytes <= archive.max_bytes
+    assert archive.shed["minutes rolled up early"] == 5  # every hour but the current one
+    assert archive.shed["hours deleted early"] >= 3
+    minutes = {r[0] // 3600 for r in db.execute("SELECT start FROM history_minute")}
+    assert minutes == {(T0 + 5 * 3600) // 3600}
+    hours = [r[0] for r in db.execute("SELECT DISTINCT start FROM history_hour ORDER BY start")]
+    assert hours[-1] == T0 + 4 * 3600 and len(hours) <= 2  # the newest stay, the oldest left
+    assert archive.open(db)["bytes"] == archive.bytes  # the estimate, read back from the file

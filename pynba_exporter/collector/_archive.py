@@ -57,6 +57,7 @@ __all__ = [
     "encode_cells",
     "history_percentile",
     "report",
+    "row_bytes",
     "series",
     "totals",
 ]
@@ -65,6 +66,19 @@ __all__ = [
 MINUTE_RETENTION: Final = 7 * 86400
 #: Seconds hour rows are kept (92 days: three months).
 HOUR_RETENTION: Final = 92 * 86400
+#: Estimated bytes the history may take in the file (:func:`row_bytes`): past it, the oldest
+#: minutes are rolled up into hours early, then the oldest hours leave.
+MAX_BYTES: Final = 2 * 1024**3
+#: A row's bytes besides its key, dimension and histogram (its integers, SQLite's record
+#: header and B-tree cell, the pages' free room), measured (tests/test_collector_history.py).
+ROW_OVERHEAD: Final = 48
+
+
+def row_bytes(dim: str, key: str, hist: Any) -> int:
+    """The estimated bytes of a history row in the file."""
+    size = len(hist) if isinstance(hist, (bytes, bytearray, memoryview)) else 0
+    return ROW_OVERHEAD + len(dim) + len(key) + size
+
 
 _COLUMNS: Final = (
     "start INTEGER NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, req_count INTEGER NOT NULL,"
@@ -199,6 +213,7 @@ class Archive:
         max_keys: int = 10_000,
         minute_retention: float = MINUTE_RETENTION,
         hour_retention: float = HOUR_RETENTION,
+        max_bytes: int = MAX_BYTES,
     ) -> None:
         self.timer_tags = [(tuple(t), timer_dimension(t)) for t in timer_tags]
         self.max_keys = max_keys
@@ -210,6 +225,14 @@ class Archive:
         #: Requests folded into a ``<other>`` key (the key cap of a minute was reached).
         self.overflow = 0
         self._timer_keys: dict[tuple[Any, ...], str | None] = {}
+        #: Estimated bytes of the history rows in the file (:func:`row_bytes`), set by
+        #: :meth:`open` and kept up to date by what is written and deleted.
+        self.bytes = 0
+        self._uncommitted = 0  # the change the transaction running now makes to ``bytes``
+        self.max_bytes = max_bytes
+        #: Hours of minutes rolled up before their retention, and hours deleted before
+        #: theirs, to stay within ``max_bytes``.
+        self.shed = {"minutes rolled up early": 0, "hours deleted early": 0}
 
     @property
     def pending(self) -> int:
@@ -288,6 +311,7 @@ class Archive:
         """Merge the pending figures into ``history_minute`` (in the caller's transaction);
         the number of rows written. The pending figures are forgotten only once merged: if
         this raises, the caller's transaction rolls back and the next flush tries again."""
+        self._uncommitted = 0
         if not self._pending:
             return 0
         self._merge(db, "history_minute", self._pending)
@@ -297,12 +321,13 @@ class Archive:
         """The transaction of :meth:`flush` committed: forget what it wrote, and the key sets
         of minutes past (a late request still finds its minute row, merged)."""
         self._pending.clear()
+        self.bytes += self._uncommitted
+        self._uncommitted = 0
         current = int(now // 60) * 60
         for minute_dim in [k for k in self._keys if k[0] < current - 60]:
             del self._keys[minute_dim]
 
-    @staticmethod
-    def _merge(db: sqlite3.Connection, table: str, figures: dict[Key, Figures]) -> None:
+    def _merge(self, db: sqlite3.Connection, table: str, figures: dict[Key, Figures]) -> None:
         select = f"{_SELECT}{_SELECT_END} {table} WHERE start = ? AND dim = ? AND key = ?"
         rows = []
         # In key order: rows of a new minute then append to the table's B-tree instead of
@@ -313,52 +338,90 @@ class Archive:
             if old is not None:
                 merged = Figures.of_row(old[3:])
                 merged.merge(f)
-            rows.append((start, dim, key, *merged.row()))
+                self._uncommitted -= row_bytes(dim, key, old[9])
+            row = merged.row()
+            self._uncommitted += row_bytes(dim, key, row[6])
+            rows.append((start, dim, key, *row))
         db.executemany(
             f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
         )
 
     def roll_up(self, db: sqlite3.Connection, now: float, *, max_hours: int = 24) -> int:
         """Minutes past ``minute_retention`` move into their hours (merged into any hour row
-        already there); hours past ``hour_retention`` leave. At most ``max_hours`` hours are
-        moved per call, so a writer pass stays short after a long stop (the next calls go on).
-        In the caller's transaction; returns the hours moved."""
+        already there); hours past ``hour_retention`` leave. Past ``max_bytes``, the oldest
+        minutes (but those of the current hour) move early, then the oldest hours leave. At
+        most ``max_hours`` hours are moved or deleted per call, so a writer pass stays short
+        after a long stop (the next calls go on). In the caller's transaction, after
+        :meth:`flush`; returns the hours moved or deleted."""
         cutoff = int((now - self.minute_retention) // 3600) * 3600  # whole hours only
-        moved = 0
-        while moved < max_hours:
+        this_hour = int(now // 3600) * 3600
+        done = 0
+        while done < max_hours:
+            early = False
             first = db.execute(
                 "SELECT min(start) FROM history_minute WHERE start < ?", (cutoff,)
             ).fetchone()[0]
-            if first is None:
+            if first is None and self.bytes + self._uncommitted > self.max_bytes:
+                first = db.execute(
+                    "SELECT min(start) FROM history_minute WHERE start < ?", (this_hour,)
+                ).fetchone()[0]
+                early = True
+            if not isinstance(first, int):
                 break
-            hour = int(first // 3600) * 3600
-            hours: dict[Key, Figures] = {}
-            query = f"{_SELECT}{_SELECT_END} history_minute WHERE start >= ? AND start < ?"
-            for row in db.execute(query, (hour, hour + 3600)):
-                full = (hour, str(row[1]), str(row[2]))
-                f = hours.get(full)
-                if f is None:
-                    hours[full] = Figures.of_row(row[3:])
-                else:
-                    f.merge(Figures.of_row(row[3:]))
-            self._merge(db, "history_hour", hours)
-            db.execute(
-                "DELETE FROM history_minute WHERE start >= ? AND start < ?", (hour, hour + 3600)
-            )
-            moved += 1
-        db.execute("DELETE FROM history_hour WHERE start < ?", (now - self.hour_retention,))
-        return moved
+            self._roll_up_hour(db, first // 3600 * 3600)
+            done += 1
+            if early:
+                self.shed["minutes rolled up early"] += 1
+        self._delete_hours(db, "start < ?", now - self.hour_retention)
+        while done < max_hours and self.bytes + self._uncommitted > self.max_bytes:
+            first = db.execute("SELECT min(start) FROM history_hour").fetchone()[0]
+            if not isinstance(first, int):
+                break
+            self._delete_hours(db, "start = ?", first)
+            self.shed["hours deleted early"] += 1
+            done += 1
+        return done
 
+    def _roll_up_hour(self, db: sqlite3.Connection, hour: int) -> None:
+        hours: dict[Key, Figures] = {}
+        query = f"{_SELECT}{_SELECT_END} history_minute WHERE start >= ? AND start < ?"
+        for row in db.execute(query, (hour, hour + 3600)):
+            dim, key = str(row[1]), str(row[2])
+            self._uncommitted -= row_bytes(dim, key, row[9])
+            full = (hour, dim, key)
+            f = hours.get(full)
+            if f is None:
+                hours[full] = Figures.of_row(row[3:])
+            else:
+                f.merge(Figures.of_row(row[3:]))
+        self._merge(db, "history_hour", hours)
+        db.execute("DELETE FROM history_minute WHERE start >= ? AND start < ?", (hour, hour + 3600))
 
-def kept(db: sqlite3.Connection) -> dict[str, Any]:
-    """What the history tables hold: rows and first/last start of each."""
-    out: dict[str, Any] = {}
-    for table, name in zip(_TABLES, ("minutes", "hours")):
-        rows, first, last = db.execute(
-            f"SELECT count(*), min(start), max(start) FROM {table} WHERE dim = 'total'"
+    def _delete_hours(self, db: sqlite3.Connection, where: str, value: float) -> None:
+        (size,) = db.execute(
+            f"SELECT sum({_ROW_BYTES}) FROM history_hour WHERE {where}", (value,)
         ).fetchone()
-        out[name] = {"count": rows or 0, "first": first, "last": last}
-    return out
+        if size:
+            self._uncommitted -= int(size)
+            db.execute(f"DELETE FROM history_hour WHERE {where}", (value,))
+
+    def open(self, db: sqlite3.Connection) -> dict[str, Any]:
+        """Read what the file holds (one pass over the history tables: a second or so for a
+        gigabyte): sets :attr:`bytes`, returns the rows and first and last start of the
+        minutes and the hours."""
+        out: dict[str, Any] = {}
+        self.bytes = 0
+        for table, name in zip(_TABLES, ("minutes", "hours")):
+            rows, first, last, size = db.execute(
+                f"SELECT sum(dim = 'total'), min(start), max(start), sum({_ROW_BYTES}) FROM {table}"
+            ).fetchone()
+            out[name] = {"count": rows or 0, "first": first, "last": last}
+            self.bytes += int(size or 0)
+        out["bytes"] = self.bytes
+        return out
+
+
+_ROW_BYTES: Final = f"{ROW_OVERHEAD} + length(dim) + length(key) + length(hist)"
 
 
 _SUMS: Final = (

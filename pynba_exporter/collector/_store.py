@@ -217,6 +217,7 @@ class SqliteStore:
         busy_timeout: float = 1.0,
         minute_retention: float = _archive.MINUTE_RETENTION,
         hour_retention: float = _archive.HOUR_RETENTION,
+        max_history_bytes: int = _archive.MAX_BYTES,
     ) -> None:
         self.path = path
         self.aggregator = aggregator
@@ -243,6 +244,7 @@ class SqliteStore:
         self.archive = _archive.Archive(
             timer_tags=self.timer_tags, max_keys=aggregator.max_keys,
             minute_retention=minute_retention, hour_retention=hour_retention,
+            max_bytes=max_history_bytes,
         )  # fmt: skip
         self._next_roll_up = -math.inf  # clock time of the next roll-up of minutes into hours
         last = self._open(path, busy_timeout, max_db_bytes)
@@ -287,7 +289,7 @@ class SqliteStore:
             self._last_timer_id = self._db.execute("SELECT max(id) FROM timer").fetchone()[0] or 0
             self._identity = _identity(path)
             #: What the file held when it was opened (``pynba collect`` says it at start).
-            self.kept = _archive.kept(self._db)
+            self.kept = self.archive.open(self._db)
             self.kept["raw_requests"] = self._db.execute(
                 "SELECT count(*) FROM request WHERE timestamp >= ?",
                 (self.aggregator.clock() - self.aggregator.window,),
@@ -429,6 +431,7 @@ class SqliteStore:
         dies first."""
         now = self.aggregator.clock()
         roll_up = now >= self._next_roll_up
+        shed = dict(self.archive.shed)
         if not self.archive.pending and not roll_up:
             return
         try:
@@ -447,6 +450,12 @@ class SqliteStore:
         self.archive.flushed(now)
         if roll_up:
             self._next_roll_up = now + 60
+            if self.archive.shed != shed:
+                errors.log(
+                    ("store", "history budget"),
+                    f"pynba collector: the history of {printable(self.path)!r} reached its"
+                    f" budget ({self.archive.max_bytes:,} bytes): {self.archive.shed}",
+                )
 
     def _tag_id(self, name: str) -> int:
         tag_id = self._tags.get(name)
@@ -621,6 +630,11 @@ class SqliteStore:
                 else:
                     pairs.append({"name": k, "value": str(v)})
             pairs.append({"name": "store_dropped", "value": str(self.dropped)})
+            pairs.append({"name": "history_bytes", "value": str(self.archive.bytes)})
+            pairs += [
+                {"name": f"history:{reason}", "value": str(n)}
+                for reason, n in self.archive.shed.items()
+            ]
             with self._count:
                 dropped = dict(self.dropped_by)
             pairs += [{"name": f"store_dropped:{r}", "value": str(n)} for r, n in dropped.items()]
