@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
+import signal
 import sqlite3
 import time
 import urllib.error
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from collector_packets import CollectProcess
 
 from pynba._cli import main as cli
 from pynba_exporter import PinbaRequest, PinbaTimer
@@ -322,6 +325,7 @@ def test_pynba_report_since_and_between_read_the_history(
     assert "no history in" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a web server
 def test_api_history_after_a_restart(tmp_path: Path) -> None:
     path = str(tmp_path / "p.db")
     clock = Clock()
@@ -414,3 +418,48 @@ def test_the_history_stays_within_its_byte_budget(tmp_path: Path) -> None:
     hours = [r[0] for r in db.execute("SELECT DISTINCT start FROM history_hour ORDER BY start")]
     assert hours[-1] == T0 + 4 * 3600 and len(hours) <= 2  # the newest stay, the oldest left
     assert archive.open(db)["bytes"] == archive.bytes  # the estimate, read back from the file
+
+
+def _poll(path: str, query: str, want: int) -> None:
+    """Wait (bounded) until ``query`` on the file a collector writes gives ``want``."""
+    deadline = time.monotonic() + 30
+    got = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(sqlite3.Error):
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                got = db.execute(query).fetchone()[0]
+            finally:
+                db.close()
+            if got == want:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{query}: {got}, not {want}")
+
+
+_HISTORY_TOTAL = "SELECT sum(req_count) FROM history_minute WHERE dim = 'total'"
+
+
+@pytest.mark.slow
+def test_after_kill_9_the_restart_keeps_rows_and_history_and_says_so(tmp_path: Path) -> None:
+    path = str(tmp_path / "p.db")
+    first = CollectProcess("--db", path, "--interval", "60")
+    first.send([req("/a", 0.1) for _ in range(50)])
+    _poll(path, _HISTORY_TOTAL, 50)
+    _poll(path, "SELECT count(*) FROM request", 50)
+    first.stop(signal.SIGKILL)
+
+    second = CollectProcess("--db", path, "--interval", "60")
+    assert second.proc.stderr is not None
+    said = second.proc.stderr.readline()
+    assert "history kept in the database: 1 minute" in said or "2 minutes" in said, said
+    assert "Pinba's window, the last 900 s: 50 raw requests of it kept" in said, said
+    second.send([req("/b", 0.2) for _ in range(10)])
+    _poll(path, _HISTORY_TOTAL, 60)
+    _poll(path, "SELECT count(*) FROM request", 60)  # the first rebuilds kept the 50
+    second.stop()
+    with sqlite3.connect(path) as db:
+        scripts = dict(db.execute(
+            "SELECT key, sum(req_count) FROM history_minute WHERE dim = 'script' GROUP BY key"
+        ).fetchall())  # fmt: skip
+    assert scripts == {"/a": 50, "/b": 10}
