@@ -440,8 +440,8 @@ def _parser() -> argparse.ArgumentParser:
         help="bytes of requests waiting for the database writer: 64M (beyond, not stored)",
     )  # fmt: skip
     p.add_argument(
-        "--max-history", type=_size, default=2 << 30, metavar="SIZE",
-        help="bytes the history by the minute and hour may take in the database: 2G (beyond,"
+        "--max-history", type=_size, default=4 << 30, metavar="SIZE",
+        help="bytes the history by the minute and hour may take in the database: 4G (beyond,"
         " the oldest minutes become hours early, then the oldest hours leave)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")

@@ -68,7 +68,7 @@ MINUTE_RETENTION: Final = 7 * 86400
 HOUR_RETENTION: Final = 92 * 86400
 #: Estimated bytes the history may take in the file (:func:`row_bytes`): past it, the oldest
 #: minutes are rolled up into hours early, then the oldest hours leave.
-MAX_BYTES: Final = 2 * 1024**3
+MAX_BYTES: Final = 4 * 1024**3
 #: A row's bytes besides its key, dimension and histogram (its integers, SQLite's record
 #: header and B-tree cell, the pages' free room), measured (tests/test_collector_history.py).
 ROW_OVERHEAD: Final = 48
