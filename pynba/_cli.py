@@ -168,6 +168,17 @@ def _moment(text: str) -> float:
     return value
 
 
+def _history_time(text: str) -> float:
+    """A time of ``--between``: within the years 1970-9999."""
+    value = _moment(text)
+    if not 0 <= value < _YEAR_10000:
+        raise argparse.ArgumentTypeError(f"not a time between 1970 and 9999: {text!r}")
+    return value
+
+
+_YEAR_10000 = 253_402_300_800.0
+
+
 def _raise_stopped(signum: int, frame: Any) -> None:
     # The first signal stops; later ones (a second Ctrl-C during the drain) must not cut the
     # drain or the final report short.
@@ -296,7 +307,7 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     if args.since is not None or args.between is not None:
         if args.since is not None:
             until = time.time()
-            since = until - args.since
+            since = max(0.0, until - args.since)  # --since 1e300: all of it
         else:
             since, until = args.between
             if not since < until:
@@ -466,7 +477,7 @@ def _parser() -> argparse.ArgumentParser:
         " 1w); --by script, server, host, status, total or timer:TAGS",
     )  # fmt: skip
     when.add_argument(
-        "--between", type=_moment, nargs=2, metavar=("START", "END"),
+        "--between", type=_history_time, nargs=2, metavar=("START", "END"),
         help="read the history between two times (ISO 8601, UTC unless a zone is given, or"
         " seconds since the epoch)",
     )  # fmt: skip

@@ -308,11 +308,15 @@ def test_pynba_report_since_and_between_read_the_history(
         (["--since", "2x"], "not a duration"),
         (["--between", "tomorrow", "2026-01-01"], "not a time"),
         (["--since", "1h", "--between", "1", "2"], "not allowed with"),
+        (["--between", "0", "1e300"], "between 1970 and 9999"),
+        (["--between", "0001-01-01", "2026-01-01"], "between 1970 and 9999"),
     ]:
         with pytest.raises(SystemExit) as exit_:
             cli(["report", "--db", path, *argv])
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+    assert cli(["report", "--db", path, "--since", "1e300", "--json"]) == 0  # all of it
+    assert sum(r["req_count"] for r in json.loads(capsys.readouterr().out)) == 720
     assert cli(["report", "--db", path, "--between", "2000", "1000"]) == 2
     assert "START must come before END" in capsys.readouterr().err
     assert cli(["report", "--db", path, "--since", "1h", "--by", "schema"]) == 2
@@ -463,3 +467,34 @@ def test_after_kill_9_the_restart_keeps_rows_and_history_and_says_so(tmp_path: P
             "SELECT key, sum(req_count) FROM history_minute WHERE dim = 'script' GROUP BY key"
         ).fetchall())  # fmt: skip
     assert scripts == {"/a": 50, "/b": 10}
+
+
+def test_hostile_names_make_bounded_rows_sqlite_can_hold(tmp_path: Path) -> None:
+    path = str(tmp_path / "p.db")
+    long = "/" + "x" * 60_000
+    packets = [
+        encode(PinbaRequest(
+            hostname="h\udcff", server_name="s", script_name=name, request_time=0.1,
+            timers=[PinbaTimer({"group": name}, 0.01)],
+        ))
+        for name in (long + "1", long + "2", "/caf\u00e9\udcff")
+    ]  # fmt: skip
+    run(path, Clock(), lambda c: c.handle(packets))
+    scripts = rows(path)
+    assert {k[1] for k in scripts} == {"/" + "x" * 252 + "...", "/caf\u00e9\ufffd"}
+    assert scripts[(T0, "/" + "x" * 252 + "...")][0] == 2  # long names, cut, count together
+    assert set(rows(path, dim="host")) == {(T0, "h\ufffd")}
+    timers = rows(path, dim="timer:group")
+    assert (T0, '["/caf\u00e9\ufffd"]') in timers
+    assert max(len(k[1]) for k in timers) < 300
+
+
+def test_what_the_file_refuses_for_long_is_dropped_and_counted() -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)  # no history tables: every flush fails
+    archive = Archive(timer_tags=())
+    archive.fold(_records("/a") * 3)
+    with pytest.raises(sqlite3.OperationalError):
+        archive.flush(db)
+    assert archive.pending == 5  # kept for the next try
+    assert archive.drop_pending() == 3
+    assert archive.pending == 0 and archive.shed["requests lost"] == 3

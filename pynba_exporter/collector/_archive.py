@@ -45,6 +45,7 @@ from typing import Any, Final
 from pynba_exporter.collector._history import cell_of, cell_value
 from pynba_exporter.collector._live import OTHER
 from pynba_exporter.collector._record import Record
+from pynba_exporter.collector._text import cut, sql_text
 
 __all__ = [
     "HOUR_RETENTION",
@@ -192,6 +193,13 @@ def _us(seconds: float) -> int:
     return round(seconds * 1e6) if seconds < 1e12 else 10**18  # no float overflow to int
 
 
+def _key(name: str) -> str:
+    """A name as a history key: cut to ``MAX_TEXT`` characters (a flood of 60 KB names must
+    not make 60 KB rows, nor hold them in the writer's memory; names that long are junk or
+    hostile, and the page and API cut them anyway), and as SQLite can hold it."""
+    return sql_text(cut(name))
+
+
 def timer_dimension(tags: Sequence[str]) -> str:
     return "timer:" + ",".join(tags)
 
@@ -231,8 +239,9 @@ class Archive:
         self._uncommitted = 0  # the change the transaction running now makes to ``bytes``
         self.max_bytes = max_bytes
         #: Hours of minutes rolled up before their retention, and hours deleted before
-        #: theirs, to stay within ``max_bytes``.
-        self.shed = {"minutes rolled up early": 0, "hours deleted early": 0}
+        #: theirs, to stay within ``max_bytes``; requests counted but never merged into the
+        #: file (:meth:`drop_pending`).
+        self.shed = {"minutes rolled up early": 0, "hours deleted early": 0, "requests lost": 0}
 
     @property
     def pending(self) -> int:
@@ -264,8 +273,9 @@ class Archive:
             cell = cell_of(r.req_time)
             t, u, s = _us(r.req_time), _us(r.ru_utime), _us(r.ru_stime)
             error = 1 if r.status >= 500 else 0
-            for dim, key in (("total", ""), ("script", r.script_name), ("server", r.server_name),
-                             ("host", r.hostname), ("status", str(r.status))):  # fmt: skip
+            for dim, key in (("total", ""), ("script", _key(r.script_name)),
+                             ("server", _key(r.server_name)), ("host", _key(r.hostname)),
+                             ("status", str(r.status))):  # fmt: skip
                 f = self._figures(minute, dim, key)
                 f.req_count += 1
                 f.errors += error
@@ -300,7 +310,9 @@ class Archive:
         if cached is not _MISSING:
             return cached
         d = dict(tags)
-        key = json.dumps([d[n] for n in names]) if all(n in d for n in names) else None
+        key = None
+        if all(n in d for n in names):
+            key = sql_text(json.dumps([cut(d[n]) for n in names], ensure_ascii=False))
         if sum(len(k) + len(v) for k, v in tags) <= 256:
             if len(self._timer_keys) >= _MAX_CACHED:
                 self._timer_keys.clear()
@@ -316,6 +328,15 @@ class Archive:
             return 0
         self._merge(db, "history_minute", self._pending)
         return len(self._pending)
+
+    def drop_pending(self) -> int:
+        """Forget what is not merged yet (the file refuses it for long: a full disk), so the
+        writer's memory stays bounded; the requests lost are counted in :attr:`shed`."""
+        lost = sum(f.req_count for k, f in self._pending.items() if k[1] == "total")
+        self._pending.clear()
+        self._keys.clear()
+        self.shed["requests lost"] += lost
+        return lost
 
     def flushed(self, now: float) -> None:
         """The transaction of :meth:`flush` committed: forget what it wrote, and the key sets

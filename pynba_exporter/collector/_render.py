@@ -192,7 +192,10 @@ def stored_report(path: str, table: str, *, top: int = 30, as_json: bool = False
 
 
 def _utc(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    except (OverflowError, OSError, ValueError):  # out of the platform's calendar
+        return f"{t:g} s"
 
 
 def stored_history(

@@ -47,6 +47,7 @@ from pynba_exporter.collector._aggregate import Aggregator
 from pynba_exporter.collector._record import Record
 from pynba_exporter.collector._reports import REPORTS
 from pynba_exporter.collector._text import printable
+from pynba_exporter.collector._text import sql_text as _sql
 from pynba_exporter.log import errors
 
 __all__ = ["APPLICATION_ID", "SqliteStore", "StoreError", "report_table"]
@@ -169,21 +170,13 @@ def _reason(exc: sqlite3.Error) -> str:
     return "write failed"
 
 
-def _sql(s: str) -> str:
-    """``s`` as SQLite can hold it: a name with bytes that were not UTF-8 (kept by the decoder
-    as surrogates) gets U+FFFD in their place, instead of failing the whole batch."""
-    if s.isascii():
-        return s
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return s
-
-
 def _sql_value(v: Any) -> Any:
     return _sql(v) if isinstance(v, str) else v
 
+
+#: History keys (minute, dimension, key) waiting to be merged, at most, while the file refuses
+#: them (a full disk): beyond, they are forgotten and counted (a few tens of megabytes).
+_MAX_HISTORY_PENDING: Final = 100_000
 
 #: Tag names cached by the writer before the cache (and the ``tag`` table) are trimmed.
 _MAX_TAG_NAMES: Final = 50_000
@@ -442,9 +435,12 @@ class SqliteStore:
         except Exception as exc:
             if self._late or self._paused:
                 return  # interrupted by pause() or a late close(): still pending
+            lost = ""
+            if self.archive.pending > _MAX_HISTORY_PENDING:
+                lost = f"; {self.archive.drop_pending():,} requests lost to it"
             errors.log(
                 ("store", "history", type(exc).__name__),
-                f"pynba collector: history not written to the database: {exc!r}",
+                f"pynba collector: history not written to the database: {exc!r}{lost}",
             )
             return
         self.archive.flushed(now)
