@@ -26,9 +26,11 @@ percentile read from the history is within 1 % of the exact (nearest-rank) value
 histograms are. ``hist`` is the non-empty cells as unsigned LEB128 varints: the gap to the
 previous cell, then the count (two or three bytes a cell).
 
-Every key set is bounded per minute: past ``max_keys`` distinct keys of a dimension in one
-minute, requests count in a ``<other>`` key (as the reports do), so a flood of distinct names
-costs at most ``max_keys`` rows per dimension and minute.
+Bounded: past ``max_keys`` distinct keys of a dimension in one minute, requests count in a
+``<other>`` key (as the reports do); keys are cut to ``MAX_TEXT`` characters; and past
+``max_bytes`` (an estimate of the rows' bytes, kept up to date by every write) the oldest
+minutes are rolled up early, then the oldest hours deleted, both counted in :attr:`shed`.
+Sizes measured, and the choices behind them: docs/collector.md, "History".
 """
 
 from __future__ import annotations
