@@ -409,14 +409,18 @@ def test_the_history_stays_within_its_byte_budget(tmp_path: Path) -> None:
     # (each a sixtieth of its minutes): the others must go.
     archive.max_bytes = full // 6 + full // 180
     now = T0 + 6 * 3600 - 1  # still in the sixth hour: the retention is far away
-    db.execute("BEGIN")
-    archive.flush(db)
-    assert archive.roll_up(db, now) > 0
-    db.execute("COMMIT")
-    archive.flushed(now)
+    passes = 0
+    while passes == 0 or archive.behind:  # a bounded number of rows per pass
+        db.execute("BEGIN")
+        archive.flush(db)
+        assert archive.roll_up(db, now, max_rows=4000) > 0
+        db.execute("COMMIT")
+        archive.flushed(now)
+        passes += 1
+    assert 4 <= passes <= 5  # 15,300 minute rows, about 4,000 a pass
     assert archive.bytes <= archive.max_bytes
-    assert archive.shed["minutes rolled up early"] == 5  # every hour but the current one
-    assert archive.shed["hours deleted early"] >= 3
+    assert archive.shed["minutes rolled up early"] == 5 * 60 * 54  # all but the current hour
+    assert archive.shed["hours deleted early"] >= 3 * 54  # 50 scripts, host, server, status, total
     minutes = {r[0] // 3600 for r in db.execute("SELECT start FROM history_minute")}
     assert minutes == {(T0 + 5 * 3600) // 3600}
     hours = [r[0] for r in db.execute("SELECT DISTINCT start FROM history_hour ORDER BY start")]

@@ -40,7 +40,7 @@ import math
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -98,6 +98,10 @@ _TABLES: Final = ("history_minute", "history_hour")
 # Stored values and their SQL, column by column after (start, dim, key).
 _SELECT: Final = "SELECT start, dim, key, req_count, errors, hit_count, req_time_us, ru_utime_us,"
 _SELECT_END: Final = " ru_stime_us, hist FROM"
+
+
+class Interrupted(Exception):
+    """A merge stopped by :attr:`Archive.cut_short`."""
 
 
 def read_only_uri(path: str) -> str:
@@ -240,10 +244,16 @@ class Archive:
         self.bytes = 0
         self._uncommitted = 0  # the change the transaction running now makes to ``bytes``
         self.max_bytes = max_bytes
-        #: Hours of minutes rolled up before their retention, and hours deleted before
+        #: Minute rows rolled up before their retention, and hour rows deleted before
         #: theirs, to stay within ``max_bytes``; requests counted but never merged into the
         #: file (:meth:`drop_pending`).
         self.shed = {"minutes rolled up early": 0, "hours deleted early": 0, "requests lost": 0}
+        #: The last :meth:`roll_up` left rows due for the next one.
+        self.behind = False
+        #: Asked every few hundred rows of a merge: True stops it (:class:`Interrupted`).
+        #: The store stops a merge at a stop, so that the final report does not share the
+        #: interpreter with it (SQLite's interrupt stops a statement, not the loop).
+        self.cut_short: Callable[[], bool] = lambda: False
 
     @property
     def pending(self) -> int:
@@ -355,7 +365,9 @@ class Archive:
         rows = []
         # In key order: rows of a new minute then append to the table's B-tree instead of
         # splitting its pages (a tenth less room on disk).
-        for (start, dim, key), f in sorted(figures.items(), key=lambda kv: kv[0]):
+        for i, ((start, dim, key), f) in enumerate(sorted(figures.items(), key=lambda kv: kv[0])):
+            if not i % 256 and self.cut_short():
+                raise Interrupted  # the caller's transaction rolls back: still pending
             old = db.execute(select, (start, dim, key)).fetchone()
             merged = f
             if old is not None:
@@ -369,64 +381,83 @@ class Archive:
             f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
         )
 
-    def roll_up(self, db: sqlite3.Connection, now: float, *, max_hours: int = 24) -> int:
+    def roll_up(self, db: sqlite3.Connection, now: float, *, max_rows: int = 6000) -> int:
         """Minutes past ``minute_retention`` move into their hours (merged into any hour row
         already there); hours past ``hour_retention`` leave. Past ``max_bytes``, the oldest
-        minutes (but those of the current hour) move early, then the oldest hours leave. At
-        most ``max_hours`` hours are moved or deleted per call, so a writer pass stays short
-        after a long stop (the next calls go on). In the caller's transaction, after
-        :meth:`flush`; returns the hours moved or deleted."""
+        minutes (but those of the current hour) move early, then the oldest hours leave.
+
+        At most about ``max_rows`` minute rows move per call, a few keys at a time (an hour
+        of 1,000 scripts is 60,000 rows, 2.5 s of merging in one go: the writer and the
+        receiving thread would wait on it); :attr:`behind` then says more is due, and the
+        next call goes on. A range read meanwhile stays exact: each minute row is either
+        still a minute or already in its hour, in one transaction. In the caller's
+        transaction, after :meth:`flush`; returns the minute rows moved and hour rows
+        deleted."""
         cutoff = int((now - self.minute_retention) // 3600) * 3600  # whole hours only
         this_hour = int(now // 3600) * 3600
         done = 0
-        while done < max_hours:
-            early = False
+        self.behind = False
+        while True:
+            over = self.bytes + self._uncommitted > self.max_bytes
             first = db.execute(
-                "SELECT min(start) FROM history_minute WHERE start < ?", (cutoff,)
+                "SELECT min(start) FROM history_minute WHERE start < ?",
+                (this_hour if over else cutoff,),
             ).fetchone()[0]
-            if first is None and self.bytes + self._uncommitted > self.max_bytes:
-                first = db.execute(
-                    "SELECT min(start) FROM history_minute WHERE start < ?", (this_hour,)
-                ).fetchone()[0]
-                early = True
             if not isinstance(first, int):
                 break
-            self._roll_up_hour(db, first // 3600 * 3600)
-            done += 1
-            if early:
-                self.shed["minutes rolled up early"] += 1
+            if done >= max_rows:
+                self.behind = True
+                break
+            moved = self._roll_up_keys(db, first // 3600 * 3600, max(1, (max_rows - done) // 60))
+            done += moved
+            if first >= cutoff:
+                self.shed["minutes rolled up early"] += moved
         self._delete_hours(db, "start < ?", now - self.hour_retention)
-        while done < max_hours and self.bytes + self._uncommitted > self.max_bytes:
+        while self.bytes + self._uncommitted > self.max_bytes:
             first = db.execute("SELECT min(start) FROM history_hour").fetchone()[0]
             if not isinstance(first, int):
                 break
-            self._delete_hours(db, "start = ?", first)
-            self.shed["hours deleted early"] += 1
-            done += 1
+            deleted = self._delete_hours(db, "start = ?", first)
+            self.shed["hours deleted early"] += deleted
+            done += deleted
         return done
 
-    def _roll_up_hour(self, db: sqlite3.Connection, hour: int) -> None:
+    def _roll_up_keys(self, db: sqlite3.Connection, hour: int, keys: int) -> int:
+        """Move the minutes of ``hour`` of the first ``keys`` (dimension, key) pairs into
+        their hour rows; returns the minute rows moved."""
+        pairs = db.execute(
+            "SELECT DISTINCT dim, key FROM history_minute WHERE start >= ? AND start < ?"
+            " ORDER BY dim, key LIMIT ?",
+            (hour, hour + 3600, keys),
+        ).fetchall()
+        starts = list(range(hour, hour + 3600, 60))
+        marks = ", ".join("?" for _ in starts)
+        where = f"start IN ({marks}) AND dim = ? AND key = ?"  # 60 seeks in the primary key
         hours: dict[Key, Figures] = {}
-        query = f"{_SELECT}{_SELECT_END} history_minute WHERE start >= ? AND start < ?"
-        for row in db.execute(query, (hour, hour + 3600)):
-            dim, key = str(row[1]), str(row[2])
-            self._uncommitted -= row_bytes(dim, key, row[9])
-            full = (hour, dim, key)
-            f = hours.get(full)
-            if f is None:
-                hours[full] = Figures.of_row(row[3:])
-            else:
-                f.merge(Figures.of_row(row[3:]))
+        moved = 0
+        for dim, key in pairs:
+            merged = Figures()
+            for row in db.execute(
+                f"{_SELECT}{_SELECT_END} history_minute WHERE {where}", (*starts, dim, key)
+            ):
+                self._uncommitted -= row_bytes(str(dim), str(key), row[9])
+                merged.merge(Figures.of_row(row[3:]))
+                moved += 1
+            hours[(hour, str(dim), str(key))] = merged
         self._merge(db, "history_hour", hours)
-        db.execute("DELETE FROM history_minute WHERE start >= ? AND start < ?", (hour, hour + 3600))
+        db.executemany(
+            f"DELETE FROM history_minute WHERE {where}", [(*starts, d, k) for d, k in pairs]
+        )
+        return moved
 
-    def _delete_hours(self, db: sqlite3.Connection, where: str, value: float) -> None:
-        (size,) = db.execute(
-            f"SELECT sum({_ROW_BYTES}) FROM history_hour WHERE {where}", (value,)
+    def _delete_hours(self, db: sqlite3.Connection, where: str, value: float) -> int:
+        rows, size = db.execute(
+            f"SELECT count(*), sum({_ROW_BYTES}) FROM history_hour WHERE {where}", (value,)
         ).fetchone()
-        if size:
-            self._uncommitted -= int(size)
+        if rows:
+            self._uncommitted -= int(size or 0)
             db.execute(f"DELETE FROM history_hour WHERE {where}", (value,))
+        return int(rows)
 
     def open(self, db: sqlite3.Connection) -> dict[str, Any]:
         """Read what the file holds (one pass over the history tables: a second or so for a

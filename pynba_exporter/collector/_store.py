@@ -239,6 +239,7 @@ class SqliteStore:
             minute_retention=minute_retention, hour_retention=hour_retention,
             max_bytes=max_history_bytes,
         )  # fmt: skip
+        self.archive.cut_short = lambda: self._late or (self._paused and not self._stop.is_set())
         self._next_roll_up = -math.inf  # clock time of the next roll-up of minutes into hours
         last = self._open(path, busy_timeout, max_db_bytes)
         self._base = last - aggregator.serial
@@ -445,7 +446,9 @@ class SqliteStore:
             return
         self.archive.flushed(now)
         if roll_up:
-            self._next_roll_up = now + 60
+            # Once a minute, or at the next pass while minutes are still due (a roll-up moves
+            # a bounded number of rows per pass).
+            self._next_roll_up = -math.inf if self.archive.behind else now + 60
             if self.archive.shed != shed:
                 errors.log(
                     ("store", "history budget"),
