@@ -266,16 +266,17 @@ def _kept_text(store: SqliteStore, window: float) -> str:
     kept = store.kept
 
     def span(part: dict[str, Any], unit: str) -> str:
-        if not part["count"]:
+        if not isinstance(part["first"], int) or not isinstance(part["last"], int):
             return f"no {unit}s"
         first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(part["first"]))
         last = time.strftime("%Y-%m-%d %H:%M", time.gmtime(part["last"]))
-        return f"{part['count']:,} {unit}s ({first} to {last} UTC)"
+        return f"{unit}s from {first} to {last} UTC"
 
     archive = store.archive
     return (
         f"pynba collector: history kept in the database: {span(kept['minutes'], 'minute')},"
-        f" {span(kept['hours'], 'hour')}; minutes are kept {archive.minute_retention / 86400:g}"
+        f" {span(kept['hours'], 'hour')} ({kept['bytes'] / 2**20:,.1f} MiB of"
+        f" {archive.max_bytes / 2**20:,.0f}); minutes are kept {archive.minute_retention / 86400:g}"
         f" days, then hours {archive.hour_retention / 86400:g} days (pynba report --since 2h)."
         f" Raw requests and the live reports are Pinba's window, the last {window:g} s:"
         f" {kept['raw_requests']:,} raw requests of it kept"

@@ -92,6 +92,7 @@ _COLUMNS: Final = (
 SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS history_minute ({_COLUMNS}) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS history_hour ({_COLUMNS}) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history_state (name TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID;
 """
 _TABLES: Final = ("history_minute", "history_hour")
 
@@ -459,18 +460,33 @@ class Archive:
             db.execute(f"DELETE FROM history_hour WHERE {where}", (value,))
         return int(rows)
 
+    def save(self, db: sqlite3.Connection) -> None:
+        """Keep the bytes estimate in the file, in the transaction that changed the rows (so
+        that :meth:`open` need not read every row again: 4 to 5 s per GiB)."""
+        db.execute(
+            "INSERT OR REPLACE INTO history_state VALUES ('bytes', ?)",
+            (self.bytes + self._uncommitted,),
+        )
+
     def open(self, db: sqlite3.Connection) -> dict[str, Any]:
-        """Read what the file holds (one pass over the history tables: a second or so for a
-        gigabyte): sets :attr:`bytes`, returns the rows and first and last start of the
-        minutes and the hours."""
+        """Read what the file holds: sets :attr:`bytes` (saved by :meth:`save`; read from
+        every row, once, in a file that has no saved estimate), returns the first and last
+        start of the minutes and of the hours (each one look-up in the primary key) and the
+        bytes."""
         out: dict[str, Any] = {}
-        self.bytes = 0
         for table, name in zip(_TABLES, ("minutes", "hours")):
-            rows, first, last, size = db.execute(
-                f"SELECT sum(dim = 'total'), min(start), max(start), sum({_ROW_BYTES}) FROM {table}"
-            ).fetchone()
-            out[name] = {"count": rows or 0, "first": first, "last": last}
-            self.bytes += int(size or 0)
+            # One min() or max() per query: SQLite then reads one end of the primary key.
+            (first,) = db.execute(f"SELECT min(start) FROM {table}").fetchone()
+            (last,) = db.execute(f"SELECT max(start) FROM {table}").fetchone()
+            out[name] = {"first": first, "last": last}
+        saved = db.execute("SELECT value FROM history_state WHERE name = 'bytes'").fetchone()
+        if saved is not None and isinstance(saved[0], int) and saved[0] >= 0:
+            self.bytes = saved[0]
+        else:
+            self.bytes = sum(
+                int(db.execute(f"SELECT sum({_ROW_BYTES}) FROM {t}").fetchone()[0] or 0)
+                for t in _TABLES
+            )
         out["bytes"] = self.bytes
         return out
 

@@ -433,6 +433,7 @@ class SqliteStore:
                 self.archive.flush(self._db)
                 if roll_up:
                     self.archive.roll_up(self._db, now)
+                self.archive.save(self._db)
         except Exception as exc:
             if self._late or self._paused:
                 return  # interrupted by pause() or a late close(): still pending
