@@ -454,7 +454,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-history", type=_size, default=4 << 30, metavar="SIZE",
         help="bytes the history by the minute and hour may take in the database: 4G (beyond,"
-        " the oldest minutes become hours early, then the oldest hours leave)",
+        " the oldest minutes leave early, their hours kept, then the oldest hours)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     p = sub.add_parser("report", help="print a report from a database the collector writes")

@@ -282,8 +282,9 @@ def history(path: str, query: dict[str, list[str]], now: float, archive: Archive
     status, total, timer:TAGS; ``total`` by default) over the last ``since`` seconds (3600) or
     from ``from`` to ``to`` (seconds since the epoch). With ``key`` (a name, a status, or for
     timers the JSON list of tag values as ``rows`` give it): that key's figures minute by
-    minute (hours past the minute retention) in ``series``; without: ``rows``, the keys of
-    most time over the range (``top``, 30 by default), and the series of the total.
+    minute (hours past the minute retention), or hour by hour (``resolution=hour``, the
+    default for ranges over two days), in ``series``; without: ``rows``, the keys of most
+    time over the range (``top``, 30 by default), and the series of the total.
     Raises :class:`HistoryQueryError` for a query it cannot answer."""
     by = (query.get("by") or ["total"])[0]
     dim = dimension(by)
@@ -302,6 +303,10 @@ def history(path: str, query: dict[str, list[str]], now: float, archive: Archive
     top = int(min(_HISTORY_TOP_MAX, max(1, _number(query, "top", _HISTORY_TOP) or 1)))
     keys = query.get("key")
     key = keys[0] if keys else None
+    resolution = (query.get("resolution") or ["hour" if end - start > 2 * 86400 else "minute"])[0]
+    if resolution not in ("minute", "hour"):
+        raise HistoryQueryError("resolution: minute or hour")
+    hours = resolution == "hour"
     db = sqlite3.connect(read_only_uri(path), uri=True)
     try:
         answer: dict[str, Any] = {
@@ -313,10 +318,11 @@ def history(path: str, query: dict[str, list[str]], now: float, archive: Archive
             rows, total = report(db, dim, start, end, top=top)
             answer["rows"] = rows
             answer["rows_total"] = total
-            points = series(db, "total", "", start, end)
+            points = series(db, "total", "", start, end, hours=hours)
         else:
-            points = series(db, dim, key, start, end)
+            points = series(db, dim, key, start, end, hours=hours)
         answer["key"] = key
+        answer["resolution"] = resolution
         answer["series"] = [_point(s, seconds, f, dim) for s, seconds, f in points]
         return answer
     finally:

@@ -8,18 +8,19 @@ SQLite writer thread folds every request it receives into the current minute, pe
 - ``timer:<tags>`` for each configured timer tag set (``timer:group``, ``timer:group,server``;
   the key is the JSON list of the tag values),
 
-and merges these figures into the table ``history_minute`` at each report rebuild (about
-once a second): ``req_count``, ``errors`` (status >= 500), ``hit_count`` (timers),
+and merges these figures into the tables ``history_minute`` and ``history_hour`` (the same
+figures summed by the hour, in the same transaction) at each report rebuild (about once a
+second): ``req_count``, ``errors`` (status >= 500), ``hit_count`` (timers),
 ``req_time_us``, ``ru_utime_us``, ``ru_stime_us`` (sums in whole microseconds: integers
 take less room than SQLite's 8-byte reals) and ``hist``, a histogram of the request times
 (timers: per-hit values weighted by hits). Rows are merged into what the file holds, never
 replaced, so a restart on the same file keeps all of it, and a ``kill -9`` loses only what
 was not merged yet (about a second).
 
-Minutes older than ``minute_retention`` (7 days) are rolled up into ``history_hour`` (same
-columns, ``start`` on the hour): histograms add up, so an hour's percentiles are as precise
-as a minute's. Hours older than ``hour_retention`` (92 days) are deleted. Minute and hour
-rows never overlap (a minute leaves when its hour takes it), so a range reads both tables.
+Minutes older than ``minute_retention`` (7 days) are deleted (their hours hold them);
+histograms add up, so an hour's percentiles are as precise as a minute's. Hours older than
+``hour_retention`` (92 days) are deleted. A range reads its whole hours from the hours and
+its edges from the minutes (:func:`plan`): a week is 168 rows per key, not 10,080.
 
 Histogram cells are those of the live page (``_history.cell_of``): each cell is 2 % wide, so a
 percentile read from the history is within 1 % of the exact (nearest-rank) value, as pinba2's
@@ -29,7 +30,7 @@ previous cell, then the count (two or three bytes a cell).
 Bounded: past ``max_keys`` distinct keys of a dimension in one minute, requests count in a
 ``<other>`` key (as the reports do); keys are cut to ``MAX_TEXT`` characters; and past
 ``max_bytes`` (an estimate of the rows' bytes, kept up to date by every write) the oldest
-minutes are rolled up early, then the oldest hours deleted, both counted in :attr:`shed`.
+minutes are deleted early, then the oldest hours, both counted in :attr:`shed`.
 Sizes measured, and the choices behind them: docs/collector.md, "History".
 """
 
@@ -59,18 +60,19 @@ __all__ = [
     "dimension",
     "encode_cells",
     "history_percentile",
+    "plan",
     "report",
     "row_bytes",
     "series",
     "totals",
 ]
 
-#: Seconds minute rows are kept before they are rolled up into hours (7 days).
+#: Seconds minute rows are kept (7 days; their hours are kept longer).
 MINUTE_RETENTION: Final = 7 * 86400
 #: Seconds hour rows are kept (92 days: three months).
 HOUR_RETENTION: Final = 92 * 86400
 #: Estimated bytes the history may take in the file (:func:`row_bytes`): past it, the oldest
-#: minutes are rolled up into hours early, then the oldest hours leave.
+#: minutes leave early (their hours hold them), then the oldest hours.
 MAX_BYTES: Final = 4 * 1024**3
 #: A row's bytes besides its key, dimension and histogram (its integers, SQLite's record
 #: header and B-tree cell, the pages' free room), measured (tests/test_collector_history.py).
@@ -218,8 +220,9 @@ _MAX_CACHED: Final = 4096
 
 
 class Archive:
-    """Folds records into minutes and merges them into the history tables; rolls minutes up
-    into hours and drops what is past retention. Used from one thread (the SQLite writer)."""
+    """Folds records into minutes and merges them into the history tables (minutes and
+    hours); deletes what is past its retention or the byte budget. Used from one thread
+    (the SQLite writer)."""
 
     def __init__(
         self,
@@ -245,11 +248,11 @@ class Archive:
         self.bytes = 0
         self._uncommitted = 0  # the change the transaction running now makes to ``bytes``
         self.max_bytes = max_bytes
-        #: Minute rows rolled up before their retention, and hour rows deleted before
+        #: Minute rows deleted before their retention, and hour rows deleted before
         #: theirs, to stay within ``max_bytes``; requests counted but never merged into the
         #: file (:meth:`drop_pending`).
-        self.shed = {"minutes rolled up early": 0, "hours deleted early": 0, "requests lost": 0}
-        #: The last :meth:`roll_up` left rows due for the next one.
+        self.shed = {"minutes deleted early": 0, "hours deleted early": 0, "requests lost": 0}
+        #: The last :meth:`expire` may have left rows due for the next one.
         self.behind = False
         #: Asked every few hundred rows of a merge: True stops it (:class:`Interrupted`).
         #: The store stops a merge at a stop, so that the final report does not share the
@@ -333,13 +336,22 @@ class Archive:
         return key
 
     def flush(self, db: sqlite3.Connection) -> int:
-        """Merge the pending figures into ``history_minute`` (in the caller's transaction);
+        """Merge the pending figures into ``history_minute`` and ``history_hour`` (in the
+        caller's transaction: a range read sees both or neither);
         the number of rows written. The pending figures are forgotten only once merged: if
         this raises, the caller's transaction rolls back and the next flush tries again."""
         self._uncommitted = 0
         if not self._pending:
             return 0
+        hours: dict[Key, Figures] = {}
+        for (minute, dim, key), f in self._pending.items():
+            full = (minute // 3600 * 3600, dim, key)
+            h = hours.get(full)
+            if h is None:
+                h = hours[full] = Figures()
+            h.merge(f)
         self._merge(db, "history_minute", self._pending)
+        self._merge(db, "history_hour", hours)
         return len(self._pending)
 
     def drop_pending(self) -> int:
@@ -382,82 +394,47 @@ class Archive:
             f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
         )
 
-    def roll_up(self, db: sqlite3.Connection, now: float, *, max_rows: int = 6000) -> int:
-        """Minutes past ``minute_retention`` move into their hours (merged into any hour row
-        already there); hours past ``hour_retention`` leave. Past ``max_bytes``, the oldest
-        minutes (but those of the current hour) move early, then the oldest hours leave.
-
-        At most about ``max_rows`` minute rows move per call, a few keys at a time (an hour
-        of 1,000 scripts is 60,000 rows, 2.5 s of merging in one go: the writer and the
-        receiving thread would wait on it); :attr:`behind` then says more is due, and the
-        next call goes on. A range read meanwhile stays exact: each minute row is either
-        still a minute or already in its hour, in one transaction. In the caller's
-        transaction, after :meth:`flush`; returns the minute rows moved and hour rows
+    def expire(self, db: sqlite3.Connection, now: float) -> int:
+        """Minutes past ``minute_retention`` leave (their hours hold them already); hours
+        past ``hour_retention`` leave. Past ``max_bytes``, the oldest minutes (but those of
+        the current hour) leave early, then the oldest hours. One hour of minutes per call
+        (a delete of 60,000 rows is a fraction of a second); :attr:`behind` then says more
+        is due. In the caller's transaction, after :meth:`flush`; returns the rows
         deleted."""
         cutoff = int((now - self.minute_retention) // 3600) * 3600  # whole hours only
         this_hour = int(now // 3600) * 3600
+        over = self.bytes + self._uncommitted > self.max_bytes
+        first = db.execute(
+            "SELECT min(start) FROM history_minute WHERE start < ?",
+            (this_hour if over else cutoff,),
+        ).fetchone()[0]
         done = 0
-        self.behind = False
-        while True:
-            over = self.bytes + self._uncommitted > self.max_bytes
-            first = db.execute(
-                "SELECT min(start) FROM history_minute WHERE start < ?",
-                (this_hour if over else cutoff,),
-            ).fetchone()[0]
-            if not isinstance(first, int):
-                break
-            if done >= max_rows:
-                self.behind = True
-                break
-            moved = self._roll_up_keys(db, first // 3600 * 3600, max(1, (max_rows - done) // 60))
-            done += moved
-            if first >= cutoff:
-                self.shed["minutes rolled up early"] += moved
-        self._delete_hours(db, "start < ?", now - self.hour_retention)
-        while self.bytes + self._uncommitted > self.max_bytes:
+        if isinstance(first, int):
+            hour = first // 3600 * 3600
+            done = self._delete(db, "history_minute", hour, hour + 3600)
+            if hour >= cutoff:
+                self.shed["minutes deleted early"] += done
+            self.behind = True  # perhaps: the next call looks again
+        else:
+            self.behind = False
+        done += self._delete(db, "history_hour", -(2**62), now - self.hour_retention)
+        while self.bytes + self._uncommitted > self.max_bytes and not self.behind:
             first = db.execute("SELECT min(start) FROM history_hour").fetchone()[0]
             if not isinstance(first, int):
                 break
-            deleted = self._delete_hours(db, "start = ?", first)
+            deleted = self._delete(db, "history_hour", first, first + 1)
             self.shed["hours deleted early"] += deleted
             done += deleted
         return done
 
-    def _roll_up_keys(self, db: sqlite3.Connection, hour: int, keys: int) -> int:
-        """Move the minutes of ``hour`` of the first ``keys`` (dimension, key) pairs into
-        their hour rows; returns the minute rows moved."""
-        pairs = db.execute(
-            "SELECT DISTINCT dim, key FROM history_minute WHERE start >= ? AND start < ?"
-            " ORDER BY dim, key LIMIT ?",
-            (hour, hour + 3600, keys),
-        ).fetchall()
-        starts = list(range(hour, hour + 3600, 60))
-        marks = ", ".join("?" for _ in starts)
-        where = f"start IN ({marks}) AND dim = ? AND key = ?"  # 60 seeks in the primary key
-        hours: dict[Key, Figures] = {}
-        moved = 0
-        for dim, key in pairs:
-            merged = Figures()
-            for row in db.execute(
-                f"{_SELECT}{_SELECT_END} history_minute WHERE {where}", (*starts, dim, key)
-            ):
-                self._uncommitted -= row_bytes(str(dim), str(key), row[9])
-                merged.merge(Figures.of_row(row[3:]))
-                moved += 1
-            hours[(hour, str(dim), str(key))] = merged
-        self._merge(db, "history_hour", hours)
-        db.executemany(
-            f"DELETE FROM history_minute WHERE {where}", [(*starts, d, k) for d, k in pairs]
-        )
-        return moved
-
-    def _delete_hours(self, db: sqlite3.Connection, where: str, value: float) -> int:
+    def _delete(self, db: sqlite3.Connection, table: str, lo: float, hi: float) -> int:
         rows, size = db.execute(
-            f"SELECT count(*), sum({_ROW_BYTES}) FROM history_hour WHERE {where}", (value,)
+            f"SELECT count(*), sum({_ROW_BYTES}) FROM {table} WHERE start >= ? AND start < ?",
+            (lo, hi),
         ).fetchone()
         if rows:
             self._uncommitted -= int(size or 0)
-            db.execute(f"DELETE FROM history_hour WHERE {where}", (value,))
+            db.execute(f"DELETE FROM {table} WHERE start >= ? AND start < ?", (lo, hi))
         return int(rows)
 
     def save(self, db: sqlite3.Connection) -> None:
@@ -503,49 +480,106 @@ _SUMS: Final = (
 _SECONDS: Final = (60, 3600)
 
 
-def _overlapping(table: str, seconds: int) -> str:
-    # A minute (an hour) is in a range when it overlaps it: ``--since 2h`` at 10:00:30 takes
-    # the minute of 08:00 whole.
-    return f"FROM {table} WHERE start > ? - {seconds} AND start < ?"
+Segment = tuple[str, int, int, int]  # (table, first start, end, seconds a row covers)
 
 
-def _both(columns: str, where: str) -> str:
-    """A query over the minutes and the hours (they never overlap)."""
+def plan(db: sqlite3.Connection, since: float, until: float) -> list[Segment]:
+    """Where the figures of [since, until) are read: the whole hours inside the range from
+    ``history_hour``, the minutes at its edges from ``history_minute``, widened to their
+    hour where the minutes are gone (past their retention). A range starting inside a
+    minute takes that minute whole. Segments never overlap."""
+    s = math.floor(since / 60) * 60
+    u = math.ceil(until) if math.isfinite(until) else 2**62
+    if not s < u:
+        return []
+    (oldest,) = db.execute("SELECT min(start) FROM history_minute").fetchone()
+    kept = oldest // 3600 * 3600 if isinstance(oldest, int) else 2**62  # minutes from here
+
+    def edge(lo: int, hi: int) -> list[Segment]:
+        if lo >= hi:
+            return []
+        if lo >= kept:
+            return [("history_minute", lo, hi, 60)]
+        hour = lo // 3600 * 3600
+        return [("history_hour", hour, hour + 1, 3600)]
+
+    a = -(-s // 3600) * 3600  # the first whole hour
+    b = u // 3600 * 3600  # the end of the last whole hour
+    if a > b:  # within one hour
+        return edge(s, u)
+    return [*edge(s, a), *([("history_hour", a, b, 3600)] if a < b else []), *edge(b, u)]
+
+
+def _union(columns: str, where: str, segments: list[Segment]) -> str:
     return " UNION ALL ".join(
-        f"SELECT {columns} {_overlapping(t, s)} AND {where}" for t, s in zip(_TABLES, _SECONDS)
+        f"SELECT {columns} FROM {table} WHERE start >= ? AND start < ? AND {where}"
+        for table, *_ in segments
     )
 
 
 def totals(db: sqlite3.Connection, dim: str, since: float, until: float) -> dict[str, Figures]:
-    """Each key's sums of ``dim`` over the minutes (and hours) that overlap [since, until),
-    histograms left empty: summed by SQLite, so a week of minutes of 1,000 scripts takes
-    seconds, not minutes (see :func:`cells` for a key's percentiles)."""
-    query = f"SELECT key, {_SUMS} FROM (" + _both("*", "dim = ?") + ") GROUP BY key"
+    """Each key's sums of ``dim`` over [since, until) (see :func:`plan`), histograms left
+    empty: summed by SQLite, per segment (see :func:`cells` for percentiles)."""
     out: dict[str, Figures] = {}
-    for row in db.execute(query, (since, until, dim, since, until, dim)):
-        out[str(row[0])] = Figures.of_row([*row[1:], b""])
+    for table, lo, hi, _ in plan(db, since, until):
+        query = (
+            f"SELECT key, {_SUMS} FROM {table} WHERE start >= ? AND start < ? AND dim = ?"
+            " GROUP BY key"
+        )
+        for row in db.execute(query, (lo, hi, dim)):
+            f = Figures.of_row([*row[1:], b""])
+            key = str(row[0])
+            if key in out:
+                out[key].merge(f)
+            else:
+                out[key] = f
     return out
 
 
-def cells(db: sqlite3.Connection, dim: str, key: str, since: float, until: float) -> dict[int, int]:
-    """The merged histogram of one key over [since, until)."""
-    merged: dict[int, int] = {}
-    query = _both("hist", "dim = ? AND key = ?")
-    for (blob,) in db.execute(query, (since, until, dim, key) * 2):
-        decode_cells(blob, merged)
+def cells(
+    db: sqlite3.Connection, dim: str, keys: Sequence[str], since: float, until: float
+) -> dict[str, dict[int, int]]:
+    """The merged histograms of ``keys`` over [since, until), in one pass over each segment
+    (the primary key starts with the time: a pass per key would read the range per key)."""
+    merged: dict[str, dict[int, int]] = {key: {} for key in keys}
+    segments = plan(db, since, until)
+    if not keys or not segments:
+        return merged
+    marks = ", ".join("?" for _ in keys)
+    query = _union("key, hist", f"dim = ? AND key IN ({marks})", segments)
+    params = [p for _, lo, hi, _ in segments for p in (lo, hi, dim, *keys)]
+    for key, blob in db.execute(query, params):
+        found = merged.get(key)
+        if found is not None:
+            decode_cells(blob, found)
     return merged
 
 
 def series(
-    db: sqlite3.Connection, dim: str, key: str, since: float, until: float
+    db: sqlite3.Connection, dim: str, key: str, since: float, until: float, *, hours: bool = False
 ) -> list[tuple[int, int, Figures]]:
-    """(start, seconds it covers: 60 or 3600, figures) of one key, oldest first."""
+    """(start, seconds it covers: 60 or 3600, figures) of one key, oldest first: minutes
+    where they are kept (hours past their retention), or hours only with ``hours``."""
+    segments = plan(db, since, until)
+    if hours and segments:
+        first = segments[0][1] // 3600 * 3600
+        segments = [("history_hour", first, segments[-1][2], 3600)]
+    elif segments:
+        # Minutes for the whole range where they are kept, hours before.
+        (oldest,) = db.execute("SELECT min(start) FROM history_minute").fetchone()
+        kept = oldest // 3600 * 3600 if isinstance(oldest, int) else 2**62
+        lo, hi = segments[0][1], segments[-1][2]
+        segments = []
+        if lo < kept:
+            segments.append(("history_hour", lo // 3600 * 3600, min(hi, kept), 3600))
+        if hi > kept:
+            segments.append(("history_minute", max(lo, kept), hi, 60))
     out = []
-    for table, seconds in zip(_TABLES, _SECONDS):
+    for table, lo, hi, seconds in segments:
         query = (
-            f"{_SELECT}{_SELECT_END[:-5]} {_overlapping(table, seconds)} AND dim = ? AND key = ?"
+            f"{_SELECT}{_SELECT_END} {table} WHERE start >= ? AND start < ? AND dim = ? AND key = ?"
         )
-        for row in db.execute(query, (since, until, dim, key)):
+        for row in db.execute(query, (lo, hi, dim, key)):
             start = row[0] if isinstance(row[0], int) else 0
             out.append((start, seconds, Figures.of_row(row[3:])))
     out.sort(key=lambda x: x[0])
@@ -580,8 +614,9 @@ def report(
     timers = dim.startswith("timer:")
     names = dim[6:].split(",") if timers else [dim]
     rows = []
+    histograms = cells(db, dim, [key for key, _ in ordered], since, until)
     for key, f in ordered:
-        hist = cells(db, dim, key, since, until)
+        hist = histograms[key]
         row: dict[str, Any] = {}
         if timers:
             try:

@@ -240,7 +240,7 @@ class SqliteStore:
             max_bytes=max_history_bytes,
         )  # fmt: skip
         self.archive.cut_short = lambda: self._late or (self._paused and not self._stop.is_set())
-        self._next_roll_up = -math.inf  # clock time of the next roll-up of minutes into hours
+        self._next_expiry = -math.inf  # clock time of the next expiry of minutes and hours
         last = self._open(path, busy_timeout, max_db_bytes)
         self._base = last - aggregator.serial
         # Raw rows an earlier run left (ids up to ``last``) leave by age, not by serial: this
@@ -419,20 +419,20 @@ class SqliteStore:
                 return
 
     def _write_history(self) -> None:
-        """Merge the minutes folded since the last pass into the file; once a minute, roll
-        minutes past their retention up into hours. On failure the figures stay pending (the
-        next pass tries again) and the reason is logged; nothing is lost unless the process
-        dies first."""
+        """Merge the minutes (and their hours) folded since the last pass into the file;
+        once a minute, delete what is past its retention or the byte budget. On failure the
+        figures stay pending (the next pass tries again) and the reason is logged; nothing
+        is lost unless the process dies first."""
         now = self.aggregator.clock()
-        roll_up = now >= self._next_roll_up
+        expire = now >= self._next_expiry
         shed = dict(self.archive.shed)
-        if not self.archive.pending and not roll_up:
+        if not self.archive.pending and not expire:
             return
         try:
             with self._transaction():
                 self.archive.flush(self._db)
-                if roll_up:
-                    self.archive.roll_up(self._db, now)
+                if expire:
+                    self.archive.expire(self._db, now)
                 self.archive.save(self._db)
         except Exception as exc:
             if self._late or self._paused:
@@ -446,10 +446,10 @@ class SqliteStore:
             )
             return
         self.archive.flushed(now)
-        if roll_up:
-            # Once a minute, or at the next pass while minutes are still due (a roll-up moves
-            # a bounded number of rows per pass).
-            self._next_roll_up = -math.inf if self.archive.behind else now + 60
+        if expire:
+            # Once a minute, or at the next pass while rows may still be due (a pass deletes
+            # one hour of minutes at most).
+            self._next_expiry = -math.inf if self.archive.behind else now + 60
             if self.archive.shed != shed:
                 errors.log(
                     ("store", "history budget"),
