@@ -254,6 +254,11 @@ class Archive:
         self.shed = {"minutes deleted early": 0, "hours deleted early": 0, "requests lost": 0}
         #: The last :meth:`expire` may have left rows due for the next one.
         self.behind = False
+        # Figures merged into the minutes but not yet into the hours, by hour; the oldest
+        # minute among them (saved as ``hours_dirty``); whether the last flush wrote hours.
+        self._hours: dict[Key, Figures] = {}
+        self._dirty: int | None = None
+        self._hours_written = False
         #: Asked every few hundred rows of a merge: True stops it (:class:`Interrupted`).
         #: The store stops a merge at a stop, so that the final report does not share the
         #: interpreter with it (SQLite's interrupt stops a statement, not the loop).
@@ -335,24 +340,80 @@ class Archive:
             self._timer_keys[(tags, names)] = key
         return key
 
-    def flush(self, db: sqlite3.Connection) -> int:
-        """Merge the pending figures into ``history_minute`` and ``history_hour`` (in the
-        caller's transaction: a range read sees both or neither);
-        the number of rows written. The pending figures are forgotten only once merged: if
-        this raises, the caller's transaction rolls back and the next flush tries again."""
-        self._uncommitted = 0
+    def flush(self, db: sqlite3.Connection, *, hours: bool = True) -> int:
+        """Merge the pending figures into ``history_minute`` and, with ``hours``, everything
+        folded since the last such flush into ``history_hour`` (in the caller's transaction);
+        returns the minute rows written. The pending figures are forgotten only once the
+        transaction committed (:meth:`flushed`): if this raises, it rolls back and the next
+        flush tries again.
+
+        Hour rows are merged about once a minute, not at every flush: an hour row's
+        histogram is wide, and merging 1,000 of them every second cost a quarter of a core.
+        Until then, ``history_state`` names the oldest minute whose figures the hours lack
+        (``hours_dirty``, in the same transaction as the minutes), so that a start after a
+        ``kill -9`` makes those hours again from their minutes (:meth:`recover`)."""
+        self._hours_written = hours
+        if hours:
+            due: dict[Key, Figures] = {}
+            for source in (self._hours, self._by_hour(self._pending)):
+                for full, f in source.items():
+                    h = due.get(full)
+                    if h is None:
+                        h = due[full] = Figures()
+                    h.merge(f)
+            self._merge(db, "history_minute", self._pending)
+            self._merge(db, "history_hour", due)
+            db.execute("DELETE FROM history_state WHERE name = 'hours_dirty'")
+            return len(self._pending)
         if not self._pending:
             return 0
+        oldest = min(minute for minute, _, _ in self._pending)
+        if self._dirty is None or oldest < self._dirty:
+            db.execute("INSERT OR REPLACE INTO history_state VALUES ('hours_dirty', ?)", (oldest,))
+        self._merge(db, "history_minute", self._pending)
+        return len(self._pending)
+
+    @staticmethod
+    def _by_hour(figures: dict[Key, Figures]) -> dict[Key, Figures]:
         hours: dict[Key, Figures] = {}
-        for (minute, dim, key), f in self._pending.items():
+        for (minute, dim, key), f in figures.items():
             full = (minute // 3600 * 3600, dim, key)
             h = hours.get(full)
             if h is None:
                 h = hours[full] = Figures()
             h.merge(f)
-        self._merge(db, "history_minute", self._pending)
-        self._merge(db, "history_hour", hours)
-        return len(self._pending)
+        return hours
+
+    def recover(self, db: sqlite3.Connection) -> int:
+        """After a stop that did not merge the hours (``kill -9``): make the hours named by
+        ``hours_dirty`` again from their minutes (one or two hours: a few seconds for 1,000
+        scripts, once). Before the first :meth:`flush` of a run, in the caller's
+        transaction; returns the hours made."""
+        row = db.execute("SELECT value FROM history_state WHERE name = 'hours_dirty'").fetchone()
+        (last,) = db.execute("SELECT max(start) FROM history_minute").fetchone()
+        made = 0
+        if row is not None and isinstance(row[0], int) and isinstance(last, int):
+            for hour in range(row[0] // 3600 * 3600, last + 1, 3600):
+                sums: dict[Key, Figures] = {}
+                query = f"{_SELECT}{_SELECT_END} history_minute WHERE start >= ? AND start < ?"
+                for r in db.execute(query, (hour, hour + 3600)):
+                    full = (hour, str(r[1]), str(r[2]))
+                    f = sums.get(full)
+                    if f is None:
+                        sums[full] = Figures.of_row(r[3:])
+                    else:
+                        f.merge(Figures.of_row(r[3:]))
+                self._delete(db, "history_hour", hour, hour + 1)
+                self._merge(db, "history_hour", sums)
+                made += 1
+        db.execute("DELETE FROM history_state WHERE name = 'hours_dirty'")
+        return made
+
+    def rolled_back(self) -> None:
+        """The transaction of :meth:`recover`, :meth:`flush` or :meth:`expire` failed: what
+        they changed in the file did not happen (the figures stay pending)."""
+        self._uncommitted = 0
+        self._hours_written = False
 
     def drop_pending(self) -> int:
         """Forget what is not merged yet (the file refuses it for long: a full disk), so the
@@ -364,8 +425,21 @@ class Archive:
         return lost
 
     def flushed(self, now: float) -> None:
-        """The transaction of :meth:`flush` committed: forget what it wrote, and the key sets
-        of minutes past (a late request still finds its minute row, merged)."""
+        """The transaction of :meth:`flush` committed: forget what it wrote (keep what the
+        hours still lack), and the key sets of minutes past (a late request still finds its
+        minute row, merged)."""
+        if self._hours_written:
+            self._hours = {}
+            self._dirty = None
+        elif self._pending:
+            for full, f in self._by_hour(self._pending).items():
+                h = self._hours.get(full)
+                if h is None:
+                    self._hours[full] = f
+                else:
+                    h.merge(f)
+            oldest = min(minute for minute, _, _ in self._pending)
+            self._dirty = oldest if self._dirty is None else min(self._dirty, oldest)
         self._pending.clear()
         self.bytes += self._uncommitted
         self._uncommitted = 0

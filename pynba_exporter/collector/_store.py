@@ -241,6 +241,8 @@ class SqliteStore:
         )  # fmt: skip
         self.archive.cut_short = lambda: self._late or (self._paused and not self._stop.is_set())
         self._next_expiry = -math.inf  # clock time of the next expiry of minutes and hours
+        self._next_hours = time.monotonic() + 60  # monotonic time of the next merge of hours
+        self._recovered = False  # hours an unclean stop left behind are made again first
         last = self._open(path, busy_timeout, max_db_bytes)
         self._base = last - aggregator.serial
         # Raw rows an earlier run left (ids up to ``last``) leave by age, not by serial: this
@@ -399,7 +401,7 @@ class SqliteStore:
                 rebuild = time.monotonic() >= next_reports and not self._paused
                 if (rebuild or stop) and not self._late:
                     started = time.monotonic()
-                    self._write_history()
+                    self._write_history(final=stop)
                     try:
                         self._expire()
                         self._write_reports()
@@ -418,23 +420,28 @@ class SqliteStore:
             if stop:
                 return
 
-    def _write_history(self) -> None:
+    def _write_history(self, *, final: bool = False) -> None:
         """Merge the minutes (and their hours) folded since the last pass into the file;
         once a minute, delete what is past its retention or the byte budget. On failure the
         figures stay pending (the next pass tries again) and the reason is logged; nothing
         is lost unless the process dies first."""
         now = self.aggregator.clock()
         expire = now >= self._next_expiry
+        # Hours about once a minute (and at a stop): see Archive.flush.
+        hours = final or time.monotonic() >= self._next_hours
         shed = dict(self.archive.shed)
-        if not self.archive.pending and not expire:
+        if not self.archive.pending and not expire and not hours and self._recovered:
             return
         try:
             with self._transaction():
-                self.archive.flush(self._db)
+                if not self._recovered:
+                    self.archive.recover(self._db)
+                self.archive.flush(self._db, hours=hours)
                 if expire:
                     self.archive.expire(self._db, now)
                 self.archive.save(self._db)
         except Exception as exc:
+            self.archive.rolled_back()
             if self._late or self._paused:
                 return  # interrupted by pause() or a late close(): still pending
             lost = ""
@@ -446,6 +453,9 @@ class SqliteStore:
             )
             return
         self.archive.flushed(now)
+        self._recovered = True
+        if hours:
+            self._next_hours = time.monotonic() + 60
         if expire:
             # Once a minute, or at the next pass while rows may still be due (a pass deletes
             # one hour of minutes at most).
