@@ -8,12 +8,13 @@ SQLite writer thread folds every request it receives into the current minute, pe
 - ``timer:<tags>`` for each configured timer tag set (``timer:group``, ``timer:group,server``;
   the key is the JSON list of the tag values),
 
-and merges these figures into the tables ``history_minute`` and ``history_hour`` (the same
-figures summed by the hour, in the same transaction) at each report rebuild (about once a
-second): ``req_count``, ``errors`` (status >= 500), ``hit_count`` (timers),
-``req_time_us``, ``ru_utime_us``, ``ru_stime_us`` (sums in whole microseconds: integers
-take less room than SQLite's 8-byte reals) and ``hist``, a histogram of the request times
-(timers: per-hit values weighted by hits). Rows are merged into what the file holds, never
+and merges these figures into ``history_minute`` at each report rebuild (about once a
+second), and the same figures summed by the hour into ``history_hour`` about once a minute
+(:meth:`Archive.flush` says why, and how a start after ``kill -9`` makes up for it):
+``req_count``, ``errors`` (status >= 500), ``hit_count`` (timers), ``req_time_us``,
+``ru_utime_us``, ``ru_stime_us`` (sums in whole microseconds: integers take less room than
+SQLite's 8-byte reals) and ``hist``, a histogram of the request times (timers: per-hit
+values weighted by hits). Rows are merged into what the file holds, never
 replaced, so a restart on the same file keeps all of it, and a ``kill -9`` loses only what
 was not merged yet (about a second).
 
@@ -549,9 +550,6 @@ _SUMS: Final = (
     "sum(req_count), sum(errors), sum(hit_count), sum(req_time_us), sum(ru_utime_us),"
     " sum(ru_stime_us)"
 )
-
-
-_SECONDS: Final = (60, 3600)
 
 
 Segment = tuple[str, int, int, int]  # (table, first start, end, seconds a row covers)
