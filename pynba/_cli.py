@@ -3,6 +3,7 @@
 pynba collect [--listen HOST:PORT] [--http HOST:PORT] [--db FILE] [--window S] [--interval S]
               [--json] [--max-memory SIZE] [--max-queue SIZE] [--percentiles 90,99]
 pynba report --db FILE [--by script|server|host|status|schema|timer:TAGS|tag:TAGS] [--json]
+             [--since 2h | --between START END]    (the history: minutes, then hours)
 pynba decode FILE|-
 pynba demo [--http HOST:PORT] [--serve]
 pynba run [--script NAME] [--tag K=V]... [--server ADDR] [--hostname H] [--server-name S] -- CMD...
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -42,6 +44,7 @@ from pynba_exporter.collector import (
     printable,
     report_table,
     reports_text,
+    stored_history,
     stored_report,
     write_reports,
 )
@@ -129,6 +132,53 @@ def _size(text: str) -> int:
     return value
 
 
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    """``90s``, ``15m``, ``2h``, ``7d``, ``1w`` (a bare number is seconds): more than 0."""
+    t = text.strip().lower()
+    scale = _SECONDS.get(t[-1:], 0)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 2h, 30m, 7d)") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"a duration must be more than 0: {text!r}")
+    return value
+
+
+def _moment(text: str) -> float:
+    """A time: ISO 8601 (``2026-12-03T10:00``, ``2026-12-03 10:00:00+01:00``; UTC when no
+    zone is given) or seconds since the epoch."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not a time: {text!r} (e.g. 2026-12-03T10:00, UTC unless a zone is given)"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        return moment.timestamp()
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _history_time(text: str) -> float:
+    """A time of ``--between``: within the years 1970-9999."""
+    value = _moment(text)
+    if not 0 <= value < _YEAR_10000:
+        raise argparse.ArgumentTypeError(f"not a time between 1970 and 9999: {text!r}")
+    return value
+
+
+_YEAR_10000 = 253_402_300_800.0
+
+
 def _raise_stopped(signum: int, frame: Any) -> None:
     # The first signal stops; later ones (a second Ctrl-C during the drain) must not cut the
     # drain or the final report short.
@@ -148,7 +198,7 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
     if args.db:
         store = collector.store = SqliteStore(
             args.db, collector.aggregator, timer_tags=timer_tags, request_tags=request_tags,
-            max_pending_bytes=args.max_queue,
+            max_pending_bytes=args.max_queue, max_history_bytes=args.max_history,
         )  # fmt: skip
     web = None
     if args.http:
@@ -169,6 +219,8 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
             where = f", writing {printable(args.db)}" if args.db else ""
             print(f"pynba collector listening on {collector.address_text}{where}",
                   file=sys.stderr, flush=True)  # fmt: skip
+            if store is not None:
+                print(_kept_text(store, args.window), file=sys.stderr, flush=True)
             if web is not None:
                 web.start()
                 print(f"pynba collector: live page at {web.url}", file=sys.stderr, flush=True)
@@ -209,6 +261,28 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _kept_text(store: SqliteStore, window: float) -> str:
+    """What a restart found in the database, and what each part of it covers."""
+    kept = store.kept
+
+    def span(part: dict[str, Any], unit: str) -> str:
+        if not isinstance(part["first"], int) or not isinstance(part["last"], int):
+            return f"no {unit}s"
+        first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(part["first"]))
+        last = time.strftime("%Y-%m-%d %H:%M", time.gmtime(part["last"]))
+        return f"{unit}s from {first} to {last} UTC"
+
+    archive = store.archive
+    return (
+        f"pynba collector: history kept in the database: {span(kept['minutes'], 'minute')},"
+        f" {span(kept['hours'], 'hour')} ({kept['bytes'] / 2**20:,.1f} MiB of"
+        f" {archive.max_bytes / 2**20:,.0f}); minutes are kept {archive.minute_retention / 86400:g}"
+        f" days, then hours {archive.hour_retention / 86400:g} days (pynba report --since 2h)."
+        f" Raw requests and the live reports are Pinba's window, the last {window:g} s:"
+        f" {kept['raw_requests']:,} raw requests of it kept"
+    )
+
+
 def _state(collector: Collector) -> tuple[Any, ...]:
     """What the reports show changes only if one of these does: packets received, requests
     kept or gone, anything counted."""
@@ -231,6 +305,23 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
         print(f"pynba report: no database {printable(args.db)!r} (run pynba collect --db)",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.since is not None or args.between is not None:
+        if args.since is not None:
+            until = time.time()
+            since = max(0.0, until - args.since)  # --since 1e300: all of it
+        else:
+            since, until = args.between
+            if not since < until:
+                print("pynba report: --between START END: START must come before END",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+        try:
+            text = stored_history(args.db, args.by, since, until, top=args.top, as_json=args.json)
+        except ReportError as exc:
+            print(f"pynba report: {exc}", file=sys.stderr)
+            return 2
+        print(text, file=out)
+        return 0
     table = _report_table(args.by)
     if table is None:
         print(f"pynba report: --by {printable(args.by)!r}: choose from {', '.join(BY)}, "
@@ -368,6 +459,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-queue", type=_size, default=64 << 20, metavar="SIZE",
         help="bytes of requests waiting for the database writer: 64M (beyond, not stored)",
     )  # fmt: skip
+    p.add_argument(
+        "--max-history", type=_size, default=4 << 30, metavar="SIZE",
+        help="bytes the history by the minute and hour may take in the database: 4G (beyond,"
+        " the oldest minutes leave early, their hours kept, then the oldest hours)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     p = sub.add_parser("report", help="print a report from a database the collector writes")
     p.add_argument(
@@ -383,6 +479,17 @@ def _parser() -> argparse.ArgumentParser:
         help="rows shown, those of most time first (%(default)s)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="every row as JSON instead of a table")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument(
+        "--since", type=_duration, metavar="DURATION",
+        help="read the history instead of the window: the last DURATION (90s, 30m, 2h, 7d,"
+        " 1w); --by script, server, host, status, total or timer:TAGS",
+    )  # fmt: skip
+    when.add_argument(
+        "--between", type=_history_time, nargs=2, metavar=("START", "END"),
+        help="read the history between two times (ISO 8601, UTC unless a zone is given, or"
+        " seconds since the epoch)",
+    )  # fmt: skip
     p = sub.add_parser("decode", help="print a captured packet decoded")
     p.add_argument("file", help="a file holding one packet, or - for standard input")
     p = sub.add_parser("demo", help="collector, monitored app, traffic and reports, in seconds")

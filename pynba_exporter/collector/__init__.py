@@ -11,7 +11,13 @@ from pynba_exporter.collector._history import History
 from pynba_exporter.collector._http import WebServer
 from pynba_exporter.collector._percentile import column
 from pynba_exporter.collector._record import Record, TimerRecord
-from pynba_exporter.collector._render import ReportError, reports_text, stored_report, write_reports
+from pynba_exporter.collector._render import (
+    ReportError,
+    reports_text,
+    stored_history,
+    stored_report,
+    write_reports,
+)
 from pynba_exporter.collector._reports import REPORTS, REQUEST_REPORTS, ReportSpec
 from pynba_exporter.collector._server import (
     Collector,
@@ -42,6 +48,7 @@ __all__ = [
     "printable",
     "report_table",
     "reports_text",
+    "stored_history",
     "stored_report",
     "write_reports",
 ]

@@ -11,16 +11,37 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
+from pynba_exporter.collector._archive import (
+    Archive,
+    Figures,
+    dimension,
+    history_percentile,
+    read_only_uri,
+    report,
+    series,
+)
 from pynba_exporter.collector._history import History
 from pynba_exporter.collector._percentile import percentile
 from pynba_exporter.collector._server import Collector
 from pynba_exporter.collector._text import cut
 from pynba_exporter.log import internal_errors
 
-__all__ = ["config", "dumps", "health", "overview", "script", "scripts", "tags", "timers"]
+__all__ = [
+    "HistoryQueryError",
+    "config",
+    "dumps",
+    "health",
+    "history",
+    "overview",
+    "script",
+    "scripts",
+    "tags",
+    "timers",
+]
 
 _HISTOGRAM_BINS: Final = 24
 _TOP_NAMES: Final = 50  # hosts and servers listed on the overview
@@ -232,3 +253,92 @@ def health(collector: Collector, history: History) -> dict[str, Any]:
         "internal_errors": internal_errors(),
         "uptime": collector.clock() - collector.aggregator.started,
     }
+
+
+#: Keys a history answer lists at most (the first by time; ``top`` asks for fewer or more).
+_HISTORY_TOP: Final = 30
+_HISTORY_TOP_MAX: Final = 1000
+
+
+class HistoryQueryError(ValueError):
+    """A ``/api/history`` query that cannot be answered: the message says why."""
+
+
+def _number(query: dict[str, list[str]], name: str, default: float | None) -> float | None:
+    values = query.get(name)
+    if not values:
+        return default
+    try:
+        value = float(values[0])
+    except ValueError:
+        raise HistoryQueryError(f"{name} is not a number") from None
+    if not math.isfinite(value):
+        raise HistoryQueryError(f"{name} is not a finite number")
+    return value
+
+
+def history(path: str, query: dict[str, list[str]], now: float, archive: Archive) -> dict[str, Any]:
+    """The history a database keeps (``/api/history``): ``by`` (script, server, host,
+    status, total, timer:TAGS; ``total`` by default) over the last ``since`` seconds (3600) or
+    from ``from`` to ``to`` (seconds since the epoch). With ``key`` (a name, a status, or for
+    timers the JSON list of tag values as ``rows`` give it): that key's figures minute by
+    minute (hours past the minute retention), or hour by hour (``resolution=hour``, the
+    default for ranges over two days), in ``series``; without: ``rows``, the keys of most
+    time over the range (``top``, 30 by default), and the series of the total.
+    Raises :class:`HistoryQueryError` for a query it cannot answer."""
+    by = (query.get("by") or ["total"])[0]
+    dim = dimension(by)
+    if dim is None:
+        raise HistoryQueryError("by: script, server, host, status, total or timer:TAGS")
+    start = _number(query, "from", None)
+    end = _number(query, "to", None)
+    if start is None:
+        since = _number(query, "since", 3600.0) or 3600.0
+        end = now if end is None else end
+        start = end - since
+    elif end is None:
+        end = now
+    if not start < end:
+        raise HistoryQueryError("from must come before to")
+    top = int(min(_HISTORY_TOP_MAX, max(1, _number(query, "top", _HISTORY_TOP) or 1)))
+    keys = query.get("key")
+    key = keys[0] if keys else None
+    resolution = (query.get("resolution") or ["hour" if end - start > 2 * 86400 else "minute"])[0]
+    if resolution not in ("minute", "hour"):
+        raise HistoryQueryError("resolution: minute or hour")
+    hours = resolution == "hour"
+    db = sqlite3.connect(read_only_uri(path), uri=True)
+    try:
+        answer: dict[str, Any] = {
+            "by": by, "from": start, "to": end,
+            "minute_retention": archive.minute_retention,
+            "hour_retention": archive.hour_retention,
+        }  # fmt: skip
+        if key is None:
+            rows, total = report(db, dim, start, end, top=top)
+            answer["rows"] = rows
+            answer["rows_total"] = total
+            points = series(db, "total", "", start, end, hours=hours)
+        else:
+            points = series(db, dim, key, start, end, hours=hours)
+        answer["key"] = key
+        answer["resolution"] = resolution
+        answer["series"] = [_point(s, seconds, f, dim) for s, seconds, f in points]
+        return answer
+    finally:
+        db.close()
+
+
+def _point(start: int, seconds: int, f: Figures, dim: str) -> dict[str, Any]:
+    point: dict[str, Any] = {
+        "start": start, "seconds": seconds, "requests": f.req_count,
+        "req_per_sec": f.req_count / seconds, "errors": f.errors,
+        "error_rate": f.errors / f.req_count if f.req_count else None,
+        "time_total": f.req_time_us / 1e6, "ru_utime": f.ru_utime_us / 1e6,
+        "ru_stime": f.ru_stime_us / 1e6,
+    }  # fmt: skip
+    if dim.startswith("timer:"):
+        point["hit_count"] = f.hit_count
+    for p in (50, 95, 99):
+        point[f"p{p}"] = history_percentile(f.cells, p)
+    return point

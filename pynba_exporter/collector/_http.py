@@ -7,7 +7,8 @@
 
 Paths: ``/`` the page (with ``/static/``: plain JS, CSS and SVG shipped with the package, nothing
 from elsewhere, so it works offline); ``/api/config``, ``/api/overview``, ``/api/scripts``,
-``/api/script?name=NAME``, ``/api/timers``, ``/api/tags``, ``/api/health`` (JSON, see ``_api``);
+``/api/script?name=NAME``, ``/api/timers``, ``/api/tags``, ``/api/health``, and with a store
+``/api/history?by=script&since=7200`` (JSON, see ``_api``);
 ``/metrics`` (Prometheus text format, see ``_metrics``).
 
 The standard library's threading HTTP server, bound to loopback unless a public address is given
@@ -22,6 +23,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -36,6 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 from pynba_exporter.collector import _api
 from pynba_exporter.collector._history import History
 from pynba_exporter.collector._server import Collector, CollectorError, passive_address
+from pynba_exporter.collector._store import SqliteStore
 from pynba_exporter.log import errors
 
 if TYPE_CHECKING:
@@ -118,6 +121,23 @@ def _script(web: WebServer, names: list[str] | None) -> tuple[int, bytes, str]:
     return 200, _api.dumps(data), _JSON
 
 
+def _history(web: WebServer, query: dict[str, list[str]]) -> tuple[int, bytes, str]:
+    store = web.store
+    if store is None:
+        return 404, _api.dumps({"error": "no history: the collector runs without --db"}), _JSON
+    # One history answer at a time: a week of minutes is summed by SQLite in a second or
+    # two, in a connection of its own (WAL: the writer is never blocked); several at once
+    # would only take turns with the receiving thread for the interpreter.
+    with web.history_lock:
+        try:
+            data = _api.history(store.path, query, web.collector.clock(), store.archive)
+        except _api.HistoryQueryError as exc:
+            return 400, _api.dumps({"error": str(exc)}), _JSON
+        except sqlite3.Error as exc:
+            return 503, _api.dumps({"error": f"history not readable: {exc}"}), _JSON
+    return 200, _api.dumps(data), _JSON
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     web: WebServer
@@ -196,6 +216,10 @@ class _Handler(BaseHTTPRequestHandler):
                 query = parse_qs(url.query, keep_blank_values=True, errors="surrogatepass")
                 names = query.get("name")
                 self._send(*web.cached(f"script {names!r}", lambda: _script(web, names)))
+            elif path == "/api/history":
+                query = parse_qs(url.query, keep_blank_values=True)
+                key = "history " + repr(sorted(query.items()))
+                self._send(*web.cached(key, lambda: _history(web, query)))
             elif path in web.views:
                 view = web.views[path]
                 self._send(*web.cached(path, lambda: (200, _api.dumps(view()), _JSON)))
@@ -254,6 +278,16 @@ class WebServer:
         self._making: dict[str, threading.Lock] = {}
         self._allowed_hosts: frozenset[str] = frozenset()
         self.script_lock = threading.Lock()
+        self.history_lock = threading.Lock()
+
+    @property
+    def store(self) -> SqliteStore | None:
+        """The collector's SQLite store, whose history ``/api/history`` reads (None without
+        one, or with one in memory, which no other connection can read)."""
+        store = self.collector.store
+        if isinstance(store, SqliteStore) and store.path != ":memory:":
+            return store
+        return None
 
     @property
     def address(self) -> tuple[str, int]:

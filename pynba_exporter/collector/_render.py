@@ -12,12 +12,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from pynba_exporter.collector import _archive
+from pynba_exporter.collector._aggregate import Rows
 from pynba_exporter.collector._percentile import column
 from pynba_exporter.collector._server import Collector
 from pynba_exporter.collector._text import printable
 
-__all__ = ["ReportError", "render", "reports_json", "reports_text", "stored_report", "unit",
-           "write_reports"]  # fmt: skip
+__all__ = ["ReportError", "render", "reports_json", "reports_text", "stored_history",
+           "stored_report", "unit", "write_reports"]  # fmt: skip
 
 _LABELS = {"invalid_by_reason": "invalid packets", "evicted_by_reason": "evicted records",
            "store_dropped_by_reason": "not stored"}  # fmt: skip
@@ -187,6 +189,54 @@ def stored_report(path: str, table: str, *, top: int = 30, as_json: bool = False
     if as_json:
         return json.dumps(rows)
     return render(table, rows, columns, top)
+
+
+def _utc(t: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    except (OverflowError, OSError, ValueError):  # out of the platform's calendar
+        return f"{t:g} s"
+
+
+def stored_history(
+    path: str, by: str, since: float, until: float, *, top: int = 30, as_json: bool = False
+) -> str:
+    """The history a database keeps (minutes, then hours past their retention) of ``by``
+    (``script``, ``server``, ``host``, ``status``, ``total`` or ``timer:TAGS``) between
+    ``since`` and ``until`` (seconds since the epoch): one row per key over the whole range,
+    most time first. Raises :class:`ReportError`."""
+    dim = _archive.dimension(by)
+    if dim is None:
+        raise ReportError(
+            f"--by {printable(by)!r} is not kept in the history: choose from script, server,"
+            " host, status, total or timer:TAGS"
+        )
+    try:
+        db = sqlite3.connect(_archive.read_only_uri(path), uri=True)
+    except sqlite3.Error as exc:
+        raise ReportError(f"cannot open {printable(path)!r}: {exc}") from None
+    try:
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise ReportError(
+                f"{printable(path)!r} is not a database pynba collect wrote ({exc})"
+            ) from None
+        if not {"history_minute", "history_hour"} <= tables:
+            raise ReportError(
+                f"no history in {printable(path)} (a file written before the collector kept"
+                " one, or not the collector's)"
+            )
+        rows, total = _archive.report(db, dim, since, until, top=top)
+    except sqlite3.Error as exc:
+        raise ReportError(f"cannot read {printable(path)!r}: {exc}") from None
+    finally:
+        db.close()
+    if as_json:
+        return json.dumps(rows)
+    title = f"history by {by}, {_utc(since)} to {_utc(until)}"
+    columns = list(rows[0]) if rows else [by]
+    return render(title, Rows(rows, total), columns, top)
 
 
 def _read_table(path: str, table: str) -> tuple[list[str], list[dict[str, Any]]]:

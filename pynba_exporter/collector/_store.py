@@ -31,6 +31,7 @@ read-only connection), so it is left byte-identical.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import re
@@ -41,10 +42,12 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
+from pynba_exporter.collector import _archive
 from pynba_exporter.collector._aggregate import Aggregator
 from pynba_exporter.collector._record import Record
 from pynba_exporter.collector._reports import REPORTS
 from pynba_exporter.collector._text import printable
+from pynba_exporter.collector._text import sql_text as _sql
 from pynba_exporter.log import errors
 
 __all__ = ["APPLICATION_ID", "SqliteStore", "StoreError", "report_table"]
@@ -167,21 +170,13 @@ def _reason(exc: sqlite3.Error) -> str:
     return "write failed"
 
 
-def _sql(s: str) -> str:
-    """``s`` as SQLite can hold it: a name with bytes that were not UTF-8 (kept by the decoder
-    as surrogates) gets U+FFFD in their place, instead of failing the whole batch."""
-    if s.isascii():
-        return s
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return s
-
-
 def _sql_value(v: Any) -> Any:
     return _sql(v) if isinstance(v, str) else v
 
+
+#: History keys (minute, dimension, key) waiting to be merged, at most, while the file refuses
+#: them (a full disk): beyond, they are forgotten and counted (a few tens of megabytes).
+_MAX_HISTORY_PENDING: Final = 100_000
 
 #: Tag names cached by the writer before the cache (and the ``tag`` table) are trimmed.
 _MAX_TAG_NAMES: Final = 50_000
@@ -213,6 +208,9 @@ class SqliteStore:
         max_pending_bytes: int = 64 * 1024 * 1024,
         max_db_bytes: int = 0,
         busy_timeout: float = 1.0,
+        minute_retention: float = _archive.MINUTE_RETENTION,
+        hour_retention: float = _archive.HOUR_RETENTION,
+        max_history_bytes: int = _archive.MAX_BYTES,
     ) -> None:
         self.path = path
         self.aggregator = aggregator
@@ -236,8 +234,20 @@ class SqliteStore:
         self._tag_generation = 0
         self._late = False  # close() ran out of time: what is left is counted, not written
         self._paused = False  # pause(): no report rebuild until close()
+        self.archive = _archive.Archive(
+            timer_tags=self.timer_tags, max_keys=aggregator.max_keys,
+            minute_retention=minute_retention, hour_retention=hour_retention,
+            max_bytes=max_history_bytes,
+        )  # fmt: skip
+        self.archive.cut_short = lambda: self._late or (self._paused and not self._stop.is_set())
+        self._next_expiry = -math.inf  # clock time of the next expiry of minutes and hours
+        self._next_hours = time.monotonic() + 60  # monotonic time of the next merge of hours
+        self._recovered = False  # hours an unclean stop left behind are made again first
         last = self._open(path, busy_timeout, max_db_bytes)
         self._base = last - aggregator.serial
+        # Raw rows an earlier run left (ids up to ``last``) leave by age, not by serial: this
+        # run's aggregator never held them, and they are the window's until they age out.
+        self._previous_last = last
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pynba-sqlite", daemon=True)
@@ -266,6 +276,7 @@ class SqliteStore:
                 page = self._db.execute("PRAGMA page_size").fetchone()[0]
                 self._db.execute(f"PRAGMA max_page_count={max(1, max_db_bytes // page)}")
             self._db.executescript(_SCHEMA)
+            self._db.executescript(_archive.SCHEMA)
             for tag_id, name in self._db.execute("SELECT id, name FROM tag"):
                 self._tags[name] = tag_id
             # Request ids are the aggregator's serials past what an earlier run left, so the
@@ -273,6 +284,12 @@ class SqliteStore:
             last = self._db.execute("SELECT max(id) FROM request").fetchone()[0] or 0
             self._last_timer_id = self._db.execute("SELECT max(id) FROM timer").fetchone()[0] or 0
             self._identity = _identity(path)
+            #: What the file held when it was opened (``pynba collect`` says it at start).
+            self.kept = self.archive.open(self._db)
+            self.kept["raw_requests"] = self._db.execute(
+                "SELECT count(*) FROM request WHERE timestamp >= ?",
+                (self.aggregator.clock() - self.aggregator.window,),
+            ).fetchone()[0]
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"cannot write the database {printable(path)!r}: {exc}") from None
@@ -368,6 +385,12 @@ class SqliteStore:
                     )  # fmt: skip
                     batch = []
                 if batch:
+                    # Counted in the minute history before the raw insert: a full disk that
+                    # refuses the raw rows must not take the history (smaller) with them.
+                    try:
+                        self.archive.fold(batch)
+                    except Exception as exc:  # a bug of ours must not end the writer
+                        errors.log(("store", "history fold"), f"pynba collector: {exc!r}")
                     try:
                         self._insert(batch)
                     except sqlite3.Error as exc:
@@ -378,6 +401,7 @@ class SqliteStore:
                 rebuild = time.monotonic() >= next_reports and not self._paused
                 if (rebuild or stop) and not self._late:
                     started = time.monotonic()
+                    self._write_history(final=stop)
                     try:
                         self._expire()
                         self._write_reports()
@@ -395,6 +419,53 @@ class SqliteStore:
                     next_reports = time.monotonic() + max(self.reports_interval, 4 * took)
             if stop:
                 return
+
+    def _write_history(self, *, final: bool = False) -> None:
+        """Merge the minutes (and their hours) folded since the last pass into the file;
+        once a minute, delete what is past its retention or the byte budget. On failure the
+        figures stay pending (the next pass tries again) and the reason is logged; nothing
+        is lost unless the process dies first."""
+        now = self.aggregator.clock()
+        expire = now >= self._next_expiry
+        # Hours about once a minute (and at a stop): see Archive.flush.
+        hours = final or time.monotonic() >= self._next_hours
+        shed = dict(self.archive.shed)
+        if not self.archive.pending and not expire and not hours and self._recovered:
+            return
+        try:
+            with self._transaction():
+                if not self._recovered:
+                    self.archive.recover(self._db)
+                self.archive.flush(self._db, hours=hours)
+                if expire:
+                    self.archive.expire(self._db, now)
+                self.archive.save(self._db)
+        except Exception as exc:
+            self.archive.rolled_back()
+            if self._late or self._paused:
+                return  # interrupted by pause() or a late close(): still pending
+            lost = ""
+            if self.archive.pending > _MAX_HISTORY_PENDING:
+                lost = f"; {self.archive.drop_pending():,} requests lost to it"
+            errors.log(
+                ("store", "history", type(exc).__name__),
+                f"pynba collector: history not written to the database: {exc!r}{lost}",
+            )
+            return
+        self.archive.flushed(now)
+        self._recovered = True
+        if hours:
+            self._next_hours = time.monotonic() + 60
+        if expire:
+            # Once a minute, or at the next pass while rows may still be due (a pass deletes
+            # one hour of minutes at most).
+            self._next_expiry = -math.inf if self.archive.behind else now + 60
+            if self.archive.shed != shed:
+                errors.log(
+                    ("store", "history budget"),
+                    f"pynba collector: the history of {printable(self.path)!r} reached its"
+                    f" budget ({self.archive.max_bytes:,} bytes): {self.archive.shed}",
+                )
 
     def _tag_id(self, name: str) -> int:
         tag_id = self._tags.get(name)
@@ -507,6 +578,20 @@ class SqliteStore:
         budget) leave the tables: the raw tables are the window."""
         first = self._base + self.aggregator.first_serial
         db = self._db
+        if self._previous_last:
+            # Rows of an earlier run: kept until they are older than the window (a restart
+            # keeps the window it found), then this run's rows expire by serial again. While
+            # they stay, rows of this run evicted by the byte budget wait with them (ids are
+            # one range, so timers and tags leave with one range delete).
+            (survivor,) = db.execute(
+                "SELECT min(id) FROM request WHERE id <= ? AND timestamp >= ?",
+                (self._previous_last, self.aggregator.clock() - self.aggregator.window),
+            ).fetchone()
+            if survivor is not None:
+                first = min(first, survivor)
+            else:
+                first = min(first, self._previous_last + 1)
+                self._previous_last = 0
         with self._transaction():
             db.execute("DELETE FROM timer WHERE request_id < ?", (first,))
             db.execute(
@@ -555,6 +640,11 @@ class SqliteStore:
                 else:
                     pairs.append({"name": k, "value": str(v)})
             pairs.append({"name": "store_dropped", "value": str(self.dropped)})
+            pairs.append({"name": "history_bytes", "value": str(self.archive.bytes)})
+            pairs += [
+                {"name": f"history:{reason}", "value": str(n)}
+                for reason, n in self.archive.shed.items()
+            ]
             with self._count:
                 dropped = dict(self.dropped_by)
             pairs += [{"name": f"store_dropped:{r}", "value": str(n)} for r, n in dropped.items()]

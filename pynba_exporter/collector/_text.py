@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["MAX_TEXT", "cut", "label", "printable"]
+__all__ = ["MAX_TEXT", "cut", "label", "printable", "sql_text"]
 
 # Non-printable by str.isprintable() but harmless and expected inside a name.
 _KEEP: Final = frozenset(" ")
@@ -57,6 +57,18 @@ def cut(s: str) -> str:
     if len(s) <= MAX_TEXT:
         return s
     return s[: MAX_TEXT - len(_MORE)] + _MORE
+
+
+def sql_text(s: str) -> str:
+    """``s`` as SQLite can hold it: a name with bytes that were not UTF-8 (kept by the decoder
+    as surrogates) gets U+FFFD in their place, instead of failing the whole batch."""
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return s
 
 
 def label(s: str) -> str:
