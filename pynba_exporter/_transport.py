@@ -473,7 +473,12 @@ class UdpTransport(Transport):
         # Its counts stay in the process's (health.client_stats): a ScriptMonitor made per job
         # must not take its losses with it.
         if getattr(self, "_requests", 0) or getattr(self, "_errors", None):
-            _RETIRED.append(self._stats())
+            # At interpreter exit this module's globals may be gone already (None), and with
+            # them contextlib: a bare try, and there is no one left to read the counts.
+            try:  # noqa: SIM105
+                _RETIRED.append(self._stats())
+            except Exception:
+                pass
 
     def _all_servers(self) -> list[_Server]:
         own = self._own_servers
