@@ -11,7 +11,7 @@ import sqlite3
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +67,34 @@ def run(path: str, clock: Clock, feed: Callable[[Collector], None], **kw: Any) -
     return store
 
 
+_OPEN: list[sqlite3.Connection] = []
+
+
+def _connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+    """A connection the test may leave open: closed after it (Python 3.13 warns about one left
+    to the garbage collector)."""
+    db: sqlite3.Connection = sqlite3.connect(*args, **kwargs)
+    _OPEN.append(db)
+    return db
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def _db(path: str | Path) -> contextlib.closing[sqlite3.Connection]:
+    """A connection closed at the end of the with block (sqlite3's own context manager only
+    commits, and Python 3.13 warns about a connection left to the garbage collector)."""
+    return contextlib.closing(sqlite3.connect(path))
+
+
 def rows(
     path: str, table: str = "history_minute", dim: str = "script"
 ) -> dict[Any, tuple[Any, ...]]:
-    with sqlite3.connect(path) as db:
+    with _db(path) as db:
         return {
             (r[0], r[1]): r[2:]
             for r in db.execute(
@@ -125,7 +149,7 @@ def test_a_restart_keeps_the_history_and_the_window(tmp_path: Path) -> None:
     try:
         assert store.kept["minutes"] == {"first": T0, "last": T0 + 3540}
         assert store.kept["hours"] == {"first": T0, "last": T0}
-        with sqlite3.connect(path) as db:  # the estimate saved at stop is the rows' bytes
+        with _db(path) as db:  # the estimate saved at stop is the rows' bytes
             (size,) = db.execute(
                 "SELECT sum(48 + length(dim) + length(key) + length(hist)) FROM"
                 " (SELECT * FROM history_minute UNION ALL SELECT * FROM history_hour)"
@@ -140,14 +164,14 @@ def test_a_restart_keeps_the_history_and_the_window(tmp_path: Path) -> None:
     assert len(by_script) == 60
     assert sum(r[0] for r in by_script.values()) == 3601
     assert by_script[(T0 + 3540, "/a")][0] == 61  # merged with what the file held
-    with sqlite3.connect(path) as db:
+    with _db(path) as db:
         # the first rebuild kept the raw rows of the previous run that are still in the window
         (raw,) = db.execute("SELECT count(*) FROM request").fetchone()
     assert raw == 15 * 60 + 1
 
     clock.t = T0 + 3600 + 1000  # they age out of the window: gone at the next rebuild
     run(path, clock, lambda c: None)
-    with sqlite3.connect(path) as db:
+    with _db(path) as db:
         assert db.execute("SELECT count(*) FROM request").fetchone() == (0,)
     assert sum(r[0] for r in rows(path).values()) == 3601  # the history stays
 
@@ -234,7 +258,7 @@ def test_a_week_of_minutes_for_1000_scripts_stays_under_the_documented_size(
     # The minute table's pages are measured by SQLite's dbstat (the hour rows are written in
     # the same transactions, into their own table).
     path = str(tmp_path / "p.db")
-    db = sqlite3.connect(path, isolation_level=None)
+    db = _connect(path, isolation_level=None)
     db.executescript(SCHEMA)
     try:
         before = _table_bytes(db, "history_minute")
@@ -346,7 +370,7 @@ def test_pynba_report_since_and_between_read_the_history(
     assert cli(["report", "--db", path, "--since", "1h", "--by", "schema"]) == 2
     assert "not kept in the history" in capsys.readouterr().err
     old = tmp_path / "old.db"  # a file of the collector from before the history
-    with sqlite3.connect(old) as db:
+    with _db(old) as db:
         db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         db.execute("CREATE TABLE info (req_count)")
     assert cli(["report", "--db", str(old), "--since", "1h"]) == 2
@@ -408,7 +432,7 @@ def test_api_history_after_a_restart(tmp_path: Path) -> None:
 
 
 def test_the_history_stays_within_its_byte_budget(tmp_path: Path) -> None:
-    db = sqlite3.connect(str(tmp_path / "p.db"), isolation_level=None)
+    db = _connect(str(tmp_path / "p.db"), isolation_level=None)
     db.executescript(SCHEMA)
     archive = Archive(timer_tags=(), max_bytes=10**9)
     archive.open(db)
@@ -498,12 +522,12 @@ def test_after_kill_9_the_restart_keeps_rows_and_history_and_says_so(tmp_path: P
     _poll(path, _HISTORY_TOTAL, 60)
     _poll(path, "SELECT count(*) FROM request", 60)  # the first rebuilds kept the 50
     second.stop()
-    with sqlite3.connect(path) as db:
+    with _db(path) as db:
         scripts = dict(db.execute(
             "SELECT key, sum(req_count) FROM history_minute WHERE dim = 'script' GROUP BY key"
         ).fetchall())  # fmt: skip
     assert scripts == {"/a": 50, "/b": 10}
-    with sqlite3.connect(path) as db:
+    with _db(path) as db:
         hours = db.execute(
             "SELECT key, sum(req_count) FROM history_hour WHERE dim = 'script' GROUP BY key"
         ).fetchall()
@@ -533,7 +557,7 @@ def test_hostile_names_make_bounded_rows_sqlite_can_hold(tmp_path: Path) -> None
 
 
 def test_what_the_file_refuses_for_long_is_dropped_and_counted() -> None:
-    db = sqlite3.connect(":memory:", isolation_level=None)  # no history tables: every flush fails
+    db = _connect(":memory:", isolation_level=None)  # no history tables: every flush fails
     archive = Archive(timer_tags=())
     archive.fold(_records("/a") * 3)
     with pytest.raises(sqlite3.OperationalError):
@@ -568,7 +592,7 @@ def test_a_range_reads_whole_hours_from_hours_and_its_edges_from_minutes(tmp_pat
 
     clock.t = T0 + 7 * 86400 + h + 1  # the first hour's minutes are past their retention
     run(path, clock, lambda c: None)
-    db = sqlite3.connect(path)
+    db = _connect(path)
     # 00:30 to 01:30: the first edge's minutes are gone, so its whole hour is read
     assert plan(db, T0 + 1800, T0 + h + 1800) == [
         ("history_hour", T0, T0 + 1, 3600),
@@ -585,7 +609,7 @@ def test_a_range_reads_whole_hours_from_hours_and_its_edges_from_minutes(tmp_pat
 
 
 def test_hours_lag_the_minutes_until_merged_and_a_start_makes_them_again(tmp_path: Path) -> None:
-    db = sqlite3.connect(str(tmp_path / "p.db"), isolation_level=None)
+    db = _connect(str(tmp_path / "p.db"), isolation_level=None)
     db.executescript(SCHEMA)
     archive = Archive(timer_tags=())
 
