@@ -84,9 +84,9 @@ def test_a_404_flood_to_a_bare_wsgi_app_leaves_checkout_its_name(receiver: UdpRe
             assert get(port, f"/wp-admin/{i}.php") == 404
         assert get(port, "/checkout") == 200
         got = packets(receiver, FLOOD + 1)
-    flood, checkout = got[:-1], got[-1]
-    assert (checkout.script_name, checkout.status) == ("/checkout", 200)
-    assert {r.script_name for r in flood} == {UNMATCHED}  # one name for the whole flood
+    # A threaded server sends each packet after its response, so the last two may cross: count.
+    counted = Counter((r.script_name, r.status) for r in got)
+    assert counted == {(UNMATCHED, 404): FLOOD, ("/checkout", 200): 1}  # one name for the flood
     assert app.transport.stats().renamed == {}  # and the cap never had to refuse a name
 
 
@@ -105,8 +105,7 @@ def test_a_404_flood_to_a_bare_asgi_app_goes_under_one_name(receiver: UdpReceive
             assert get(port, f"/scan/{i}") == 404
         assert get(port, "/checkout") == 200
         got = packets(receiver, 201)
-    assert {r.script_name for r in got[:-1]} == {UNMATCHED}
-    assert got[-1].script_name == "/checkout"
+    assert Counter(r.script_name for r in got) == {UNMATCHED: 200, "/checkout": 1}
 
 
 class _Clock:
@@ -232,7 +231,8 @@ def test_the_classic_flask_integration_keeps_a_routes_own_404(receiver: UdpRecei
         assert get(port, "/checkout") == 404
         assert get(port, "/elsewhere") == 404
         got = packets(receiver, 2)
-    assert [(r.script_name, r.status) for r in got] == [("/checkout", 404), (UNMATCHED, 404)]
+    # Each packet leaves after its response, so the two may arrive in either order.
+    assert sorted((r.script_name, r.status) for r in got) == [("/checkout", 404), (UNMATCHED, 404)]
 
 
 def test_a_django_auth_gate_under_zero_code_names_routes_and_unmatched(
