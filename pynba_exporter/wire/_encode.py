@@ -417,16 +417,17 @@ def _packet(  # noqa: PLR0917 - internal, every part of a packet in field order
             0x3D, seconds(rt, "request_time"), 0x45, seconds(ru, "ru_utime"),
             0x4D, seconds(rs, "ru_stime"),
         )  # fmt: skip
+    # (the varints inline: a lookup, not a call, for the two memory sizes of every packet)
     return b"".join(
         (names[0],
-         b"\x20", SMALL_VARINTS[rc] if rc < 0x80 else _varint(rc),
-         b"\x28", SMALL_VARINTS[ds] if ds < 0x80 else _varint(ds),
-         b"\x30", SMALL_VARINTS[mp] if mp < 0x80 else _varint(mp),
+         b"\x20\x00\x28" if rc == 0 else b"\x20" + _varint(rc) + b"\x28",
+         SMALL_VARINTS[ds] if ds < 0x80 else _PIECES.get(ds) or _varint(ds),
+         b"\x30", SMALL_VARINTS[mp] if mp < 0x80 else _PIECES.get(mp) or _varint(mp),
          times,
          timer_fields,
          dictionary,
-         b"\x80\x01", SMALL_VARINTS[st] if st < 0x80 else _varint(st),
-         b"\x88\x01", SMALL_VARINTS[fp] if fp < 0x80 else _varint(fp),
+         b"\x80\x01", SMALL_VARINTS[st] if st < 0x80 else _PIECES.get(st) or _varint(st),
+         b"\x88\x01", SMALL_VARINTS[fp] if fp < 0x80 else _PIECES.get(fp) or _varint(fp),
          b"".join(_nested(r.requests, packed)) if r.requests else b"",
          names[1],
          request_tags,
@@ -493,12 +494,15 @@ def _layout_key(r: RequestLike, packed: bool) -> tuple[bool, tuple[Any, ...], tu
     """What finds r's layout: its request tags' items and its timers' key."""
     tags, timers = r.tags, r.timers
     raw_tags: tuple[Any, ...] = tuple(_DICT_ITEMS(tags)) if tags else ()  # type: ignore[arg-type]  # TypeError unless a dict
-    if not timers:
-        return packed, raw_tags, ()
-    shape = getattr(r, "timer_shape", None)
+    return packed, raw_tags, _timers_key(r, timers) if timers else ()
+
+
+def _timers_key(r: RequestLike, timers: Sequence[Any]) -> tuple[Any, ...]:
+    """The timers' part of the layout key: r's ``timer_shape``, else their tags' items."""
+    shape: tuple[Any, ...] | None = getattr(r, "timer_shape", None)
     if shape is None:
         shape = tuple([tuple(t.tags.items()) for t in timers])
-    return packed, raw_tags, shape
+    return shape
 
 
 def _encode_careful(r: RequestLike, names: _Names, packed: bool) -> bytes:
@@ -529,20 +533,24 @@ def encode(request: RequestLike, *, packed: bool = False) -> bytes:
     layout of its timers is found without hashing their tags.
     """
     try:
+        r = request
+        # The names (fields 1-3, 19) and the layout, each found by one lookup (see above).
+        names = _PIECES.get((r.hostname, r.server_name, r.script_name, r.schema))
+        tags, timers = r.tags, r.timers
+        # (dict.items of something else than a dict raises TypeError: the careful path)
+        raw_tags: tuple[Any, ...] = tuple(_DICT_ITEMS(tags)) if tags else ()  # type: ignore[arg-type]
+        layout = _LAYOUTS.get((packed, raw_tags, _timers_key(r, timers) if timers else ()))
+        if names is not None and layout is not None and not r.requests:
+            if not layout.n:
+                return _packet(r, names, b"", layout.dictionary, layout.request_tags, b"", packed)
+            hits, values, user, system = _columns(timers, layout)
+            return _assemble(r, names, layout, hits, values, user, system, packed)
+    except Exception:  # anything unusual in the shape or the numbers: the careful path decides
+        pass
+    try:
         names = _names(request)
     except AttributeError:
         raise PinbaEncodeError(
             "request", f"expected a PinbaRequest, got {type(request).__name__}"
         ) from None
-    try:
-        layout = _LAYOUTS.get(_layout_key(request, packed))
-        if layout is not None and not request.requests:
-            if not layout.n:
-                return _packet(
-                    request, names, b"", layout.dictionary, layout.request_tags, b"", packed
-                )
-            hits, values, user, system = _columns(request.timers, layout)
-            return _assemble(request, names, layout, hits, values, user, system, packed)
-    except Exception:  # anything unusual in the shape or the numbers: the careful path decides
-        pass
     return _encode_careful(request, names, packed)
