@@ -450,10 +450,14 @@ class UdpTransport(Transport):
                 )
             else:
                 sent += 1
-        with self._lock:
-            self._requests += requests
-            self._packets += requests
-            self._sent += sent
+        # (acquire and release, not "with": the additions cannot raise, and a with statement
+        # costs this path, which every request takes, a tenth of its instructions)
+        lock = self._lock
+        lock.acquire()
+        self._requests += requests
+        self._packets += requests
+        self._sent += sent
+        lock.release()
         return ok
 
     def close(self) -> None:
