@@ -109,10 +109,12 @@ def _current_rss() -> int:
         return 0
 
 
-def process_memory() -> tuple[int, int]:
-    """(peak RSS, current RSS) of the process, in bytes; 0 where the OS does not say."""
+def process_memory(now: float | None = None) -> tuple[int, int]:
+    """(peak RSS, current RSS) of the process, in bytes; 0 where the OS does not say.
+    ``now``: ``time.perf_counter()`` if the caller has just read it."""
     global _memory_at, _memory
-    now = _perf_counter()
+    if now is None:
+        now = _perf_counter()
     if now - _memory_at > _MEMORY_TTL:
         peak = _getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
         rss = _current_rss()

@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from pynba_exporter.log import errors, logger
-from pynba_exporter.spans import RequestSpan, TimerSpec, _timed, current_request, timer_spec
+from pynba_exporter.spans import (
+    RequestSpan,
+    TimerSpec,
+    _opened,
+    _timed,
+    current_request,
+    timer_spec,
+)
 
 __all__ = ["Timer"]
 
@@ -57,7 +64,11 @@ class Timer:
         # Where the timer records: the request current in its context, or its owner's (a
         # ScriptMonitor's timers record into the monitor's unit of work, from any thread).
         self._home = home
-        request = self._request = current_request.get() if home is None else home()
+        if home is None:
+            # (the classic request by the ContextVar's own C get first: a timer per use)
+            request = self._request = _opened() or current_request.get()
+        else:
+            request = self._request = home()
         if request is not None and len(request.handles) < _MAX_HANDLES:
             request.handles.append(self)  # bounded: a unit of work timing a million items
         self._start: tuple[float, float] | None = None
@@ -86,7 +97,7 @@ class Timer:
         return self.elapsed_total + (_perf_counter() - self._start[0])
 
     def start(self) -> Timer:
-        if self.started:
+        if self._start is not None and self.started:
             errors.log(("timer", "started twice"), "pynba: timer started twice; ignored")
             return self
         request = self._request
