@@ -29,13 +29,15 @@ from pynba._serving import (
     unmatched,
 )
 from pynba_exporter import Address, Transport
-from pynba_exporter.spans import RequestSpan
+from pynba_exporter.spans import RequestSpan, current_request, opened_request
 
 __all__ = ["PynbaMiddleware", "monitor"]
 
 StartResponse: TypeAlias = Callable[..., Callable[[bytes], object]]
 WSGIApp: TypeAlias = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 _Token: TypeAlias = "Token[RequestSpan | None]"
+_opened = opened_request
+_finders = current_request.finders
 
 
 def _server_name(environ: Mapping[str, Any]) -> str:
@@ -147,7 +149,9 @@ class PynbaMiddleware:
         serving = self.serving
         if not serving.enabled:
             return self.app(environ, start_response)
-        if serving.outer() is not None:
+        # (outer() asked only when a request may be current: one set in this context, or a
+        # finder's, the OpenTelemetry bridge's, installed)
+        if (_opened() is not None or _finders) and serving.outer() is not None:
             return self.app(environ, start_response)  # mounted in a monitored app: it reports
         try:
             if self._named:
