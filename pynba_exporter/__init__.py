@@ -18,13 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from pynba_exporter import health  # noqa: F401 - its summary listens for lost data from now on
 from pynba_exporter._model import PinbaRequest, PinbaTimer, RequestLike, TagValue, TimerLike
-from pynba_exporter._transport import (
-    MemoryTransport,
-    PinbaSendError,
-    Transport,
-    TransportStats,
-    UdpTransport,
-)
+from pynba_exporter._transport import MemoryTransport, PinbaSendError, Transport, TransportStats
+from pynba_exporter._udp import UdpTransport
 from pynba_exporter.address import Address, parse_addresses
 from pynba_exporter.log import internal_errors
 from pynba_exporter.wire import PinbaDecodeError, PinbaEncodeError, decode, encode

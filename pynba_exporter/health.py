@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from pynba_exporter import _transport
+from pynba_exporter import _udp
 from pynba_exporter.log import logger, note_loss, on_loss
 from pynba_exporter.naming import script_names, server_names
 
@@ -69,7 +69,7 @@ def client_stats() -> ClientStats:
     """The counts of every transport of the process, and of the name guards, summed."""
     requests = sent = encode_errors = shrunk = resolve = 0
     dropped: dict[str, int] = {}
-    for stats in _transport.all_stats():
+    for stats in _udp.all_stats():
         requests += stats.requests
         sent += stats.sent
         encode_errors += stats.encode_errors

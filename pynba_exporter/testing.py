@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Any
 
 from pynba_exporter._model import PinbaRequest, PinbaTimer
-from pynba_exporter._transport import redirected
+from pynba_exporter._udp import redirected
 from pynba_exporter.log import logger
 from pynba_exporter.naming import script_names, server_names
 from pynba_exporter.spans import current_request

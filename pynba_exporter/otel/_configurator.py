@@ -19,7 +19,8 @@ from opentelemetry.sdk.trace import sampling as _sampling
 from opentelemetry.sdk.trace.sampling import Sampler
 
 from pynba_exporter import config
-from pynba_exporter._transport import Transport, UdpTransport
+from pynba_exporter._transport import Transport
+from pynba_exporter._udp import UdpTransport
 from pynba_exporter.address import Endpoint
 from pynba_exporter.log import errors
 from pynba_exporter.otel import _sampling as _ours

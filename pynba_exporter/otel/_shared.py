@@ -17,7 +17,8 @@ from opentelemetry.context import (
 )
 
 from pynba_exporter import config
-from pynba_exporter._transport import MemoryTransport, Transport, UdpTransport
+from pynba_exporter._transport import MemoryTransport, Transport
+from pynba_exporter._udp import UdpTransport
 from pynba_exporter.address import Address
 from pynba_exporter.log import errors
 from pynba_exporter.otel._mapping import TimerTags, default_timer_tags
