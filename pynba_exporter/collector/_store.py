@@ -32,18 +32,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import queue
 import re
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from pynba_exporter.collector import _archive
 from pynba_exporter.collector._aggregate import Aggregator
+from pynba_exporter.collector._dbfile import (
+    APPLICATION_ID,
+    StoreError,
+    check_directory,
+    check_ours,
+    file_identity,
+    write_failure,
+)
 from pynba_exporter.collector._record import Record
 from pynba_exporter.collector._reports import REPORTS
 from pynba_exporter.collector._text import printable
@@ -51,9 +57,6 @@ from pynba_exporter.collector._text import sql_text as _sql
 from pynba_exporter.log import errors
 
 __all__ = ["APPLICATION_ID", "SqliteStore", "StoreError", "report_table"]
-
-#: ``PRAGMA application_id`` of the databases the collector writes ("PYNB").
-APPLICATION_ID: Final = 0x50594E42
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS request (
@@ -87,87 +90,6 @@ def report_table(kind: str, tag_names: Sequence[str]) -> str:
 
 class _CutShort(Exception):
     """A rebuild of the report tables stopped by :meth:`SqliteStore.pause` or a late close."""
-
-
-class StoreError(PermissionError):
-    """A database the store cannot or must not write."""
-
-
-def _check_directory(path: str) -> None:
-    """The directory of ``path`` exists and takes new files (the database's WAL and shared
-    memory files are created next to it): else a :class:`StoreError` saying which it is."""
-    directory = os.path.dirname(os.path.abspath(path))
-    what = f"cannot write the database {printable(path)!r}"
-    if not os.path.exists(directory):
-        raise StoreError(f"{what}: the directory {printable(directory)} does not exist")
-    if not os.path.isdir(directory):
-        raise StoreError(f"{what}: {printable(directory)} is not a directory")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise StoreError(
-            f"{what}: the directory {printable(directory)} is read-only (the database needs"
-            " its WAL file next to it)"
-        )
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise StoreError(f"{what}: the file is read-only")
-
-
-def _check_ours(path: str) -> None:
-    """Refuse a file that is not the collector's: it is ours only if it does not exist, is
-    empty, or carries :data:`APPLICATION_ID`. Only read, through a read-only connection, so a
-    refused file is left byte-identical (tables named like ours prove nothing: a foreign
-    ``status`` or ``info`` table would be dropped and rewritten)."""
-    try:
-        if os.path.getsize(path) == 0:
-            return  # new, or an empty file: SQLite makes it a database
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise StoreError(f"cannot read the database {printable(path)!r}: {exc}") from None
-    refused = f"{printable(path)!r} is not a pynba collector database"
-    advice = ": refusing to write into it; give --db a new file"
-    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read the database {printable(path)!r}: {exc}") from None
-    try:
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        if app_id == APPLICATION_ID:
-            return
-        tables = [r[0] for r in db.execute(
-            "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
-        )]  # fmt: skip
-    except sqlite3.DatabaseError as exc:  # not a database at all (or a damaged one)
-        raise StoreError(f"{refused} ({exc}){advice}") from None
-    finally:
-        db.close()
-    if app_id:
-        raise StoreError(f"{refused} (application id {app_id:#x}){advice}")
-    if tables:
-        shown = ", ".join(map(printable, tables[:5])) + (", ..." if len(tables) > 5 else "")
-        raise StoreError(f"{refused} (it holds {shown}){advice}")
-    # A SQLite file without a table and without an id: nothing in it to lose.
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    """The file's (device, inode): when it changes or goes, writes would go nowhere."""
-    if path == ":memory:":
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _reason(exc: sqlite3.Error) -> str:
-    code = getattr(exc, "sqlite_errorcode", None)
-    text = str(exc).lower()
-    if code in (5, 6) or "locked" in text or "busy" in text:  # SQLITE_BUSY, SQLITE_LOCKED
-        return "database locked"
-    if code == 13 or "full" in text:  # SQLITE_FULL (disk full, max_page_count)
-        return "database full"
-    return "write failed"
 
 
 def _sql_value(v: Any) -> Any:
@@ -257,10 +179,10 @@ class SqliteStore:
         """Open the database, and return the last request id an earlier run left in it."""
         # Opened from __init__: an unwritable path is an error of the caller, not of a thread.
         if path != ":memory:":
-            _check_directory(path)
+            check_directory(path)
             # Checked read-only, before anything is written: a file that is not ours must be
             # left byte-identical (no id stamped, no WAL, no table).
-            _check_ours(path)
+            check_ours(path)
         try:
             self._db = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=busy_timeout
@@ -283,7 +205,7 @@ class SqliteStore:
             # rows of requests that left memory are found by id.
             last = self._db.execute("SELECT max(id) FROM request").fetchone()[0] or 0
             self._last_timer_id = self._db.execute("SELECT max(id) FROM timer").fetchone()[0] or 0
-            self._identity = _identity(path)
+            self._identity = file_identity(path)
             #: What the file held when it was opened (``pynba collect`` says it at start).
             self.kept = self.archive.open(self._db)
             self.kept["raw_requests"] = self._db.execute(
@@ -376,7 +298,11 @@ class SqliteStore:
                 if batch and self._late:
                     self._drop(LATE, len(batch), "the writer ran out of time at stop")
                     batch = []
-                if batch and self._identity is not None and _identity(self.path) != self._identity:
+                if (
+                    batch
+                    and self._identity is not None
+                    and file_identity(self.path) != self._identity
+                ):
                     # Deleted (or replaced): SQLite would keep writing into the unlinked
                     # file, where nobody will ever read the rows.
                     self._drop(
@@ -394,7 +320,7 @@ class SqliteStore:
                     try:
                         self._insert(batch)
                     except sqlite3.Error as exc:
-                        reason = LATE if self._late else _reason(exc)
+                        reason = LATE if self._late else write_failure(exc)
                         self._drop(reason, len(batch), f"SQLite: {exc}")
                     except Exception as exc:  # a bug of ours must not end the writer
                         self._drop("write failed", len(batch), repr(exc))
