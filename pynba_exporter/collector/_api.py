@@ -15,16 +15,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
-from pynba_exporter.collector._archive import (
-    Archive,
-    Figures,
-    dimension,
-    history_percentile,
-    read_only_uri,
-    report,
-    series,
-)
-from pynba_exporter.collector._history import History
+from pynba_exporter.collector._archive import Archive, Figures, read_only_uri
+from pynba_exporter.collector._archive_read import dimension, report, series
+from pynba_exporter.collector._history import History, cells_percentile
 from pynba_exporter.collector._percentile import percentile
 from pynba_exporter.collector._server import Collector
 from pynba_exporter.collector._text import cut
@@ -340,5 +333,5 @@ def _point(start: int, seconds: int, f: Figures, dim: str) -> dict[str, Any]:
     if dim.startswith("timer:"):
         point["hit_count"] = f.hit_count
     for p in (50, 95, 99):
-        point[f"p{p}"] = history_percentile(f.cells, p)
+        point[f"p{p}"] = cells_percentile(f.cells, p)
     return point
