@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from pynba_exporter.collector._live import OTHER, LiveReports, RequestGroup, TimerGroup
@@ -144,6 +144,13 @@ class Aggregator:
         with self._lock:
             self._window.expire(self.clock())
             return list(self._window.records())
+
+    def snapshot(self) -> Iterator[Record]:
+        """The records of the window, made outside the lock as they are iterated (the lock is
+        held only to copy the list of rows: the receiving thread hardly waits)."""
+        with self._lock:
+            self._window.expire(self.clock())
+            return self._window.snapshot()
 
     def interval(self) -> float:
         """Seconds the reports cover: the window, or less since the collector started."""

@@ -60,6 +60,8 @@ __all__ = [
     "decode_cells",
     "encode_cells",
     "row_bytes",
+    "timer_dimension",
+    "timer_key",
 ]
 
 #: Seconds minute rows are kept (7 days; their hours are kept longer).
@@ -197,6 +199,15 @@ def timer_dimension(tags: Sequence[str]) -> str:
     return "timer:" + ",".join(tags)
 
 
+def timer_key(tags: tuple[tuple[str, str], ...], names: Sequence[str]) -> str | None:
+    """A timer's key in the dimension of ``names``: the JSON list of its values of those tags,
+    each cut, as SQLite can hold it (None when it lacks one of them)."""
+    d = dict(tags)
+    if not all(n in d for n in names):
+        return None
+    return sql_text(json.dumps([cut(d[n]) for n in names], ensure_ascii=False))
+
+
 Key = tuple[int, str, str]  # (start, dimension, key)
 
 _MISSING: Final[Any] = object()
@@ -314,10 +325,7 @@ class Archive:
         cached: str | None = self._timer_keys.get((tags, names), _MISSING)
         if cached is not _MISSING:
             return cached
-        d = dict(tags)
-        key = None
-        if all(n in d for n in names):
-            key = sql_text(json.dumps([cut(d[n]) for n in names], ensure_ascii=False))
+        key = timer_key(tags, names)
         if sum(len(k) + len(v) for k, v in tags) <= 256:
             if len(self._timer_keys) >= _MAX_CACHED:
                 self._timer_keys.clear()
