@@ -56,11 +56,14 @@
 
   // -- numbers as people read them
 
+  // One formatter made once: toLocaleString makes one per call (a tenth of a second for the
+  // rows of 10,000 scripts).
+  const GROUPED = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
   function num(x, digits = 3) {
     if (x === null || x === undefined || !Number.isFinite(x)) return "–";
     const a = Math.abs(x);
     if (a === 0) return "0";
-    if (a >= 1000) return Math.round(x).toLocaleString("en-US");
+    if (a >= 1000) return GROUPED.format(Math.round(x));
     return String(Number(x.toPrecision(digits)));
   }
   function seconds(s) {
