@@ -336,7 +336,7 @@ def changes_from_history(path: str, q: Query, now: float) -> dict[str, Any]:
     request (or per hit, for timers) with their p95; and against the same range a day or a
     week before (``compare``, a day when not given), those whose mean time changed most (as
     a ratio, either way) and whose error rate changed most (in points). Keys with fewer than
-    ``min_requests`` requests in a period are left out of what compares it."""
+    ``min_requests`` requests in either period are left out of the comparisons."""
     compare = q.compare or "day"
     shift = SHIFTS[compare]
     seconds = q.end - q.start
@@ -344,8 +344,7 @@ def changes_from_history(path: str, q: Query, now: float) -> dict[str, Any]:
     try:
         now_f = totals(db, q.dim, q.start, q.end)
         before_f = totals(db, q.dim, q.start - shift, q.end - shift)
-        enough = {k: f for k, f in now_f.items() if f.req_count >= q.min_requests}
-        rows = {k: _row(k, f, q.timer, seconds) for k, f in enough.items()}
+        rows = {k: _row(k, f, q.timer, seconds) for k, f in now_f.items()}
         slowest = sorted(rows.values(), key=lambda r: (-(r["time_mean"] or 0), r["key"]))
         slowest = slowest[: q.top]
         hists = cells(db, q.dim, [r["key"] for r in slowest], q.start, q.end)
@@ -356,7 +355,7 @@ def changes_from_history(path: str, q: Query, now: float) -> dict[str, Any]:
     compared = []
     for k, r in rows.items():
         b = before_f.get(k)
-        if b is None or b.req_count < q.min_requests:
+        if b is None or min(b.req_count, r["requests"]) < q.min_requests:
             continue
         before = _row(k, b, q.timer, seconds)
         ratio = None
@@ -387,7 +386,6 @@ def changes_from_window(
     rows = [
         {**_row(k, f, q.timer, seconds), "p95": cells_percentile(f.cells, 95)}
         for k, f in sums.items()
-        if f.req_count >= q.min_requests
     ]
     rows.sort(key=lambda r: (-(r["time_mean"] or 0), r["key"]))
     return {

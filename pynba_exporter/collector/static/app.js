@@ -90,7 +90,8 @@
 
   async function api(path) {
     const response = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
-    if (!response.ok && response.status !== 404) throw new Error(path + ": HTTP " + response.status);
+    // 404 (no such script) and 400 (a query refused) come with a message the view shows.
+    if (!response.ok && response.status !== 404 && response.status !== 400) throw new Error(path + ": HTTP " + response.status);
     return response.json();
   }
 
@@ -359,7 +360,9 @@
     mount(root, name) {
       this.name = name;
       root.append(el("p", null, el("a", { href: "#/scripts" }, "← scripts")),
-        el("h1", null, "Script ", el("span", { id: "script-name" }, name)), el("div", { id: "script" }));
+        el("h1", null, "Script ", el("span", { id: "script-name" }, name)),
+        el("p", null, el("a", { id: "script-trends", href: "#/trends?by=script&key=" + encodeName(name) }, "Trends of this script: hour, day, week")),
+        el("div", { id: "script" }));
     },
     update(d) {
       const box = document.getElementById("script");
@@ -469,6 +472,10 @@
     },
   };
 
+  // The Trends view (trends.js) builds its page with the same helpers.
+  views.trends = window.pynbaTrends({ el, svg, attrs, api, num, seconds, percent, count, cell, table, card,
+    encodeName, decodeName, colorLegends, config: () => state.config });
+
   // -- routing and refreshing
 
   function route() {
@@ -476,8 +483,8 @@
     if (hash.startsWith("/script/")) {
       return ["script", decodeName(hash.slice("/script/".length))];
     }
-    const name = hash.slice(1);
-    return [Object.hasOwn(views, name) && name !== "script" ? name : "overview", null];
+    const [name, query] = hash.slice(1).split(/\?(.*)/s);
+    return [Object.hasOwn(views, name) && name !== "script" ? name : "overview", query || null];
   }
 
   async function refresh() {
