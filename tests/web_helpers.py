@@ -176,8 +176,8 @@ def open_page(browser: Browser) -> Iterator[Page]:
     watch = Watch(p)
     yield p
     context.close()
-    assert watch.errors == []
-    assert watch.dialogs == []
+    assert watch.errors == [], watch.errors
+    assert watch.dialogs == [], watch.dialogs
 
 
 def chart(page: Page, name: str) -> list[dict[str, Any]]:

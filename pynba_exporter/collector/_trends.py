@@ -414,7 +414,9 @@ def _window_sums(records: Iterable[Record], q: Query, start: float) -> dict[str,
                     _fold_timers(f, r, names, key)
             continue
         if field is not None:
-            key = sql_text(cut(getattr(r, field)))
+            # The name as the live reports give it (bytes that were not UTF-8 as surrogate
+            # escapes), so that it reads as in the scripts view and finds its script page.
+            key = cut(getattr(r, field))
         else:
             key = str(r.status) if q.dim == "status" else ""
         f = sums.get(key) or sums.setdefault(key, Figures())

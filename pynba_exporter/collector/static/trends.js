@@ -130,6 +130,8 @@ window.pynbaTrends = (h) => {
   }
 
   // Drag across a graph to zoom into what the drag covered; the selection is drawn as it goes.
+  // While a drag lasts the view's updates wait (a new graph would drop the one being dragged).
+  let dragging = false;
   function zoomable(chart, sc, onZoom) {
     const band = svg("rect", { class: "selection", x: 0, y: 0, width: 0, height: H, fill: "#1f5f8b", opacity: 0.15 });
     chart.append(band);
@@ -138,7 +140,13 @@ window.pynbaTrends = (h) => {
       const box = chart.getBoundingClientRect();
       return Math.min(1, Math.max(0, (e.clientX - box.left) / box.width)) * W;
     };
-    chart.addEventListener("pointerdown", (e) => { start = at(e); chart.setPointerCapture(e.pointerId); e.preventDefault(); });
+    chart.addEventListener("pointerdown", (e) => {
+      start = at(e);
+      dragging = true;
+      chart.setPointerCapture(e.pointerId);
+      e.preventDefault();
+    });
+    chart.addEventListener("pointercancel", () => { start = null; dragging = false; attrs(band, { width: 0 }); });
     chart.addEventListener("pointermove", (e) => {
       if (start === null) return;
       const x = at(e);
@@ -148,6 +156,7 @@ window.pynbaTrends = (h) => {
       if (start === null) return;
       const a = Math.min(start, at(e)), b = Math.max(start, at(e));
       start = null;
+      dragging = false;
       attrs(band, { width: 0 });
       if (b - a < W / 100) return; // a click, not a drag
       const t = (x) => Math.round(sc.d0 + (x / W) * (sc.d1 - sc.d0));
@@ -264,11 +273,12 @@ window.pynbaTrends = (h) => {
     zoom(factor) {
       const d = this.last;
       if (!d) return;
-      const s = d.series, a = s.from, b = s.from + s.points.length * s.step;
+      const a = d.from, b = d.to; // the range asked for, not its buckets' edges
       const middle = (a + b) / 2, half = ((b - a) * factor) / 2;
       this.go({ from: Math.round(middle - half), to: Math.round(Math.min(middle + half, d.now)) });
     },
     update(d) {
+      if (dragging) return; // the next update draws it
       const s = d.series, box = document.getElementById("trend-charts");
       if (s.error || d.changes.error) {
         box.replaceChildren(el("p", { class: "error" }, s.error || d.changes.error));
