@@ -116,7 +116,8 @@ def test_a_restart_on_the_database_shows_the_previous_hours_graphs(
     assert page.text_content('[data-card="requests"] .before') == "before: 120"
     assert page.text_content('[data-card="mean"] .before') == "before: 200 ms"
     assert page.text_content("#trend-key") == "script /a"
-    assert "From the history in the database" in (page.text_content("#trend-source") or "")
+    source = page.text_content("#trend-source") or ""
+    assert "From the history in the database" in source and "one point per 1 min" in source
     # The lists: /b is the slowest; /a's time halved against the day before.
     assert first_column(page, "slowest") == ["/b", "/a"]
     assert first_column(page, "changed-time") == ["/a"]
@@ -340,13 +341,15 @@ def _week_of_history(path: str, now: float) -> None:
     try:
         con.executescript(SCHEMA)
         records = []
-        for back, slower in ((7 * DAY, 1.0), (0, 1.3)):
+        change = {"/": 1.05, "/product/<id>": 0.9, "/cart": 1.1, "/checkout": 1.6, "/search": 1.25}
+        for back in (7 * DAY, 0):
             for minute in range(24 * 60):
                 t = now - back - DAY + 60 * minute
                 shape = 1 + math.sin(2 * math.pi * minute / 1440) * 0.6
                 for i, script in enumerate(("/", "/product/<id>", "/cart", "/checkout", "/search")):
                     for k in range(max(1, round(shape * (5 - i)))):
                         bad = script == "/checkout" and back == 0 and k == 0 and minute % 7 == 0
+                        slower = change[script] if back == 0 else 1.0
                         seconds = 0.02 * (i + 1) * shape * slower
                         records.append(_record(t + k, script, seconds, 503 if bad else 200))
         archive.fold(records)

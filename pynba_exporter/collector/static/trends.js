@@ -223,14 +223,16 @@ window.pynbaTrends = (h) => {
     ];
   }
 
+  const every = (step) => (step >= 86400 ? num(step / 86400) + " d" : step >= 3600 ? num(step / 3600) + " h"
+    : step >= 60 ? num(step / 60) + " min" : num(step) + " s");
+
   function source(d) {
-    const every = seconds(d.series.step);
+    const step = every(d.series.step);
     if (d.source === "window") {
-      return `No database: the live window only (the last ${num(d.window)} s, held in memory), one point per ${every}; ` +
+      return `No database: the live window only (the last ${num(d.window)} s, held in memory), one point per ${step}; ` +
         "nothing to compare with. Start the collector with --db FILE for hours, days and weeks.";
     }
-    const zoomed = d.series.points.length ? ` One point per ${every}.` : "";
-    return "From the history in the database (minutes for days, then hours)." + zoomed;
+    return `From the history in the database (minutes for days, then hours), one point per ${step}.`;
   }
 
   return {
