@@ -147,26 +147,20 @@ def _trend(web: WebServer, query: dict[str, list[str]], kind: str) -> tuple[int,
     # walks the window's records), outside the aggregator's lock.
     collector = web.collector
     now = collector.clock()
+    series = kind == "series"
     try:
         q = _trends.parse(query, now)
-        if kind == "series" and q.key is None and q.dim != "total":
+        if series and q.key is None and q.dim != "total":
             raise _trends.QueryError("key: the name (or timer key) whose series to draw")
         store = web.store
         with web.history_lock:
             if store is not None:
-                make = (
-                    _trends.series_from_history
-                    if kind == "series"
-                    else (_trends.changes_from_history)
-                )
-                data = make(store.path, q, now)
+                read = _trends.series_from_history if series else _trends.changes_from_history
+                data = read(store.path, q, now)
             else:
-                window = collector.aggregator.window
-                records = collector.aggregator.snapshot()
-                if kind == "series":
-                    data = _trends.series_from_window(records, q, now, window)
-                else:
-                    data = _trends.changes_from_window(records, q, now, window)
+                from_window = _trends.series_from_window if series else _trends.changes_from_window
+                aggregator = collector.aggregator
+                data = from_window(aggregator.snapshot(), q, now, aggregator.window)
     except _trends.QueryError as exc:
         return 400, _api.dumps({"error": str(exc)}), _JSON
     except sqlite3.Error as exc:

@@ -106,7 +106,7 @@ def _one(query: dict[str, list[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-def _number(query: dict[str, list[str]], name: str, default: float | None) -> float | None:
+def _number(query: dict[str, list[str]], name: str, default: float) -> float:
     text = _one(query, name)
     if text is None or text == "":
         return default
@@ -121,7 +121,7 @@ def _number(query: dict[str, list[str]], name: str, default: float | None) -> fl
 
 def _whole(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
     value = _number(query, name, default)
-    if value is None or value != int(value) or not low <= value <= high:
+    if value != int(value) or not low <= value <= high:
         raise QueryError(f"{name}: a whole number from {low} to {high}")
     return int(value)
 
@@ -139,9 +139,7 @@ def parse(query: dict[str, list[str]], now: float) -> Query:
     if name not in RANGES:
         raise QueryError("range: hour, day or week")
     end = _number(query, "to", now)
-    assert end is not None
     start = _number(query, "from", end - RANGES[name])
-    assert start is not None
     if not start < end:
         raise QueryError("from must come before to")
     if end - start > MAX_SPAN:
