@@ -5,6 +5,8 @@ the test moves; bounds, and bad queries refused."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -225,3 +227,69 @@ def test_names_that_are_not_utf8_or_too_long_find_their_series() -> None:
         assert sum(p["requests"] for p in points) == 1
     finally:
         api.web.stop()
+
+
+def test_a_name_that_is_not_utf8_finds_its_history(tmp_path: Path) -> None:
+    # The history holds U+FFFD where the bytes were invalid; the page may ask with the name as
+    # the live reports give it (a lone surrogate, written as the UTF-8 form of its code unit).
+    path = str(tmp_path / "p.db")
+    clock = Clock(T0 + 1)
+    c = Collector("127.0.0.1:0", clock=clock)
+    c.store = store = SqliteStore(path, c.aggregator)
+    try:
+        c.handle([raw_packet(b"/\xff", request_time=0.1)] * 3)
+    finally:
+        store.close()
+    c = Collector("127.0.0.1:0", clock=clock)
+    c.store = SqliteStore(path, c.aggregator)
+    web = WebServer(c, "127.0.0.1:0").start()
+    try:
+        for key in ("/%ED%B3%BF", "/%EF%BF%BD"):
+            url = f"{web.url}api/series?by=script&key={key}&from={T0:.0f}&to={T0 + 60:.0f}"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                (point,) = json.loads(response.read())["series"]["points"]
+            assert point["requests"] == 3, key
+        changes = Api(web).ok("/api/changes", by="script", to=T0 + 60)
+        assert [r["key"] for r in changes["slowest"]] == ["/\ufffd"]
+    finally:
+        web.stop()
+        c.store.close()
+
+
+def test_the_window_is_read_outside_the_aggregators_lock() -> None:
+    # Without a database the answers walk the window's records: the lock is held only to copy
+    # the list of them, so the receiving thread (here: this one) never waits long.
+    packets = [req(f"/s/{i}", 0.001 * (1 + i % 50)) for i in range(1000)]
+
+    def feed(c: Collector, clock: Clock) -> None:
+        clock.t = T0 + 1
+        for _ in range(100):
+            c.handle(packets)
+        clock.t = T0 + 10
+
+    api, c = _window_site(feed)
+    lock = c.aggregator._lock
+    waits = []
+    done = threading.Event()
+    took: list[float] = []
+
+    def ask() -> None:
+        start = time.perf_counter()
+        api.ok("/api/changes", by="timer:group")
+        took.append(time.perf_counter() - start)
+        done.set()
+
+    try:
+        thread = threading.Thread(target=ask)
+        thread.start()
+        while not done.is_set():
+            start = time.perf_counter()
+            with lock:
+                waits.append(time.perf_counter() - start)
+            time.sleep(0.001)
+        thread.join()
+    finally:
+        api.web.stop()
+    print(f"answer {took[0]:.2f} s, longest wait for the lock {max(waits) * 1000:.1f} ms")
+    assert took[0] > 0.2  # 100,000 records walked (the answer took this long) ...
+    assert max(waits) < 0.1, (max(waits), took)  # ... the lock never held long meanwhile
