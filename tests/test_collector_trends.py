@@ -119,6 +119,13 @@ def test_series_of_a_timer_group(restarted: Api) -> None:
     assert first["hits_per_sec"] == pytest.approx(12 / 60)
     assert first["time_mean"] == pytest.approx(0.05 / 4, rel=1e-5)  # per hit
     assert first["p50"] == pytest.approx(0.05 / 4, rel=0.011)
+    # A key written by the page's JSON.stringify (no spaces) finds the history's.
+    answer = restarted.ok(
+        "/api/series", by="timer:group,server", key='["db::select","db1"]',
+        **{"from": T0, "to": T0 + 120},
+    )  # fmt: skip
+    assert answer["key"] == '["db::select", "db1"]'
+    assert answer["series"]["points"][0]["hit_count"] == 12
 
 
 def test_changes_slowest_and_changed_most(restarted: Api) -> None:

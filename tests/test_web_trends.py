@@ -31,6 +31,7 @@ from web_helpers import (
     write_history,
 )
 
+from pynba_exporter import PinbaTimer
 from pynba_exporter.collector import Collector, SqliteStore, WebServer
 from pynba_exporter.collector._archive import SCHEMA, Archive
 from pynba_exporter.collector._record import Record
@@ -212,7 +213,8 @@ def test_timer_groups_compared_with_the_day_before(restarted: Restarted, page: P
 
 def test_without_a_database_the_view_says_it_shows_the_live_window(site: Site, page: Page) -> None:
     site.now = T0 + 1
-    site.send(*(req("/a", 0.1) for _ in range(4)), req("/a", 0.3, 503))
+    db = [PinbaTimer({"group": "db::select", "server": "db1"}, 0.02, 2)]
+    site.send(*(req("/a", 0.1, timers=db) for _ in range(4)), req("/a", 0.3, 503))
     site.now = T0 + 20
     page.goto(site.url + "#/scripts")
     page.get_by_role("link", name="/a", exact=True).click()
@@ -226,6 +228,14 @@ def test_without_a_database_the_view_says_it_shows_the_live_window(site: Site, p
     assert page.is_disabled("#range-day") and page.is_disabled("#compare")
     assert "Comparisons need the history" in (page.text_content("#trend-lists") or "")
     assert first_column(page, "slowest") == ["/a"]
+    # A timer group of the script page opens its own graphs.
+    page.go_back()
+    page.locator("#timers-group").get_by_role("link", name="db::select").click()
+    page.wait_for_function(
+        "() => document.getElementById('trend-key')?.textContent === 'timer group db::select'"
+    )
+    page.locator(RPS + '[data-requests="4"]').wait_for(state="attached")
+    assert first_column(page, "slowest") == ["db::select"]
 
 
 def test_names_that_are_not_utf8_keep_the_trends_view(site: Site, page: Page) -> None:

@@ -150,11 +150,25 @@ def parse(query: dict[str, list[str]], now: float) -> Query:
     if compare is not None and compare not in SHIFTS:
         raise QueryError("compare: day, week or none")
     key = _one(query, "key")
+    if key is not None:
+        key = _timer_key_text(key) if dim.startswith("timer:") else cut(key)
     return Query(
-        by, dim, None if key is None else cut(key), name, start, end, compare,
+        by, dim, key, name, start, end, compare,
         _whole(query, "top", _TOP, 1, _TOP_MAX),
         _whole(query, "min_requests", _MIN_REQUESTS, 1, 10**9),
     )  # fmt: skip
+
+
+def _timer_key_text(key: str) -> str:
+    """A timer key as the history writes it (Python's JSON, each value cut), whoever wrote
+    the JSON list the query gives (the page's ``JSON.stringify`` leaves out the spaces)."""
+    try:
+        values = json.loads(key)
+    except ValueError:
+        return cut(key)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        return cut(key)
+    return json.dumps([cut(v) for v in values], ensure_ascii=False)
 
 
 def fit_step(span: float, finest: int) -> int:
