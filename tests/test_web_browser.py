@@ -392,7 +392,7 @@ def test_fits_a_phone(site: Site, browser: Browser) -> None:
     page = context.new_page()
     page.set_default_timeout(WAIT)
     try:
-        for view in ("", "#/scripts", "#/health"):
+        for view in ("", "#/scripts", "#/trends", "#/health"):
             page.goto(site.url + view)
             page.wait_for_function("() => Number(document.body.dataset.updates) >= 1")
             # Wide tables scroll inside their box; the page itself never scrolls sideways.
