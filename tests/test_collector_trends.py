@@ -110,6 +110,36 @@ def test_the_bucket_fits_the_range_and_zoom(restarted: Api) -> None:
     assert tiny["series"]["step"] == 60
 
 
+def test_a_file_younger_than_the_range_is_drawn_by_the_minute(tmp_path: Path) -> None:
+    # Half an hour of history: the day before it has no rows at all, neither minutes nor
+    # hours, so the day is drawn by 5 minutes (not by the hour, as where minutes expired).
+    path = str(tmp_path / "p.db")
+    clock = Clock()
+    c = Collector("127.0.0.1:0", clock=clock)
+    c.store = store = SqliteStore(path, c.aggregator)
+    try:
+        for minute in range(30, 60):
+            clock.t = T0 + 60 * minute + 1
+            c.handle([req("/a", 0.1)])
+    finally:
+        store.close()
+    clock.t = T0 + 3600 + 5
+    c = Collector("127.0.0.1:0", clock=clock)
+    c.store = SqliteStore(path, c.aggregator)
+    web = WebServer(c, "127.0.0.1:0").start()
+    try:
+        api = Api(web)
+        drawn = api.ok("/api/series", by="script", key="/a", range="day")["series"]
+        assert drawn["step"] == 300
+        assert [p["requests"] for p in drawn["points"][-13:]] == [0] * 6 + [5] * 6 + [0]
+        drawn = api.ok("/api/series", by="script", key="/a", range="hour")["series"]
+        assert (drawn["step"], len(drawn["points"])) == (60, 61)
+        assert [p["requests"] for p in drawn["points"]] == [0] * 30 + [1] * 30 + [0]
+    finally:
+        web.stop()
+        c.store.close()
+
+
 def test_series_of_a_timer_group(restarted: Api) -> None:
     answer = restarted.ok(
         "/api/series", by="timer:group", key='["db::select"]', **{"from": T0, "to": T0 + 120}

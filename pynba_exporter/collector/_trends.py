@@ -217,9 +217,17 @@ def _series(
 def _history_buckets(
     db: sqlite3.Connection, q: Query, start: float, end: float, kept: int
 ) -> tuple[list[Figures], int, int]:
-    # Where the minutes are gone, the rows are hours: a bucket is an hour at least there, or
-    # an hour's requests would stand in one minute's bucket.
-    step = fit_step(end - start, 3600 if start < kept else _MIN_HISTORY_STEP)
+    # Where the minutes are gone (past their retention, or the byte budget), the rows are
+    # hours: a bucket is an hour at least there, or an hour's requests would stand in one
+    # minute's bucket. A file younger than the range has neither: minutes it is.
+    gone = (
+        start < kept
+        and db.execute(
+            "SELECT 1 FROM history_hour WHERE start >= ? AND start < ? LIMIT 1",
+            (math.floor(start / 3600) * 3600, kept),
+        ).fetchone()
+    )
+    step = fit_step(end - start, 3600 if gone else _MIN_HISTORY_STEP)
     first, n = _buckets(start, end, step)
     buckets = [Figures() for _ in range(n)]
     for s, _, f in series(db, q.dim, sql_text(q.key or ""), first, end, hours=step >= 3600):
