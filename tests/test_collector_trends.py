@@ -110,7 +110,7 @@ def test_the_bucket_fits_the_range_and_zoom(restarted: Api) -> None:
     assert tiny["series"]["step"] == 60
 
 
-def test_a_file_younger_than_the_range_is_drawn_by_the_minute(tmp_path: Path) -> None:
+def test_a_file_younger_than_the_range_is_not_drawn_by_the_hour(tmp_path: Path) -> None:
     # Half an hour of history: the day before it has no rows at all, neither minutes nor
     # hours, so the day is drawn by 5 minutes (not by the hour, as where minutes expired).
     path = str(tmp_path / "p.db")
