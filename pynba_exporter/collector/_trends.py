@@ -9,7 +9,7 @@ period before.
 Both read the history the database keeps (``--db``: minutes for days, then hours), in a
 read-only connection of their own, never under the aggregator's lock. Without a database the
 only past is the live window (900 s): the series are made from its records (copied under the
-lock as a list of references, milliseconds for a million, and read outside it), nothing is
+lock as a list of references, about 10 ms for a million, and read outside it), nothing is
 compared, and the answer says so (``source``: ``history`` or ``window``).
 
 Bounded whatever is asked: a range is at most :data:`MAX_SPAN`; a bucket is the smallest of

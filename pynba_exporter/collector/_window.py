@@ -88,7 +88,7 @@ class Window:
 
     def snapshot(self) -> Iterator[Record]:
         """The records of the window as they are now, oldest first, read later without the
-        lock: only the list of rows is copied now (references, at C speed: milliseconds for a
+        lock: only the list of rows is copied now (references, at C speed: about 10 ms for a
         million), each record is made when iterated."""
         rows = list(self._rows)
         return (Record(*row) for row in rows)
