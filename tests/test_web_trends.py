@@ -18,10 +18,12 @@ from collector_packets import raw_packet
 from web_helpers import (
     DAY,
     DOCS_IMG,
+    HOSTILE,
     T0,
     WAIT,
     Clock,
     Site,
+    Watch,
     chart,
     drawn_text,
     first_column,
@@ -264,6 +266,41 @@ def test_names_that_are_not_utf8_keep_the_trends_view(site: Site, page: Page) ->
         page.reload()  # the address names it
         page.locator(RPS + '[data-requests="1"]').wait_for(state="attached")
         assert "cannot reach" not in (page.text_content("#updated") or "")
+
+
+def test_hostile_names_in_the_trends_view_render_as_text(browser: Browser, site: Site) -> None:
+    site.now = T0 + 1
+    for i, name in enumerate(HOSTILE):
+        timers = [PinbaTimer({"group": name, "server": "db1"}, 0.001)]
+        site.send(req(name, 0.01 * (i + 1), timers=timers))
+    site.now = T0 + 10
+    # The Content-Security-Policy is switched off: the escaping alone must hold.
+    context = browser.new_context(bypass_csp=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    watch = Watch(page)
+    page.add_init_script(
+        "window.__ran = []; window.alert = (m) => window.__ran.push('alert ' + m);"
+    )
+    try:
+        for lists in ("script", "timer:group"):
+            for name in HOSTILE:
+                page.goto(site.url + f"#/trends?lists={lists}")
+                page.locator("#slowest tbody tr").nth(len(HOSTILE) - 1).wait_for()
+                assert sorted(first_column(page, "slowest")) == sorted(HOSTILE)
+                page.locator("#slowest").get_by_role("link", name=name, exact=True).click()
+                kind = "script" if lists == "script" else "timer group"
+                page.wait_for_function(
+                    "n => document.getElementById('trend-key')?.textContent === n",
+                    arg=f"{kind} {name}",
+                )
+                page.locator(RPS + '[data-requests="1"]').wait_for(state="attached")
+        assert page.evaluate("window.__ran") == []
+        assert watch.dialogs == [] and watch.errors == []
+        assert page.evaluate("document.querySelectorAll('img, svg image, iframe').length") == 0
+        assert page.evaluate("document.querySelectorAll('[onerror], [onload]').length") == 0
+    finally:
+        context.close()
 
 
 def _scripts(n: int) -> list[bytes]:

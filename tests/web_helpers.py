@@ -119,6 +119,20 @@ def write_history(path: str, clock: Clock) -> None:
         store.close()
 
 
+#: Names that would run as markup or script if the page let them (each test counts them).
+HOSTILE = [
+    "<script>window.__ran.push('script')</script>",
+    "<script>alert(1)</script>",
+    '"><img src=x onerror="window.__ran.push(\'img\')">',
+    '"><img src=x onerror=alert(1)>',
+    "javascript:window.__ran.push('href')",
+    "</td></tr></table><svg onload=window.__ran.push('svg')>",
+    "'-alert(1)-'",
+    "${alert(1)}",
+    "/q?x=1&y=<2>#frag %zz \u00e9",  # the name travels in the page's own URL and back
+]
+
+
 # -- the page in a real Chromium (test_web_browser.py, test_web_trends.py)
 
 CHROMIUM = "/usr/bin/chromium"
