@@ -234,18 +234,7 @@ class Aggregator:
             statuses = {(name, s): fold_requests(gs) for s, gs in by_status.items()}
             whole = fold_requests(fine)
             totals = self._reports.totals()
-            timer_sums: dict[tuple[str, ...], dict[Any, Any]] = {}
-            scan: list[tuple[str, ...]] = []
-            for names in wanted:
-                if names in live.timer_tags:
-                    table = live.timers[live.timer_tags.index(names)]
-                    folded: dict[Any, list[TimerGroup]] = {}
-                    for key, tg in table.items():
-                        if cut(key[0]) == name:
-                            folded.setdefault((name, *key[1:]), []).append(tg)
-                    timer_sums[names] = {k: fold_timers(gs) for k, gs in folded.items()}
-                else:
-                    scan.append(names)
+            timer_sums, scan = self._script_timers(name, wanted)
             records = list(self._window.records()) if scan else []
         # Outside the lock: tag sets that are not kept up to date, from the script's records.
         mine = [r for r in records if cut(r.script_name) == name]
@@ -269,6 +258,26 @@ class Aggregator:
             },
             "times": sorted(whole[6]),
         }
+
+    def _script_timers(
+        self, name: str, wanted: Sequence[tuple[str, ...]]
+    ) -> tuple[dict[tuple[str, ...], dict[Any, Any]], list[tuple[str, ...]]]:
+        """Under the lock: the sums of the script's timer groups of each tag set of ``wanted``
+        kept up to date, and the tag sets that are not (to be read from its records)."""
+        live = self._live
+        timer_sums: dict[tuple[str, ...], dict[Any, Any]] = {}
+        scan: list[tuple[str, ...]] = []
+        for names in wanted:
+            if names not in live.timer_tags:
+                scan.append(names)
+                continue
+            table = live.timers[live.timer_tags.index(names)]
+            folded: dict[Any, list[TimerGroup]] = {}
+            for key, tg in table.items():
+                if cut(key[0]) == name:
+                    folded.setdefault((name, *key[1:]), []).append(tg)
+            timer_sums[names] = {k: fold_timers(gs) for k, gs in folded.items()}
+        return timer_sums, scan
 
     def info(self) -> dict[str, Any]:
         """pinba_engine's ``info``: totals of the window."""
