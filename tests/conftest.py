@@ -109,6 +109,8 @@ _SLOW_MODULES = (
     "test_differential",
     "test_examples",
     "test_web_browser",
+    "test_web_trends",
+    "test_collector_trends",
     "test_otel_field",
     "test_web",
     "test_collector_hostile",

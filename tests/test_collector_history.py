@@ -27,12 +27,9 @@ from pynba_exporter.collector._archive import (
     Figures,
     decode_cells,
     encode_cells,
-    history_percentile,
-    plan,
-    series,
-    totals,
 )
-from pynba_exporter.collector._history import cell_of
+from pynba_exporter.collector._archive_read import plan, series, totals
+from pynba_exporter.collector._history import cell_of, cells_percentile
 from pynba_exporter.collector._percentile import percentile
 from pynba_exporter.collector._record import Record
 from pynba_exporter.collector._store import APPLICATION_ID
@@ -123,7 +120,7 @@ def test_minute_rows_per_script_status_and_timer_group(tmp_path: Path) -> None:
     cells = decode_cells(hist)
     assert sum(cells.values()) == 100
     for p in (50, 95, 99):  # within the documented 1 % of the exact nearest rank
-        assert history_percentile(cells, p) == pytest.approx(percentile(times, p), rel=0.011)
+        assert cells_percentile(cells, p) == pytest.approx(percentile(times, p), rel=0.011)
     assert by_script[(T0 + 60, "/b")][:3] == (4, 4, 0)
     assert rows(path, dim="status")[(T0 + 60, "503")][:2] == (4, 4)
     assert rows(path, dim="total")[(T0, "")][0] == 100
@@ -193,7 +190,7 @@ def test_minutes_roll_up_into_hours_after_retention(tmp_path: Path) -> None:
     run(path, clock, feed)
     minutes = rows(path)
     assert len(minutes) == 13
-    exact = {p: history_percentile(decode_cells(b""), p) for p in (50,)}
+    exact = {p: cells_percentile(decode_cells(b""), p) for p in (50,)}
     assert exact == {50: None}
 
     # A week and an hour later: the first hour is past the minute retention, the second not.
@@ -213,7 +210,7 @@ def test_minutes_roll_up_into_hours_after_retention(tmp_path: Path) -> None:
     assert decode_cells(hist) == merged  # histograms add up: no precision lost in an hour
     for p in (50, 95, 99):
         exact_value = percentile(sorted(times), p)
-        assert history_percentile(merged, p) == pytest.approx(exact_value, rel=0.011)
+        assert cells_percentile(merged, p) == pytest.approx(exact_value, rel=0.011)
 
     # Past the hour retention (92 days), hours leave too.
     clock.t = T0 + 93 * 86400

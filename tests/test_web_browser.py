@@ -12,11 +12,26 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from collector_packets import raw_packet
-from web_helpers import T0, Site, req
+from web_helpers import (
+    DOCS_IMG,
+    HOSTILE,
+    T0,
+    TIMES,
+    WAIT,
+    Site,
+    Watch,
+    cells,
+    chart,
+    drawn_text,
+    first_column,
+    launch_chromium,
+    open_page,
+    req,
+)
 
 from pynba_exporter import PinbaTimer
 from pynba_exporter.collector import WebServer
@@ -25,50 +40,10 @@ from pynba_exporter.collector._aggregate import percentile
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-CHROMIUM = "/usr/bin/chromium"
-# Without the background-networking flags Chromium stalls on a network without the internet.
-ARGS = [
-    *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
-    *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
-]
-WAIT = 15_000  # ms: the longest any wait for the page may take before the test fails
-TIMES = "\u00d7"  # the page writes "200 x30" with a multiplication sign
-DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    reason = None
-    try:
-        from playwright.sync_api import sync_playwright  # noqa: PLC0415 - optional here
-    except ImportError:
-        reason = "the playwright package is missing (pip install -e '.[test]')"
-    if reason is None and not os.access(CHROMIUM, os.X_OK):
-        reason = f"{CHROMIUM} is missing (apt-get install -y chromium)"
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-class Watch:
-    """What the page did that it should not: errors, dialogs."""
-
-    def __init__(self, page: Page) -> None:
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-
-        def dialog(d: Any) -> None:
-            self.dialogs.append(d.message)
-            d.dismiss()
-
-        page.on("dialog", dialog)
+    yield from launch_chromium()
 
 
 @pytest.fixture
@@ -80,55 +55,7 @@ def site() -> Iterator[Site]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    p = context.new_page()
-    p.set_default_timeout(WAIT)
-    watch = Watch(p)
-    yield p
-    context.close()
-    assert watch.errors == []
-    assert watch.dialogs == []
-
-
-def chart(page: Page, name: str) -> list[dict[str, Any]]:
-    """The points a chart drew, from its data table (one row per interval)."""
-    rows: list[dict[str, Any]] = page.eval_on_selector_all(
-        f'table[data-chart="{name}"] tr[data-start]',
-        """rows => rows.map(r => ({
-            start: Number(r.dataset.start), partial: r.dataset.partial === "true",
-            values: [...r.querySelectorAll("td:not(:first-child)")].map(
-                td => td.dataset.value === undefined ? null : Number(td.dataset.value)),
-        }))""",
-    )
-    return rows
-
-
-def cells(page: Page, table: str, attr: str, value: str) -> dict[str, str]:
-    """A table row's cells by column key -> data-value (or text), the row found by attribute."""
-    found: dict[str, str] | None = page.evaluate(
-        """([table, attr, value]) => {
-            const t = document.getElementById(table);
-            const keys = [...t.querySelectorAll("thead th")].map(th => th.dataset.key);
-            const rows = [...t.querySelectorAll("tbody tr")];
-            const row = rows.find(r => r.getAttribute(attr) === value);
-            if (!row) return null;
-            const out = {};
-            [...row.children].forEach((td, i) => {
-                out[keys[i]] = td.dataset.value !== undefined ? td.dataset.value : td.textContent;
-            });
-            return out;
-        }""",
-        [table, attr, value],
-    )
-    assert found is not None, (table, value)
-    return found
-
-
-def first_column(page: Page, table: str) -> list[str]:
-    texts: list[str] = page.eval_on_selector_all(
-        f"#{table} tbody tr td:first-child", "tds => tds.map(td => td.textContent)"
-    )
-    return texts
+    yield from open_page(browser)
 
 
 def test_overview_charts_show_the_traffic(site: Site, page: Page) -> None:
@@ -278,19 +205,6 @@ def test_page_updates_when_new_traffic_arrives(site: Site, page: Page) -> None:
     page.wait_for_function(card, arg="13")
 
 
-HOSTILE = [
-    "<script>window.__ran.push('script')</script>",
-    "<script>alert(1)</script>",
-    '"><img src=x onerror="window.__ran.push(\'img\')">',
-    '"><img src=x onerror=alert(1)>',
-    "javascript:window.__ran.push('href')",
-    "</td></tr></table><svg onload=window.__ran.push('svg')>",
-    "'-alert(1)-'",
-    "${alert(1)}",
-    "/q?x=1&y=<2>#frag %zz \u00e9",  # the name travels in the page's own URL and back
-]
-
-
 def test_hostile_names_render_as_text_and_never_run(browser: Browser, site: Site) -> None:
     site.now = T0 + 1
     for i, name in enumerate(HOSTILE):
@@ -336,7 +250,6 @@ def test_hostile_names_render_as_text_and_never_run(browser: Browser, site: Site
         assert sorted(first_column(page, "requests-user")) == sorted(HOSTILE)
         page.goto(site.url + "#/health")
         page.locator("#status").wait_for()
-
         # Nothing ran, nothing was even tried: no alert, no handler, no injected element.
         assert page.evaluate("window.__ran") == []
         assert watch.dialogs == []
@@ -344,7 +257,8 @@ def test_hostile_names_render_as_text_and_never_run(browser: Browser, site: Site
         assert page.evaluate("document.querySelectorAll('img, svg image, iframe').length") == 0
         assert page.evaluate("document.querySelectorAll('[onerror], [onload]').length") == 0
         assert page.evaluate("[...document.scripts].map(s => s.getAttribute('src'))") == [
-            "/static/app.js"
+            "/static/trends.js",
+            "/static/app.js",
         ]
     finally:
         context.close()
@@ -401,14 +315,6 @@ def test_a_name_that_is_not_utf8_keeps_the_scripts_view_and_opens_its_page(
         page.locator("#scripts-table tbody tr").nth(2).wait_for()
 
 
-def drawn_text(page: Page) -> str:
-    """The page's visible text, checked for the marks of values drawn wrong."""
-    text: str = page.evaluate("document.body.innerText")
-    for wrong in ("[object", "undefined", "NaN", "null"):
-        assert wrong not in text, (wrong, text)
-    return text
-
-
 @pytest.mark.expect_pynba_errors  # the invalid packet is logged
 def test_every_view_draws(site: Site, page: Page) -> None:
     site.now = T0 + 1
@@ -458,7 +364,7 @@ def test_fits_a_phone(site: Site, browser: Browser) -> None:
     page = context.new_page()
     page.set_default_timeout(WAIT)
     try:
-        for view in ("", "#/scripts", "#/health"):
+        for view in ("", "#/scripts", "#/trends", "#/health"):
             page.goto(site.url + view)
             page.wait_for_function("() => Number(document.body.dataset.updates) >= 1")
             # Wide tables scroll inside their box; the page itself never scrolls sideways.

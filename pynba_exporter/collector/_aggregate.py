@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from pynba_exporter.collector._live import OTHER, LiveReports, RequestGroup, TimerGroup
@@ -145,6 +145,13 @@ class Aggregator:
             self._window.expire(self.clock())
             return list(self._window.records())
 
+    def snapshot(self) -> Iterator[Record]:
+        """The records of the window, made outside the lock as they are iterated (the lock is
+        held only to copy the list of rows: the receiving thread hardly waits)."""
+        with self._lock:
+            self._window.expire(self.clock())
+            return self._window.snapshot()
+
     def interval(self) -> float:
         """Seconds the reports cover: the window, or less since the collector started."""
         return max(1e-9, min(self.window, self.clock() - self.started))
@@ -160,6 +167,21 @@ class Aggregator:
             sums = self._reports.request_sums(keys, self._window.records())
         rows = self._reports.request_rows(keys, sums, self.interval(), full=True, top=top)
         return Rows(rows, len(sums[1]))
+
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """Requests by script name and status text (the scripts view's badges): one pass over
+        the groups under the lock, without the report rows and percentiles of a report by
+        script and status (with 10,000 scripts, half the time of ``/api/scripts``)."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            self._window.expire(self.clock())
+            for (_, _, script, status, _), g in self._live.fine.items():
+                counts = out.get(script)
+                if counts is None:
+                    counts = out[script] = {}
+                text = str(status)
+                counts[text] = counts.get(text, 0) + g.count
+        return out
 
     def tag_report(self, tag_names: Sequence[str], *, top: int | None = None) -> Rows:
         """Requests grouped by the values of request tags ``tag_names`` (``top``: as above)."""
@@ -212,18 +234,7 @@ class Aggregator:
             statuses = {(name, s): fold_requests(gs) for s, gs in by_status.items()}
             whole = fold_requests(fine)
             totals = self._reports.totals()
-            timer_sums: dict[tuple[str, ...], dict[Any, Any]] = {}
-            scan: list[tuple[str, ...]] = []
-            for names in wanted:
-                if names in live.timer_tags:
-                    table = live.timers[live.timer_tags.index(names)]
-                    folded: dict[Any, list[TimerGroup]] = {}
-                    for key, tg in table.items():
-                        if cut(key[0]) == name:
-                            folded.setdefault((name, *key[1:]), []).append(tg)
-                    timer_sums[names] = {k: fold_timers(gs) for k, gs in folded.items()}
-                else:
-                    scan.append(names)
+            timer_sums, scan = self._script_timers(name, wanted)
             records = list(self._window.records()) if scan else []
         # Outside the lock: tag sets that are not kept up to date, from the script's records.
         mine = [r for r in records if cut(r.script_name) == name]
@@ -247,6 +258,26 @@ class Aggregator:
             },
             "times": sorted(whole[6]),
         }
+
+    def _script_timers(
+        self, name: str, wanted: Sequence[tuple[str, ...]]
+    ) -> tuple[dict[tuple[str, ...], dict[Any, Any]], list[tuple[str, ...]]]:
+        """Under the lock: the sums of the script's timer groups of each tag set of ``wanted``
+        kept up to date, and the tag sets that are not (to be read from its records)."""
+        live = self._live
+        timer_sums: dict[tuple[str, ...], dict[Any, Any]] = {}
+        scan: list[tuple[str, ...]] = []
+        for names in wanted:
+            if names not in live.timer_tags:
+                scan.append(names)
+                continue
+            table = live.timers[live.timer_tags.index(names)]
+            folded: dict[Any, list[TimerGroup]] = {}
+            for key, tg in table.items():
+                if cut(key[0]) == name:
+                    folded.setdefault((name, *key[1:]), []).append(tg)
+            timer_sums[names] = {k: fold_timers(gs) for k, gs in folded.items()}
+        return timer_sums, scan
 
     def info(self) -> dict[str, Any]:
         """pinba_engine's ``info``: totals of the window."""

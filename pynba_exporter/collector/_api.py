@@ -15,19 +15,12 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
-from pynba_exporter.collector._archive import (
-    Archive,
-    Figures,
-    dimension,
-    history_percentile,
-    read_only_uri,
-    report,
-    series,
-)
-from pynba_exporter.collector._history import History
+from pynba_exporter.collector._archive import Archive, Figures, read_only_uri
+from pynba_exporter.collector._archive_read import dimension, report, series
+from pynba_exporter.collector._history import History, cells_percentile
 from pynba_exporter.collector._percentile import percentile
 from pynba_exporter.collector._server import Collector
-from pynba_exporter.collector._text import cut
+from pynba_exporter.collector._text import MAX_TEXT, cut
 from pynba_exporter.log import internal_errors
 
 __all__ = [
@@ -49,15 +42,30 @@ _TOP_NAMES: Final = 50  # hosts and servers listed on the overview
 
 def _safe(value: Any) -> Any:
     # JSON has no NaN or infinity (JSON.parse refuses them): they become null. Every string is
-    # cut (a page of 8,000 names of 60 KB would be half a gigabyte).
-    if isinstance(value, str):
-        return cut(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
+    # cut (a page of 8,000 names of 60 KB would be half a gigabyte). A dict's plain values are
+    # checked in its own loop, not by a call each: a report of 10,000 scripts holds 250,000
+    # values, and a call per value took 0.26 s of the 0.45 s /api/scripts took.
+    if type(value) is not dict:
+        return _plain(value)
+    out = {}
+    for key, v in value.items():
+        k = key if type(key) is str and len(key) <= MAX_TEXT else cut(str(key))
+        t = type(v)
+        # Finite floats are kept as they are (inf - inf and NaN - NaN are NaN).
+        plain = t is int or v is None or (t is str and len(v) <= MAX_TEXT)
+        out[k] = v if plain or (t is float and v - v == 0.0) else _plain(v)
+    return out
+
+
+def _plain(value: Any) -> Any:
     if isinstance(value, dict):
-        return {cut(str(k)): _safe(v) for k, v in value.items()}
+        return _safe(value if type(value) is dict else dict(value))
     if isinstance(value, (list, tuple)):
         return [_safe(v) for v in value]
+    if isinstance(value, str):
+        return cut(str(value))
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
     return value
 
 
@@ -128,17 +136,10 @@ def _is_error(status: Any) -> bool:
     return isinstance(status, int) and status >= 500
 
 
-def _statuses_by_script(collector: Collector) -> dict[str, dict[str, int]]:
-    by_script: dict[str, dict[str, int]] = {}
-    for row in collector.aggregator.request_report(("script_name", "status")):
-        by_script.setdefault(row["script_name"], {})[str(row["status"])] = row["req_count"]
-    return by_script
-
-
 def scripts(collector: Collector) -> dict[str, Any]:
     """The report by script, each row with its statuses (status text -> requests)."""
     rows = collector.aggregator.request_report(("script_name",))
-    statuses = _statuses_by_script(collector)
+    statuses = collector.aggregator.status_counts()
     for row in rows:
         row["statuses"] = statuses.get(row["script_name"], {})
         row["cpu_total"] = row["ru_utime_total"] + row["ru_stime_total"]
@@ -340,5 +341,5 @@ def _point(start: int, seconds: int, f: Figures, dim: str) -> dict[str, Any]:
     if dim.startswith("timer:"):
         point["hit_count"] = f.hit_count
     for p in (50, 95, 99):
-        point[f"p{p}"] = history_percentile(f.cells, p)
+        point[f"p{p}"] = cells_percentile(f.cells, p)
     return point

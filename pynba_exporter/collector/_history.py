@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from pynba_exporter.collector._record import Record
 
-__all__ = ["History", "cell_of", "cell_value"]
+__all__ = ["History", "cell_of", "cell_value", "cells_percentile"]
 
 _SMALLEST: Final = 1e-6  # seconds: times below are counted in cell 0 (valued 0)
 _RATIO: Final = 1.02
@@ -43,10 +43,14 @@ def cell_value(cell: int) -> float:
     return float(_SMALLEST * _RATIO ** (cell - 0.5))
 
 
-def _percentile(cells: dict[int, int], count: int, p: float) -> float | None:
-    # Nearest rank, like the reports (``_percentile.percentile``), over the cells in order.
-    if not count:
-        return None  # no request, no time: a gap in the chart rather than a fall to 0
+def cells_percentile(cells: dict[int, int], p: float, count: int | None = None) -> float | None:
+    """Nearest-rank percentile of a histogram (the value of its cell), like the reports'
+    (``_percentile.percentile``) over the cells in order; None when it is empty (no request,
+    no time: a gap in a chart rather than a fall to 0). ``count``: the cells' sum, when known."""
+    if count is None:
+        count = sum(cells.values())
+    if count <= 0:
+        return None
     rank = min(count, max(1, math.ceil(p / 100 * count)))
     seen = 0
     for cell in sorted(cells):
@@ -150,9 +154,9 @@ class History:
                     "errors": errors,
                     "error_rate": errors / requests if requests else None,
                     "time_total": time_total,
-                    "p50": _percentile(cells, requests, 50),
-                    "p95": _percentile(cells, requests, 95),
-                    "p99": _percentile(cells, requests, 99),
+                    "p50": cells_percentile(cells, 50, requests),
+                    "p95": cells_percentile(cells, 95, requests),
+                    "p99": cells_percentile(cells, 99, requests),
                 }
             )
         return points

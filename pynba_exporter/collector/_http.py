@@ -7,7 +7,9 @@
 
 Paths: ``/`` the page (with ``/static/``: plain JS, CSS and SVG shipped with the package, nothing
 from elsewhere, so it works offline); ``/api/config``, ``/api/overview``, ``/api/scripts``,
-``/api/script?name=NAME``, ``/api/timers``, ``/api/tags``, ``/api/health``, and with a store
+``/api/script?name=NAME``, ``/api/timers``, ``/api/tags``, ``/api/health``,
+``/api/series?by=script&key=NAME&range=day&compare=week`` and ``/api/changes?by=script`` (the
+graphs and lists, from the history or the live window: see ``_trends``), and with a store
 ``/api/history?by=script&since=7200`` (JSON, see ``_api``);
 ``/metrics`` (Prometheus text format, see ``_metrics``).
 
@@ -35,7 +37,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-from pynba_exporter.collector import _api
+from pynba_exporter.collector import _api, _trends
 from pynba_exporter.collector._history import History
 from pynba_exporter.collector._server import Collector, CollectorError, passive_address
 from pynba_exporter.collector._store import SqliteStore
@@ -51,6 +53,7 @@ DEFAULT_HTTP: Final = "127.0.0.1:8080"
 _STATIC: Final = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/trends.js": ("trends.js", "text/javascript; charset=utf-8"),
     "/static/app.css": ("app.css", "text/css; charset=utf-8"),
     "/static/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
@@ -138,6 +141,33 @@ def _history(web: WebServer, query: dict[str, list[str]]) -> tuple[int, bytes, s
     return 200, _api.dumps(data), _JSON
 
 
+def _trend(web: WebServer, query: dict[str, list[str]], kind: str) -> tuple[int, bytes, str]:
+    # /api/series and /api/changes: from the database's history when there is one, else from
+    # the live window. One at a time, with /api/history: each reads a range in SQLite (or
+    # walks the window's records), outside the aggregator's lock.
+    collector = web.collector
+    now = collector.clock()
+    series = kind == "series"
+    try:
+        q = _trends.parse(query, now)
+        if series and q.key is None and q.dim != "total":
+            raise _trends.QueryError("key: the name (or timer key) whose series to draw")
+        store = web.store
+        with web.history_lock:
+            if store is not None:
+                read = _trends.series_from_history if series else _trends.changes_from_history
+                data = read(store.path, q, now)
+            else:
+                from_window = _trends.series_from_window if series else _trends.changes_from_window
+                aggregator = collector.aggregator
+                data = from_window(aggregator.snapshot(), q, now, aggregator.window)
+    except _trends.QueryError as exc:
+        return 400, _api.dumps({"error": str(exc)}), _JSON
+    except sqlite3.Error as exc:
+        return 503, _api.dumps({"error": f"history not readable: {exc}"}), _JSON
+    return 200, _api.dumps(data), _JSON
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     web: WebServer
@@ -220,6 +250,12 @@ class _Handler(BaseHTTPRequestHandler):
                 query = parse_qs(url.query, keep_blank_values=True)
                 key = "history " + repr(sorted(query.items()))
                 self._send(*web.cached(key, lambda: _history(web, query)))
+            elif path in ("/api/series", "/api/changes"):
+                # surrogatepass: a key may be a window's name with undecodable bytes (above).
+                query = parse_qs(url.query, keep_blank_values=True, errors="surrogatepass")
+                kind = path[5:]
+                key = f"{kind} {sorted(query.items())!r}"
+                self._send(*web.cached(key, lambda: _trend(web, query, kind)))
             elif path in web.views:
                 view = web.views[path]
                 self._send(*web.cached(path, lambda: (200, _api.dumps(view()), _JSON)))

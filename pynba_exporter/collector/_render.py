@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from pynba_exporter.collector import _archive
+from pynba_exporter.collector import _archive, _archive_read
 from pynba_exporter.collector._aggregate import Rows
 from pynba_exporter.collector._percentile import column
 from pynba_exporter.collector._server import Collector
@@ -205,7 +205,7 @@ def stored_history(
     (``script``, ``server``, ``host``, ``status``, ``total`` or ``timer:TAGS``) between
     ``since`` and ``until`` (seconds since the epoch): one row per key over the whole range,
     most time first. Raises :class:`ReportError`."""
-    dim = _archive.dimension(by)
+    dim = _archive_read.dimension(by)
     if dim is None:
         raise ReportError(
             f"--by {printable(by)!r} is not kept in the history: choose from script, server,"
@@ -227,7 +227,7 @@ def stored_history(
                 f"no history in {printable(path)} (a file written before the collector kept"
                 " one, or not the collector's)"
             )
-        rows, total = _archive.report(db, dim, since, until, top=top)
+        rows, total = _archive_read.report(db, dim, since, until, top=top)
     except sqlite3.Error as exc:
         raise ReportError(f"cannot read {printable(path)!r}: {exc}") from None
     finally:

@@ -86,6 +86,13 @@ class Window:
         """The records of the window, oldest first."""
         return (Record(*row) for row in self._rows)
 
+    def snapshot(self) -> Iterator[Record]:
+        """The records of the window as they are now, oldest first, read later without the
+        lock: only the list of rows is copied now (references, at C speed: about 10 ms for a
+        million), each record is made when iterated."""
+        rows = list(self._rows)
+        return (Record(*row) for row in rows)
+
     @property
     def first_serial(self) -> int:
         """Serial of the oldest record kept (past the last one when none is)."""
