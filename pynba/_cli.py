@@ -194,17 +194,14 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
         args.listen, window=args.window, percentiles=args.percentiles,
         max_bytes=args.max_memory, timer_tags=timer_tags, request_tags=request_tags,
     )  # fmt: skip
-    store = None
+    store = web = None
     if args.db:
         store = collector.store = SqliteStore(
             args.db, collector.aggregator, timer_tags=timer_tags, request_tags=request_tags,
             max_pending_bytes=args.max_queue, max_history_bytes=args.max_history,
         )  # fmt: skip
-    web = None
-    if args.http:
-        web = WebServer(
-            collector, args.http, timer_tags=timer_tags, request_tags=request_tags
-        )  # before start: it counts from the first packet
+    if args.http:  # (made before start: it counts from the first packet)
+        web = WebServer(collector, args.http, timer_tags=timer_tags, request_tags=request_tags)
     # Both signals leave the loop at once (an exception from the handler ends the sleep);
     # what the kernel already holds is then drained, written and reported.
     previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -224,18 +221,7 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
             if web is not None:
                 web.start()
                 print(f"pynba collector: live page at {web.url}", file=sys.stderr, flush=True)
-            deadline = time.monotonic() + args.duration if args.duration else math.inf
-            shown = _state(collector)  # an idle collector prints nothing until a packet comes
-            while time.monotonic() < deadline:
-                report_at = min(deadline, time.monotonic() + args.interval)
-                # Short sleeps: a signal the kernel gave to another thread only sets a flag
-                # that this thread sees when it wakes, and it must act on it at once.
-                while (left := report_at - time.monotonic()) > 0:
-                    time.sleep(min(left, 0.1))
-                state = _state(collector)
-                if state != shown:  # quiet when nothing changed
-                    shown = state
-                    write_reports(out, collector, timer_tags, request_tags, as_json=args.json)
+            _serve_reports(args, out, collector, timer_tags, request_tags)
         except (_Stopped, KeyboardInterrupt):
             pass
         finally:
@@ -259,6 +245,29 @@ def cmd_collect(args: argparse.Namespace, out: TextIO) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _serve_reports(
+    args: argparse.Namespace,
+    out: TextIO,
+    collector: Collector,
+    timer_tags: Sequence[Sequence[str]],
+    request_tags: Sequence[Sequence[str]],
+) -> None:
+    """Print the reports every ``args.interval`` seconds until ``args.duration`` (or a
+    signal), and only when something changed."""
+    deadline = time.monotonic() + args.duration if args.duration else math.inf
+    shown = _state(collector)  # an idle collector prints nothing until a packet comes
+    while time.monotonic() < deadline:
+        report_at = min(deadline, time.monotonic() + args.interval)
+        # Short sleeps: a signal the kernel gave to another thread only sets a flag that this
+        # thread sees when it wakes, and it must act on it at once.
+        while (left := report_at - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+        state = _state(collector)
+        if state != shown:  # quiet when nothing changed
+            shown = state
+            write_reports(out, collector, timer_tags, request_tags, as_json=args.json)
 
 
 def _kept_text(store: SqliteStore, window: float) -> str:
@@ -409,7 +418,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pynba {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("collect", help="run the collector and show live reports")
+    _collect_options(sub.add_parser("collect", help="run the collector and show live reports"))
+    _report_options(
+        sub.add_parser("report", help="print a report from a database the collector writes")
+    )
+    p = sub.add_parser("decode", help="print a captured packet decoded")
+    p.add_argument("file", help="a file holding one packet, or - for standard input")
+    _demo_options(
+        sub.add_parser("demo", help="collector, monitored app, traffic and reports, in seconds")
+    )
+    p = sub.add_parser(
+        "run", help="run a command as one Pinba request (a cron job, a script, a CI step)",
+        description="Run CMD as one Pinba request: its time, CPU and peak memory, its exit "
+        "status as the status (killed by signal S: 256+S). Its input, output, exit code and "
+        "signals pass through; Pinba never fails it.",
+    )  # fmt: skip
+    p.add_argument("--script", help="the request's script name (default: the command's name)")
+    p.add_argument(
+        "--tag", action="append", type=_tag, metavar="NAME=VALUE", help="a request tag (repeat)"
+    )
+    p.add_argument(
+        "--server", metavar="ADDR",
+        help="Pinba server(s) (default: $OTEL_EXPORTER_PINBA_ENDPOINT, $PINBA_SERVER, "
+        "127.0.0.1:30002)",
+    )  # fmt: skip
+    p.add_argument("--hostname", help="the request's host name (default: this machine's)")
+    p.add_argument("--server-name", help="the request's server name (default: this machine's)")
+    p.add_argument(
+        "command_line", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+        help="the command to run and its arguments, after --",
+    )  # fmt: skip
+    return parser
+
+
+def _collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--listen", default="127.0.0.1:30002", metavar="HOST:PORT",
         help="where to receive UDP packets: %(default)s ([::1]:PORT for IPv6; 0.0.0.0:PORT for"
@@ -465,7 +507,9 @@ def _parser() -> argparse.ArgumentParser:
         " the oldest minutes leave early, their hours kept, then the oldest hours)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
-    p = sub.add_parser("report", help="print a report from a database the collector writes")
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db", required=True, metavar="FILE", help="a database pynba collect --db wrote"
     )
@@ -490,9 +534,9 @@ def _parser() -> argparse.ArgumentParser:
         help="read the history between two times (ISO 8601, UTC unless a zone is given, or"
         " seconds since the epoch)",
     )  # fmt: skip
-    p = sub.add_parser("decode", help="print a captured packet decoded")
-    p.add_argument("file", help="a file holding one packet, or - for standard input")
-    p = sub.add_parser("demo", help="collector, monitored app, traffic and reports, in seconds")
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--requests", type=_count, default=300, metavar="N",
         help="HTTP requests sent to the demo app (%(default)s)",
@@ -505,28 +549,6 @@ def _parser() -> argparse.ArgumentParser:
         "--serve", action="store_true",
         help="after the first requests, keep the app busy and the page up until Ctrl-C",
     )  # fmt: skip
-    p = sub.add_parser(
-        "run", help="run a command as one Pinba request (a cron job, a script, a CI step)",
-        description="Run CMD as one Pinba request: its time, CPU and peak memory, its exit "
-        "status as the status (killed by signal S: 256+S). Its input, output, exit code and "
-        "signals pass through; Pinba never fails it.",
-    )  # fmt: skip
-    p.add_argument("--script", help="the request's script name (default: the command's name)")
-    p.add_argument(
-        "--tag", action="append", type=_tag, metavar="NAME=VALUE", help="a request tag (repeat)"
-    )
-    p.add_argument(
-        "--server", metavar="ADDR",
-        help="Pinba server(s) (default: $OTEL_EXPORTER_PINBA_ENDPOINT, $PINBA_SERVER, "
-        "127.0.0.1:30002)",
-    )  # fmt: skip
-    p.add_argument("--hostname", help="the request's host name (default: this machine's)")
-    p.add_argument("--server-name", help="the request's server name (default: this machine's)")
-    p.add_argument(
-        "command_line", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
-        help="the command to run and its arguments, after --",
-    )  # fmt: skip
-    return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -320,6 +320,15 @@ def explain(traffic: Traffic, collector: Collector) -> list[str]:
             f"- {received - in_reports} left the collector's window ({aggregator.window:g} s,"
             " or its memory budget) before the reports were made"
         )
+    names = _naming_lines(traffic)
+    if names:
+        lines.append("Names and statuses:")
+        lines.extend(names)
+    return lines
+
+
+def _naming_lines(traffic: Traffic) -> list[str]:
+    """Why the reports' script names and statuses are not the paths the demo asked for."""
     names = []
     products = sum(1 for path, _ in traffic.answers if path.startswith(_PRODUCT))
     if products:
@@ -340,7 +349,4 @@ def explain(traffic: Traffic, collector: Collector) -> list[str]:
             f"- {_plural(sum(failed.values()), 'request')} raised in the app ({where}):"
             " reported with status 500"
         )
-    if names:
-        lines.append("Names and statuses:")
-        lines.extend(names)
-    return lines
+    return names

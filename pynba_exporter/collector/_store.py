@@ -280,71 +280,82 @@ class SqliteStore:
     def _run(self) -> None:
         next_reports = time.monotonic()
         while True:
-            batch: list[Record] = []
-            stop = False
-            try:
-                item = self._queue.get(timeout=self.flush_interval)
-                while True:
-                    if item is None:
-                        stop = True
-                        break
-                    batch.extend(item)
-                    item = self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            with self._count:
-                self._pending -= sum(r.size for r in batch)
+            batch, stop = self._take()
             with self._lock:
-                if batch and self._late:
-                    self._drop(LATE, len(batch), "the writer ran out of time at stop")
-                    batch = []
-                if (
-                    batch
-                    and self._identity is not None
-                    and file_identity(self.path) != self._identity
-                ):
-                    # Deleted (or replaced): SQLite would keep writing into the unlinked
-                    # file, where nobody will ever read the rows.
-                    self._drop(
-                        "database deleted", len(batch),
-                        f"{printable(self.path)!r} was deleted or replaced",
-                    )  # fmt: skip
-                    batch = []
-                if batch:
-                    # Counted in the minute history before the raw insert: a full disk that
-                    # refuses the raw rows must not take the history (smaller) with them.
-                    try:
-                        self.archive.fold(batch)
-                    except Exception as exc:  # a bug of ours must not end the writer
-                        errors.log(("store", "history fold"), f"pynba collector: {exc!r}")
-                    try:
-                        self._insert(batch)
-                    except sqlite3.Error as exc:
-                        reason = LATE if self._late else write_failure(exc)
-                        self._drop(reason, len(batch), f"SQLite: {exc}")
-                    except Exception as exc:  # a bug of ours must not end the writer
-                        self._drop("write failed", len(batch), repr(exc))
+                self._write(batch)
                 rebuild = time.monotonic() >= next_reports and not self._paused
                 if (rebuild or stop) and not self._late:
                     started = time.monotonic()
-                    self._write_history(final=stop)
-                    try:
-                        self._expire()
-                        self._write_reports()
-                    except Exception as exc:  # logged; the next rebuild tries again
-                        # (Cut short by pause() or by close() when late: the previous tables
-                        # stay, rolled back.)
-                        if not (self._late or self._paused):
-                            errors.log(
-                                ("store", "reports", type(exc).__name__),
-                                f"pynba collector: reports not written to the database: {exc!r}",
-                            )
+                    self._rebuild(final=stop)
                     took = time.monotonic() - started
                     # Never spend more than a fifth of the time on reports (the receiving
                     # thread needs the interpreter too).
                     next_reports = time.monotonic() + max(self.reports_interval, 4 * took)
             if stop:
                 return
+
+    def _take(self) -> tuple[list[Record], bool]:
+        """The records queued (waiting up to ``flush_interval`` for the first), and whether
+        the store is told to stop."""
+        batch: list[Record] = []
+        stop = False
+        try:
+            item = self._queue.get(timeout=self.flush_interval)
+            while True:
+                if item is None:
+                    stop = True
+                    break
+                batch.extend(item)
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        with self._count:
+            self._pending -= sum(r.size for r in batch)
+        return batch, stop
+
+    def _write(self, batch: list[Record]) -> None:
+        """Write ``batch`` (under the lock), or count it dropped, with the reason."""
+        if batch and self._late:
+            self._drop(LATE, len(batch), "the writer ran out of time at stop")
+            return
+        if batch and self._identity is not None and file_identity(self.path) != self._identity:
+            # Deleted (or replaced): SQLite would keep writing into the unlinked file, where
+            # nobody will ever read the rows.
+            self._drop(
+                "database deleted", len(batch), f"{printable(self.path)!r} was deleted or replaced"
+            )
+            return
+        if not batch:
+            return
+        # Counted in the minute history before the raw insert: a full disk that refuses the
+        # raw rows must not take the history (smaller) with them.
+        try:
+            self.archive.fold(batch)
+        except Exception as exc:  # a bug of ours must not end the writer
+            errors.log(("store", "history fold"), f"pynba collector: {exc!r}")
+        try:
+            self._insert(batch)
+        except sqlite3.Error as exc:
+            reason = LATE if self._late else write_failure(exc)
+            self._drop(reason, len(batch), f"SQLite: {exc}")
+        except Exception as exc:  # a bug of ours must not end the writer
+            self._drop("write failed", len(batch), repr(exc))
+
+    def _rebuild(self, *, final: bool) -> None:
+        """The history merged, the window's old rows deleted, the report tables rebuilt (under
+        the lock)."""
+        self._write_history(final=final)
+        try:
+            self._expire()
+            self._write_reports()
+        except Exception as exc:  # logged; the next rebuild tries again
+            # (Cut short by pause() or by close() when late: the previous tables stay, rolled
+            # back.)
+            if not (self._late or self._paused):
+                errors.log(
+                    ("store", "reports", type(exc).__name__),
+                    f"pynba collector: reports not written to the database: {exc!r}",
+                )
 
     def _write_history(self, *, final: bool = False) -> None:
         """Merge the minutes (and their hours) folded since the last pass into the file;
