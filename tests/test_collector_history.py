@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from collector_packets import CollectProcess
+from web_helpers import Clock
 
 from pynba._cli import main as cli
 from pynba_exporter import PinbaRequest, PinbaTimer
@@ -43,14 +44,6 @@ def req(script: str, time_: float, status: int = 200, timer: float = 0.01) -> by
         hostname="web1", server_name="shop", script_name=script, request_time=time_,
         status=status, timers=[PinbaTimer({"group": "db::select", "server": "db1"}, timer, 2)],
     ))  # fmt: skip
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def run(path: str, clock: Clock, feed: Callable[[Collector], None], **kw: Any) -> SqliteStore:

@@ -172,6 +172,14 @@ class Figures:
         for cell, n in other.cells.items():
             cells[cell] = cells.get(cell, 0) + n
 
+    def add_request(self, req_time: float, status: int) -> None:
+        """One request of the live window, by its time and status (the series read no CPU)."""
+        self.req_count += 1
+        self.errors += status >= 500
+        self.req_time_us += _us(req_time)
+        cell = cell_of(req_time)
+        self.cells[cell] = self.cells.get(cell, 0) + 1
+
     def row(self) -> tuple[int, int, int, int, int, int, bytes]:
         return (self.req_count, self.errors, self.hit_count, self.req_time_us,
                 self.ru_utime_us, self.ru_stime_us, encode_cells(self.cells))  # fmt: skip

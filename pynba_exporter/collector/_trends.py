@@ -288,12 +288,8 @@ def _fold(records: Iterable[Record], q: Query, first: int, step: int, n: int) ->
         f = buckets[i]
         if q.timer:
             _fold_timers(f, r, names, want)
-            continue
-        f.req_count += 1
-        f.errors += r.status >= 500
-        f.req_time_us += round(r.req_time * 1e6)
-        cell = cell_of(r.req_time)
-        f.cells[cell] = f.cells.get(cell, 0) + 1
+        else:
+            f.add_request(r.req_time, r.status)
     return buckets
 
 
@@ -439,9 +435,5 @@ def _window_sums(records: Iterable[Record], q: Query, start: float) -> dict[str,
         else:
             key = str(r.status) if q.dim == "status" else ""
         f = sums.get(key) or sums.setdefault(key, Figures())
-        f.req_count += 1
-        f.errors += r.status >= 500
-        f.req_time_us += round(r.req_time * 1e6)
-        cell = cell_of(r.req_time)
-        f.cells[cell] = f.cells.get(cell, 0) + 1
+        f.add_request(r.req_time, r.status)
     return sums
