@@ -218,14 +218,13 @@ class UdpTransport(Transport):
                 )
             else:
                 sent += 1
-        # (acquire and release, not "with": the additions cannot raise, and a with statement
-        # costs this path, which every request takes, a tenth of its instructions)
-        lock = self._lock
-        lock.acquire()
-        self._requests += requests
-        self._packets += requests
-        self._sent += sent
-        lock.release()
+        # A with statement, not acquire() and release(): a signal handler that raises (a
+        # request timeout) can run as acquire() returns, and would leave the lock held for
+        # good, hanging every later send; the with statement gives it no such moment.
+        with self._lock:
+            self._requests += requests
+            self._packets += requests
+            self._sent += sent
         return ok
 
     def close(self) -> None:
