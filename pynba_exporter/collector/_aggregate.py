@@ -180,19 +180,24 @@ class Aggregator:
 
     # -- reports
 
-    def _read(self, table: dict[Any, _G], read: Callable[[_G], _R]) -> list[tuple[Any, _R]]:
-        """The groups of ``table`` read by ``read``, a chunk at a time under the lock: the
-        receiving thread waits at most for one chunk (about a millisecond), never for a whole
-        report (with 20,000 scripts, a third of a second). Each group is read whole; a group
-        emptied between two chunks reads as empty, and is left out by the fold."""
+    def _read(
+        self, table: dict[Any, _G], read: Callable[[_G], _R]
+    ) -> tuple[ReqSums, list[tuple[Any, _R]]]:
+        """The totals, and the groups of ``table`` read by ``read`` a chunk at a time under the
+        lock: the receiving thread waits at most for one chunk (about a millisecond), never for
+        a whole report (with 20,000 scripts, a third of a second). Each group is read whole; a
+        group emptied between two chunks reads as empty, and is left out by the fold. (The
+        totals are those of the moment the groups were listed: a report's percent columns may
+        add up to a hair off 100 while requests come and go.)"""
         with self._lock:
             self._window.expire(self.clock())
+            totals = self._reports.totals()
             items = list(table.items())  # (in C: references only)
         reads: list[tuple[Any, _R]] = []
         for i in range(0, len(items), _CHUNK):
             with self._lock:
                 reads.extend([(key, read(g)) for key, g in items[i : i + _CHUNK]])
-        return reads
+        return totals, reads
 
     def _window_records(self) -> tuple[ReqSums, Iterator[Record]]:
         """The totals, and the window's records to read outside the lock (for a report by a
@@ -201,18 +206,13 @@ class Aggregator:
             self._window.expire(self.clock())
             return self._reports.totals(), self._window.snapshot()
 
-    def _totals(self) -> ReqSums:
-        with self._lock:
-            return self._reports.totals()
-
     def request_report(self, keys: Sequence[str], *, top: int | None = None) -> Rows:
         """One row per value of the record fields ``keys`` (pinba_engine's report_by_*); with
         ``top``, only the rows of most time (``total`` says how many the report has)."""
         keys = tuple(keys)
         if set(keys) <= set(FINE):
             idx = [FINE.index(k) for k in keys]
-            fine = self._read(self._live.fine, read_requests)
-            totals = self._totals()
+            totals, fine = self._read(self._live.fine, read_requests)
             reads = [(tuple([key[i] for i in idx]), read) for key, read in fine]
         else:  # another field (doc_size...): from the records
             totals, records = self._window_records()
@@ -226,7 +226,7 @@ class Aggregator:
         counts alone, without the report rows and percentiles of a report by script and status
         (with 10,000 scripts, half the time of ``/api/scripts``)."""
         out: dict[str, dict[str, int]] = {}
-        for (_, _, script, status, _), n in self._read(self._live.fine, _count_of):
+        for (_, _, script, status, _), n in self._read(self._live.fine, _count_of)[1]:
             if n:
                 counts = out.get(script)
                 if counts is None:
@@ -240,8 +240,7 @@ class Aggregator:
         names = tuple(tag_names)
         live = self._live
         if names in live.request_tags:
-            reads = self._read(live.rtags[live.request_tags.index(names)], read_requests)
-            totals = self._totals()
+            totals, reads = self._read(live.rtags[live.request_tags.index(names)], read_requests)
         else:
             totals, records = self._window_records()
             reads = []
@@ -262,7 +261,7 @@ class Aggregator:
         names = tuple(tag_names)
         live = self._live
         if names in live.timer_tags:
-            reads = self._read(live.timers[live.timer_tags.index(names)], read_timers)
+            _, reads = self._read(live.timers[live.timer_tags.index(names)], read_timers)
         else:  # not kept up to date: from the records
             _, records = self._window_records()
             reads = [(k, read_timers(g)) for k, g in scan_timers(names, records).items()]
