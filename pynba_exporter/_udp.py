@@ -314,6 +314,10 @@ class UdpTransport(Transport):
                     _ERRNO_NAMES.get(exc.errno or 0, type(exc).__name__), srv.where, exc
                 )
                 return None
+            except BaseException:  # a signal handler's (a request timeout): the app's to see
+                if sock is not None:
+                    sock.close()  # (not left to the garbage collector)
+                raise
             srv.sock = sock
             return sock
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -410,3 +411,50 @@ def test_only_the_first_send_ever_waits_for_a_slow_name(receiver: UdpReceiver) -
     waiting.join(10)
     assert first == [True]
     assert decode(receiver.packet()).script_name == "/index"
+
+
+class _Timeout(Exception):
+    """What a request-timeout signal handler raises in the app."""
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="no interval timers here")
+def test_a_signal_handler_raising_during_sends_never_leaves_the_transport_stuck() -> None:
+    # A request timeout raised by a signal handler may land anywhere in a send. It must reach
+    # the app and leave the transport usable: a lock left held would hang every later send.
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))  # never read: the kernel drops what does not fit
+    transport = UdpTransport(f"127.0.0.1:{sink.getsockname()[1]}")
+    assert transport.send_packet(b"first")  # its socket made: the sends below only send
+    armed = False
+    raised = 0
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal armed, raised
+        if armed:  # (only inside a send: the handler disarms itself as it raises)
+            armed = False
+            raised += 1
+            raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.00003, 0.00003)
+    try:
+        deadline = time.monotonic() + 3.0
+        while raised < 3000 and time.monotonic() < deadline:
+            try:
+                armed = True
+                transport.send_packet(b"x" * 100)
+                armed = False
+            except _Timeout:  # noqa: PERF203 - the exception is the point
+                pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    try:
+        assert raised > 100, raised  # the handler did interrupt sends
+        free = transport._lock.acquire(timeout=2)
+        assert free, f"the transport's lock was left held ({raised} timeouts raised)"
+        transport._lock.release()
+        assert transport.send_packet(b"after")
+    finally:
+        transport.close()
+        sink.close()
