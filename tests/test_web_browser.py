@@ -28,6 +28,7 @@ from web_helpers import (
     chart,
     drawn_text,
     first_column,
+    follow,
     launch_chromium,
     open_page,
     req,
@@ -236,7 +237,7 @@ def test_hostile_names_render_as_text_and_never_run(browser: Browser, site: Site
         for name in HOSTILE:
             page.goto(site.url + "#/scripts")
             page.locator("#scripts-table tbody tr").nth(len(HOSTILE) - 1).wait_for()
-            page.get_by_role("link", name=name, exact=True).click()
+            follow(page, page.get_by_role("link", name=name, exact=True))
             page.locator("#timers-group tbody tr").wait_for()
             assert page.text_content("#script-name") == name
             assert first_column(page, "timers-group") == [name]
@@ -298,7 +299,7 @@ def test_a_name_that_is_not_utf8_keeps_the_scripts_view_and_opens_its_page(
     }  # fmt: skip
     assert "cannot reach" not in (page.text_content("#updated") or "")
     for name in ("/\\udcff", "/caf\\udce9/\\udced\\udca0\\udc80x"):
-        page.locator("#scripts-table a").filter(has_text=name).click()
+        follow(page, page.locator("#scripts-table a").filter(has_text=name))
         page.wait_for_function(
             "() => document.querySelector('[data-card=\"requests\"] .value')"
             " && location.hash.startsWith('#/script/')"
@@ -394,7 +395,7 @@ def test_screenshot_after_demo_traffic(browser: Browser, tmp_path: Path) -> None
             page.locator("#scripts-table tbody tr").nth(3).wait_for()
             seen.extend(first_column(page, "scripts-table"))
             page.screenshot(path=str(out / "web-scripts.png"), full_page=True)
-            page.get_by_role("link", name="/product/<id>", exact=True).click()
+            follow(page, page.get_by_role("link", name="/product/<id>", exact=True))
             page.locator("#timers-group tbody tr").nth(1).wait_for()
             page.screenshot(path=str(out / "web-script.png"), full_page=True)
         finally:

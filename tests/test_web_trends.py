@@ -27,6 +27,7 @@ from web_helpers import (
     chart,
     drawn_text,
     first_column,
+    follow,
     launch_chromium,
     open_page,
     req,
@@ -193,7 +194,7 @@ def test_timer_groups_compared_with_the_day_before(restarted: Restarted, page: P
     page.locator("#slowest tbody tr").nth(1).wait_for()
     assert first_column(page, "slowest") == ["http::GET", "db::select"]
     assert first_column(page, "changed-time") == ["db::select"]  # per hit: 25 ms, 50 ms before
-    page.locator("#slowest").get_by_role("link", name="db::select", exact=True).click()
+    follow(page, page.locator("#slowest").get_by_role("link", name="db::select", exact=True))
     page.wait_for_function(
         "() => document.getElementById('trend-key')?.textContent === 'timer group db::select'"
     )
@@ -219,7 +220,7 @@ def test_without_a_database_the_view_says_it_shows_the_live_window(site: Site, p
     site.send(*(req("/a", 0.1, timers=db) for _ in range(4)), req("/a", 0.3, 503))
     site.now = T0 + 20
     page.goto(site.url + "#/scripts")
-    page.get_by_role("link", name="/a", exact=True).click()
+    follow(page, page.get_by_role("link", name="/a", exact=True))
     page.click("#script-trends")
     wait_rows(page, RPS, 180)
     source = page.text_content("#trend-source") or ""
@@ -232,7 +233,7 @@ def test_without_a_database_the_view_says_it_shows_the_live_window(site: Site, p
     assert first_column(page, "slowest") == ["/a"]
     # A timer group of the script page opens its own graphs.
     page.go_back()
-    page.locator("#timers-group").get_by_role("link", name="db::select").click()
+    follow(page, page.locator("#timers-group").get_by_role("link", name="db::select"))
     page.wait_for_function(
         "() => document.getElementById('trend-key')?.textContent === 'timer group db::select'"
     )
@@ -257,7 +258,7 @@ def test_names_that_are_not_utf8_keep_the_trends_view(site: Site, page: Page) ->
     for name in names:
         page.goto(site.url + "#/trends")
         page.locator("#slowest tbody tr").nth(2).wait_for()
-        page.locator("#slowest a").filter(has_text=name).click()
+        follow(page, page.locator("#slowest a").filter(has_text=name))
         page.wait_for_function(
             "n => document.getElementById('trend-key')?.textContent === 'script ' + n",
             arg=name,
@@ -288,7 +289,7 @@ def test_hostile_names_in_the_trends_view_render_as_text(browser: Browser, site:
                 page.goto(site.url + f"#/trends?lists={lists}")
                 page.locator("#slowest tbody tr").nth(len(HOSTILE) - 1).wait_for()
                 assert sorted(first_column(page, "slowest")) == sorted(HOSTILE)
-                page.locator("#slowest").get_by_role("link", name=name, exact=True).click()
+                follow(page, page.locator("#slowest").get_by_role("link", name=name, exact=True))
                 kind = "script" if lists == "script" else "timer group"
                 page.wait_for_function(
                     "n => document.getElementById('trend-key')?.textContent === n",

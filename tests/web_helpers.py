@@ -18,7 +18,7 @@ from pynba_exporter.collector import Collector, History, SqliteStore, WebServer
 from pynba_exporter.wire import encode
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Locator, Page
 
 #: A start time on an interval boundary (5 s; and on the hour), so that the test knows which
 #: interval is which.
@@ -180,6 +180,23 @@ class Watch:
             d.dismiss()
 
         page.on("dialog", dialog)
+
+
+def follow(page: Page, link: Locator) -> None:
+    """Click ``link`` and wait until the page has gone elsewhere. The page redraws its tables
+    at every refresh: a redraw between the press of the button and its release loses the
+    click (a person clicks again, and so does this, up to five times)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: PLC0415
+
+    before = page.evaluate("location.hash")
+    for _ in range(5):
+        link.click()
+        try:
+            page.wait_for_function("h => location.hash !== h", arg=before, timeout=3000)
+        except PlaywrightTimeout:
+            continue
+        return
+    raise AssertionError(f"clicking {link} five times never left {before!r}")
 
 
 def open_page(browser: Browser) -> Iterator[Page]:
