@@ -15,6 +15,8 @@
     timer: null,
     updates: 0,
     nav: 0, // bumped on every navigation: an answer for an older page is dropped
+    drawnNav: -1, // the navigation and the answer (as JSON) last drawn
+    drawnText: "",
     sort: { key: "req_time_total", desc: true },
     filter: "",
   };
@@ -496,7 +498,14 @@
     try {
       const data = await view.load();
       if (nav !== state.nav) return; // the user went elsewhere meanwhile
-      view.update(data);
+      // An answer the same as the one drawn is not drawn again: a redraw replaces the elements
+      // under the pointer, and a click pressed before it and released after it would be lost.
+      const text = JSON.stringify(data);
+      if (nav !== state.drawnNav || text !== state.drawnText) {
+        view.update(data);
+        state.drawnNav = nav;
+        state.drawnText = text;
+      }
       state.updates += 1;
       document.body.dataset.updates = String(state.updates);
       status.className = "muted";
