@@ -536,14 +536,11 @@ def encode(request: RequestLike, *, packed: bool = False) -> bytes:
         r = request
         # The names (fields 1-3, 19) and the layout, each found by one lookup (see above).
         names = _PIECES.get((r.hostname, r.server_name, r.script_name, r.schema))
-        tags, timers = r.tags, r.timers
-        # (dict.items of something else than a dict raises TypeError: the careful path)
-        raw_tags: tuple[Any, ...] = tuple(_DICT_ITEMS(tags)) if tags else ()  # type: ignore[arg-type]
-        layout = _LAYOUTS.get((packed, raw_tags, _timers_key(r, timers) if timers else ()))
+        layout = _LAYOUTS.get(_layout_key(r, packed))  # (TypeError for tags not a dict)
         if names is not None and layout is not None and not r.requests:
             if not layout.n:
                 return _packet(r, names, b"", layout.dictionary, layout.request_tags, b"", packed)
-            hits, values, user, system = _columns(timers, layout)
+            hits, values, user, system = _columns(r.timers, layout)
             return _assemble(r, names, layout, hits, values, user, system, packed)
     except Exception:  # anything unusual in the shape or the numbers: the careful path decides
         pass
