@@ -23,7 +23,6 @@ from web_helpers import (
     TIMES,
     WAIT,
     Site,
-    Watch,
     cells,
     chart,
     drawn_text,
@@ -32,6 +31,7 @@ from web_helpers import (
     launch_chromium,
     open_page,
     req,
+    unguarded_page,
 )
 
 from pynba_exporter import PinbaTimer
@@ -237,13 +237,8 @@ def test_hostile_names_render_as_text_and_never_run(browser: Browser, site: Site
             timers=[PinbaTimer({"group": name, "server": other}, 0.001)],
         ))  # fmt: skip
     site.now = T0 + 10
-    # The Content-Security-Policy is switched off: the escaping alone must hold.
-    context = browser.new_context(bypass_csp=True)
-    page = context.new_page()
-    page.set_default_timeout(WAIT)
-    watch = Watch(page)
-    page.add_init_script(
-        "window.__ran = []; window.alert = (m) => window.__ran.push('alert ' + m);"
+    context, page, watch = unguarded_page(browser)
+    page.add_init_script(  # (and a violation of the policy, were it on, is kept too)
         "document.addEventListener('securitypolicyviolation', (e) => window.__ran.push("
         "'csp ' + e.violatedDirective));"
     )

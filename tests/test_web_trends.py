@@ -23,7 +23,6 @@ from web_helpers import (
     WAIT,
     Clock,
     Site,
-    Watch,
     chart,
     drawn_text,
     first_column,
@@ -31,6 +30,7 @@ from web_helpers import (
     launch_chromium,
     open_page,
     req,
+    unguarded_page,
     write_history,
 )
 
@@ -275,14 +275,7 @@ def test_hostile_names_in_the_trends_view_render_as_text(browser: Browser, site:
         timers = [PinbaTimer({"group": name, "server": "db1"}, 0.001)]
         site.send(req(name, 0.01 * (i + 1), timers=timers))
     site.now = T0 + 10
-    # The Content-Security-Policy is switched off: the escaping alone must hold.
-    context = browser.new_context(bypass_csp=True)
-    page = context.new_page()
-    page.set_default_timeout(WAIT)
-    watch = Watch(page)
-    page.add_init_script(
-        "window.__ran = []; window.alert = (m) => window.__ran.push('alert ' + m);"
-    )
+    context, page, watch = unguarded_page(browser)
     try:
         for lists in ("script", "timer:group"):
             for name in HOSTILE:

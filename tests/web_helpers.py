@@ -18,7 +18,7 @@ from pynba_exporter.collector import Collector, History, SqliteStore, WebServer
 from pynba_exporter.wire import encode
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Locator, Page
+    from playwright.sync_api import Browser, BrowserContext, Locator, Page
 
 #: A start time on an interval boundary (5 s; and on the hour), so that the test knows which
 #: interval is which.
@@ -180,6 +180,19 @@ class Watch:
             d.dismiss()
 
         page.on("dialog", dialog)
+
+
+def unguarded_page(browser: Browser) -> tuple[BrowserContext, Page, Watch]:
+    """A page with the Content-Security-Policy switched off, so that the escaping alone must
+    hold: any ``alert`` the page runs is kept in ``window.__ran``; close the context after."""
+    context = browser.new_context(bypass_csp=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    watch = Watch(page)
+    page.add_init_script(
+        "window.__ran = []; window.alert = (m) => window.__ran.push('alert ' + m);"
+    )
+    return context, page, watch
 
 
 def follow(page: Page, link: Locator) -> None:
