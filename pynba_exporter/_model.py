@@ -76,6 +76,7 @@ class PinbaRequest:
     requests: Sequence[PinbaRequest] = ()
     #: A record's timers have no fixed identity to find their layout by (see ``encode``).
     timer_shape: ClassVar[None] = None
+    timer_columns: ClassVar[None] = None
 
     def __post_init__(self) -> None:
         if type(self.timers) is not tuple:

@@ -41,7 +41,7 @@ from pynba_exporter._tags import expand_tags, safe_text
 from pynba_exporter._transport import Transport
 from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.naming import OVERFLOW, script_names, server_names
-from pynba_exporter.wire import MAX_TIMER_SECONDS, PinbaEncodeError, usec
+from pynba_exporter.wire import MAX_TIMER_SECONDS, PinbaEncodeError, timer_seconds, usec
 
 # What the API adapters (the classic API in ``pynba``, the OpenTelemetry bridge) build on; the
 # probes and tag rules are re-exported so that they need nothing private.
@@ -70,6 +70,9 @@ _perf_counter = time.perf_counter
 _thread_time = time.thread_time
 _thread_ident = threading.get_ident
 _getrusage = resource.getrusage
+_nextafter = math.nextafter
+_INF: Final = math.inf
+_UINT32_MAX: Final = 0xFFFFFFFF
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,6 +204,10 @@ def _intern(tags: Mapping[Any, Any]) -> TimerSpec:
     return _SPECS.put(key, TimerSpec(dict(tags)))  # a copy: the caller may change its dict
 
 
+# A line's tags until it is sealed (shared, never changed: an empty dict per line costs).
+_UNSEALED: Final[dict[str, Any]] = {}
+
+
 class TimerLine:
     """One timer line of a request: what the uses of one spec add up to. Once sealed it has the
     attributes of a PinbaTimer, so the encoder takes it as it is.
@@ -215,7 +222,7 @@ class TimerLine:
 
     def __init__(self, spec: TimerSpec) -> None:
         self.spec = spec
-        self.tags: dict[str, Any] = {}  # the spec's text, when sealed
+        self.tags: dict[str, Any] = _UNSEALED  # the spec's text, when sealed
         self.usec = 0.0  # a whole number
         #: Seconds, once sealed: the float whose whole microseconds are exactly ``usec``.
         self.value = 0.0
@@ -266,6 +273,7 @@ class RequestSpan:
         "serving",
         "status",
         "tags",
+        "timer_columns",
         "timer_rusage",
         "timer_shape",
         "timers",
@@ -310,6 +318,8 @@ class RequestSpan:
         #: Once sealed: the timers' specs, when every tag set is fixed; the encoder finds the
         #: layout of the packet by them (see wire._encode).
         self.timer_shape: tuple[TimerSpec, ...] | None = None
+        #: Once sealed: the timers' numbers as the packet carries them (see wire.encode).
+        self.timer_columns: tuple[list[int], list[float], list[float], list[float]] | None = None
         #: The first thousand timer objects made in this request (``pynba.timers``).
         self.handles: list[Any] = []
         # None: the process's CPU (ScriptMonitor), else the thread's, read where it started.
@@ -376,7 +386,7 @@ class RequestSpan:
         now = _perf_counter()
         line = self.lines.get(spec)
         if line is None or not line.starts:
-            return 0.0
+            return 0.0  # never begun, or the request finished (and closed it)
         if start is None:
             start = line.starts.pop()
         else:
@@ -384,15 +394,16 @@ class RequestSpan:
                 line.starts.remove(start)
             except ValueError:  # closed already (the request finished)
                 return now - start[0]
-        value = now - start[0]
+        value = now - start[0]  # (>= 0: perf_counter never goes back)
         if self.finished:  # (a use begun after the request finished counts for nothing)
             return value
         if start[1] >= 0.0:
             cpu = _thread_time() - start[1]
             if cpu > 0.0:  # (negative: stopped on another thread than it started on)
                 line.cpu += cpu
-        # As add() does, without looking the line up again (this runs for every timer use).
-        line.usec += value * 1e6 // 1.0 if 0.0 <= value < MAX_TIMER_SECONDS else _usec(value)
+        # As add() does, without its checks: a perf_counter interval is a float, not negative,
+        # and far below MAX_TIMER_SECONDS.
+        line.usec += value * 1e6 // 1.0
         line.hit_count += 1
         return value
 
@@ -446,33 +457,55 @@ class RequestSpan:
             return self
         timers = []
         shape: list[TimerSpec] | None = []
+        # The numbers as the packet carries them, worked out here where each line is at hand
+        # (the encoder would read every line again): hits, then the whole microseconds of the
+        # time, user and system CPU as seconds (timer_seconds).
+        hits: list[int] = []
+        values: list[float] = []
+        users: list[float] = []
+        systems: list[float] = []
         total = self.ru_utime + self.ru_stime
         user_share = self.ru_utime / total if total > 0.0 else 1.0
         for spec, line in self.lines.items():
             if line.hit_count <= 0:
-                continue
-            if spec.text is not None:
-                line.tags = spec.text
-            else:
-                line.tags = spec.expanded()  # a callable value, called now
+                continue  # never closed
+            tags = spec.text
+            if tags is None:
+                tags = spec.expanded()  # a callable value, called now
                 shape = None  # no fixed tag set
-            if not line.tags:
+            if not tags:
                 continue  # a timer needs a tag: nothing to send
+            line.tags = tags
             if shape is not None:
                 shape.append(spec)
-            # The seconds that the encoder turns back into exactly these microseconds (us / 1e6
-            # is a hair low for about 2% of values, and the encoder truncates).
             us = line.usec
-            value = us / 1e6
-            line.value = value if value * 1e6 >= us else math.nextafter(value, math.inf)
-            if line.cpu > 0.0:
+            cpu = line.cpu
+            if cpu > 0.0:
                 # Timers read only the thread's precise CPU clock; the split is the request's.
-                line.ru_utime += line.cpu * user_share
-                line.ru_stime += line.cpu * (1.0 - user_share)
+                line.ru_utime += cpu * user_share
+                line.ru_stime += cpu * (1.0 - user_share)
                 line.cpu = 0.0
+            u = line.ru_utime * 1e6 // 1.0
+            s = line.ru_stime * 1e6 // 1.0
+            if us < 1e6 and 0.0 <= u < 1e6 and 0.0 <= s < 1e6:  # (below a second: exact)
+                value = us / 1e6
+                values.append(value)
+                users.append(u / 1e6)
+                systems.append(s / 1e6)
+            else:
+                value = timer_seconds(us)
+                values.append(value)
+                users.append(timer_seconds(u))
+                systems.append(timer_seconds(s))
+            # The seconds that give back exactly these microseconds (us / 1e6 is a hair low
+            # for about 2% of values), for whoever reads the line.
+            line.value = value if value * 1e6 >= us else _nextafter(value, _INF)
+            hits.append(line.hit_count if line.hit_count <= _UINT32_MAX else _UINT32_MAX)
             timers.append(line)
         self.timers = timers
-        self.timer_shape = tuple(shape) if shape else None
+        if shape:
+            self.timer_shape = tuple(shape)
+            self.timer_columns = (hits, values, users, systems)
         return self
 
 

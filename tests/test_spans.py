@@ -277,6 +277,34 @@ def test_a_sealed_line_holds_seconds_that_encode_back_to_its_microseconds(us: in
     assert int(line.value * 1e6) == us
 
 
+@pytest.mark.parametrize(
+    ("us", "cpu"),
+    [(0, 0.0), (1, 0.0000015), (999_999, 0.25), (1_000_000, 3.9), (3_899_999, 1e12),
+     (4_294_967_295_000_000, float("nan")), (2**52, -1.0)],
+)  # fmt: skip
+def test_the_numbers_worked_out_when_sealed_make_the_packet_the_timers_make(
+    us: int, cpu: float
+) -> None:
+    # The seal works out the timers' numbers as the packet carries them (timer_columns); the
+    # encoder otherwise reads them from each timer. Both ways give the same bytes.
+    span = RequestSpan("h", "s", "/p", timer_rusage=False)
+    span.add(timer_spec({"t": "x"}), 0.0, 3, ru_utime=cpu, ru_stime=cpu / 3)
+    span.add(timer_spec({"t": "y", "n": 1}), 0.5)
+    span.lines[timer_spec({"t": "x"})].usec = us
+    span.seal()
+    assert span.timer_columns is not None
+    record = PinbaRequest(
+        span.hostname, span.server_name, span.script_name,
+        request_time=span.request_time, ru_utime=span.ru_utime, ru_stime=span.ru_stime,
+        memory_peak=span.memory_peak, memory_footprint=span.memory_footprint,
+        timers=[PinbaTimer(t.tags, t.value, t.hit_count, t.ru_utime, t.ru_stime)
+                for t in span.timers],
+    )  # fmt: skip
+    for packed in (False, True):
+        assert encode(span, packed=packed) == encode(record, packed=packed)
+        assert encode(span, packed=packed) == encode(record, packed=packed)  # layout cached
+
+
 def test_an_empty_hostname_is_the_machines_and_an_empty_tag_name_is_left_out(
     pynba_log: Any,
 ) -> None:

@@ -540,7 +540,10 @@ def encode(request: RequestLike, *, packed: bool = False) -> bytes:
         if names is not None and layout is not None and not r.requests:
             if not layout.n:
                 return _packet(r, names, b"", layout.dictionary, layout.request_tags, b"", packed)
-            hits, values, user, system = _columns(r.timers, layout)
+            # The numbers: as the span model worked them out when it sealed the request (its
+            # lines are one per tag set: nothing to merge), else read from the timers.
+            columns = getattr(r, "timer_columns", None) if layout.plan is None else None
+            hits, values, user, system = columns or _columns(r.timers, layout)
             return _assemble(r, names, layout, hits, values, user, system, packed)
     except Exception:  # anything unusual in the shape or the numbers: the careful path decides
         pass
