@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import Token
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar, overload
 
 from pynba_exporter import Address, MemoryTransport, Transport, UdpTransport, config
 from pynba_exporter.log import errors, from_signal_handler
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 _Token: TypeAlias = "Token[RequestSpan | None]"
+_R = TypeVar("_R", bound=RequestSpan)
 
 
 def host_without_port(host: str) -> str:
@@ -104,11 +105,25 @@ class Serving:
                 outer.tags.setdefault(name, value)
         return outer
 
+    @overload
     def open(
         self, server_name: str, script_name: str, schema: str = "", host: str | None = None
+    ) -> tuple[RequestSpan, _Token]: ...
+    @overload
+    def open(
+        self, server_name: str, script_name: str, schema: str, host: str | None, kind: type[_R]
+    ) -> tuple[_R, _Token]: ...
+    def open(
+        self,
+        server_name: str,
+        script_name: str,
+        schema: str = "",
+        host: str | None = None,
+        kind: type[RequestSpan] = RequestSpan,
     ) -> tuple[RequestSpan, _Token]:
-        """A new request, current in this context until :meth:`close`."""
-        request = RequestSpan(
+        """A new request (a ``kind``: the span, or an entry point's subclass of it), current in
+        this context until :meth:`close`."""
+        request = kind(
             host or self.host,
             server_name,
             script_name,

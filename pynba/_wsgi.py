@@ -160,111 +160,107 @@ class PynbaMiddleware:
                     option_value(self.script_name, environ) or _path(environ),
                     option_value(self.schema, environ) or environ.get("wsgi.url_scheme") or "",
                     option_value(self.hostname, environ),
+                    _WsgiRequest,
                 )
-            else:  # the common case: no option to ask
+            else:  # the common case: no option to ask (_server_name and _path, inline)
+                host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "unknown"
+                path = environ.get("PATH_INFO") or ""
                 request, token = serving.open(
-                    _server_name(environ), _path(environ), environ.get("wsgi.url_scheme") or ""
+                    host if ":" not in host else host_without_port(str(host)),
+                    path if type(path) is str and path.isascii() else _path(environ),
+                    environ.get("wsgi.url_scheme") or "",
+                    None,
+                    _WsgiRequest,
                 )
+            request.token = token
+            request.owner = serving
+            request.respond = start_response
+            request.environ = environ
         except Exception as exc:  # our bug: the app still runs, unmonitored
             serving.failed("open", exc)
             return self.app(environ, start_response)
-        exchange = _Exchange(request, token, serving, start_response, environ)
         try:
-            result = self.app(environ, exchange)
+            result = self.app(environ, request)
         except BaseException:
             # Whatever it is (a timeout raised by a signal handler included), the app's
             # exception goes on unchanged; the request is reported first.
             request.status = 500
-            exchange.end(0)
+            request.served(0)
             raise
         request.serving = False
         if type(result) is list or type(result) is tuple:
             body = _ListBody(result)  # (no __init__ of ours: the list is made in C)
-            body.exchange = exchange
+            body.request = request
             return body
-        return _other_body(result, environ, exchange)
+        return _other_body(result, environ, request)
 
 
-class _Exchange:
-    """One request between the server and the app: the app's ``start_response`` (the status
-    is the request's), then the request's end, once."""
+class _WsgiRequest(RequestSpan):
+    """A request as the middleware serves it: the app's ``start_response`` (the status is the
+    request's), then the request's end, once (one object per request, not two)."""
 
-    __slots__ = ("environ", "request", "serving", "start_response", "token")
-
-    def __init__(
-        self,
-        request: RequestSpan,
-        token: _Token,
-        serving: Serving,
-        start_response: StartResponse,
-        environ: dict[str, Any],
-    ) -> None:
-        self.request = request
-        self.token: _Token | None = token
-        self.serving = serving
-        self.start_response = start_response
-        self.environ = environ
+    __slots__ = ("environ", "owner", "respond", "token")
+    environ: dict[str, Any]
+    owner: Serving
+    respond: StartResponse
+    #: The context to give back when the request ends; None once it has ended.
+    token: _Token | None
 
     def __call__(self, status: str, headers: Any, *exc_info: Any) -> Any:
         try:
-            self.request.status = int(status[:3])
+            self.status = int(status[:3])
         except (TypeError, ValueError):  # not a status line: the server will say so
-            self.request.status = 0
-        return self.start_response(status, headers, *exc_info)
+            self.status = 0
+        return self.respond(status, headers, *exc_info)
 
-    def end(self, size: int) -> None:
+    def served(self, size: int) -> None:
         """The request is over, ``size`` bytes served: report it (once)."""
         token, self.token = self.token, None
         if token is not None:
-            request = self.request
-            if request.status in NO_ROUTE_STATUSES:
+            if self.status in NO_ROUTE_STATUSES:
                 # An answer that says no route matched (rare): if the request is still named
                 # by its raw path, that names a scanner's or a typo's URL, never what ran.
-                unmatched(request, self.environ, _path(self.environ))
-            self.serving.close(request, token, size)
+                unmatched(self, self.environ, _path(self.environ))
+            self.owner.close(self, token, size)
 
 
-def _other_body(result: Any, environ: dict[str, Any], exchange: _Exchange) -> Iterable[bytes]:
+def _other_body(result: Any, environ: dict[str, Any], request: _WsgiRequest) -> Iterable[bytes]:
     """The response for an answer other than a list or tuple."""
     if not hasattr(result, "__iter__"):  # not a response (None...): the server will say so
-        exchange.end(0)
+        request.served(0)
         return result  # type: ignore[no-any-return]
     served: Iterable[bytes] = result
     wrapper = environ.get("wsgi.file_wrapper")
-    if (
-        isinstance(wrapper, type)
-        and isinstance(result, wrapper)
-        and _end_in_close(result, exchange)
-    ):
+    if isinstance(wrapper, type) and isinstance(result, wrapper) and _end_in_close(result, request):
         return served  # the server's own object, so that it can still sendfile() it
     if hasattr(result, "__len__"):
-        return _SizedStreamBody(result, exchange)
-    return _StreamBody(result, exchange)
+        return _SizedStreamBody(result, request)
+    return _StreamBody(result, request)
 
 
 class _ListBody(list[bytes]):
     """A list or tuple answer (most apps'): a list, so that the server iterates it and takes
     its ``len()`` in C; measured when closed, its only Python call is ``close()``."""
 
-    __slots__ = ("exchange",)
-    exchange: _Exchange
+    __slots__ = ("request",)
+    request: _WsgiRequest
 
     def close(self) -> None:
         try:
             size = sum(map(len, self))
         except TypeError:  # not bytes: the server will complain, not us
             size = 0
-        self.exchange.end(size)
+        self.request.served(size)
 
 
 class _StreamBody:
     """Any other iterable answer: counted chunk by chunk, closed with the app's ``close()``."""
 
-    __slots__ = ("_exchange", "_iter", "_result", "_size")
+    __slots__ = ("_iter", "_request", "_result", "_size")
 
-    def __init__(self, result: Iterable[bytes], exchange: _Exchange) -> None:
+    def __init__(self, result: Iterable[bytes], request: _WsgiRequest) -> None:
         self._result = result
-        self._exchange = exchange
+        self._request = request
         self._iter: Iterator[bytes] | None = None
         self._size = 0
 
@@ -279,7 +275,7 @@ class _StreamBody:
         except StopIteration:
             raise
         except BaseException:
-            self._exchange.request.status = 500  # the body failed: so did the request
+            self._request.status = 500  # the body failed: so did the request
             raise
         # (not contextlib.suppress: a context manager per chunk costs more than the rest here)
         try:  # noqa: SIM105
@@ -289,14 +285,14 @@ class _StreamBody:
         return chunk
 
     def close(self) -> None:
-        if self._exchange.token is None:
+        if self._request.token is None:
             return  # closed already
         try:
             close = getattr(self._result, "close", None)
             if close is not None:
                 close()
         finally:
-            self._exchange.end(self._size)
+            self._request.served(self._size)
 
 
 class _SizedStreamBody(_StreamBody):
@@ -319,7 +315,7 @@ def _file_size(wrapper: Any) -> int:
     return max(size, 0)
 
 
-def _end_in_close(result: Any, exchange: _Exchange) -> bool:
+def _end_in_close(result: Any, request: _WsgiRequest) -> bool:
     """Make the server's ``wsgi.file_wrapper`` object end the request in its ``close()``.
     False if the object does not let its ``close`` be replaced."""
     size = _file_size(result)
@@ -335,7 +331,7 @@ def _end_in_close(result: Any, exchange: _Exchange) -> bool:
             if original is not None:
                 original()
         finally:
-            exchange.end(size)
+            request.served(size)
 
     try:
         result.close = close
