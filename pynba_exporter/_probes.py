@@ -57,10 +57,8 @@ def cpu_delta(a: CpuSample, b: CpuSample) -> tuple[float, float]:
         return 0.0, 0.0
     user = b[1] - a[1]
     system = b[2] - a[2]
-    if user <= 0.0 and system <= 0.0:
-        return total, 0.0  # no tick seen: Python's own CPU is user time
     if system <= 0.0:
-        return total, 0.0
+        return total, 0.0  # (no tick seen at all: Python's own CPU is user time)
     if user <= 0.0:
         return 0.0, total
     u = total * user / (user + system)

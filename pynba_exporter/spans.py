@@ -41,7 +41,7 @@ from pynba_exporter._tags import expand_tags, safe_text
 from pynba_exporter._transport import Transport
 from pynba_exporter.log import errors, from_signal_handler
 from pynba_exporter.naming import OVERFLOW, script_names, server_names
-from pynba_exporter.wire import MAX_TIMER_SECONDS, PinbaEncodeError, timer_seconds, usec
+from pynba_exporter.wire import MAX_TIMER_SECONDS, PinbaEncodeError, usec
 
 # What the API adapters (the classic API in ``pynba``, the OpenTelemetry bridge) build on; the
 # probes and tag rules are re-exported so that they need nothing private.
@@ -458,12 +458,15 @@ class RequestSpan:
         timers = []
         shape: list[TimerSpec] | None = []
         # The numbers as the packet carries them, worked out here where each line is at hand
-        # (the encoder would read every line again): hits, then the whole microseconds of the
-        # time, user and system CPU as seconds (timer_seconds).
+        # (the encoder would read every line again), when every one is in the common range:
+        # hits of 1 to 2**32-1, and times below a second, which the packet carries as their
+        # whole microseconds / 1e6. Anything else (a second or more, NaN, a negative CPU...):
+        # the encoder reads the lines and converts each value as the reference client does.
         hits: list[int] = []
         values: list[float] = []
         users: list[float] = []
         systems: list[float] = []
+        common = True
         total = self.ru_utime + self.ru_stime
         user_share = self.ru_utime / total if total > 0.0 else 1.0
         for spec, line in self.lines.items():
@@ -478,34 +481,35 @@ class RequestSpan:
             line.tags = tags
             if shape is not None:
                 shape.append(spec)
-            us = line.usec
             cpu = line.cpu
             if cpu > 0.0:
                 # Timers read only the thread's precise CPU clock; the split is the request's.
                 line.ru_utime += cpu * user_share
                 line.ru_stime += cpu * (1.0 - user_share)
                 line.cpu = 0.0
-            u = line.ru_utime * 1e6 // 1.0
-            s = line.ru_stime * 1e6 // 1.0
-            if us < 1e6 and 0.0 <= u < 1e6 and 0.0 <= s < 1e6:  # (below a second: exact)
-                value = us / 1e6
-                values.append(value)
-                users.append(u / 1e6)
-                systems.append(s / 1e6)
-            else:
-                value = timer_seconds(us)
-                values.append(value)
-                users.append(timer_seconds(u))
-                systems.append(timer_seconds(s))
             # The seconds that give back exactly these microseconds (us / 1e6 is a hair low
-            # for about 2% of values), for whoever reads the line.
+            # for about 2% of values, and the encoder truncates).
+            us = line.usec
+            value = us / 1e6
             line.value = value if value * 1e6 >= us else _nextafter(value, _INF)
-            hits.append(line.hit_count if line.hit_count <= _UINT32_MAX else _UINT32_MAX)
             timers.append(line)
+            if common:
+                h = line.hit_count
+                try:
+                    u = line.ru_utime * 1e6 // 1.0
+                    s = line.ru_stime * 1e6 // 1.0
+                    common = 0 < h <= _UINT32_MAX and us < 1e6 and 0.0 <= u < 1e6 and 0.0 <= s < 1e6
+                except TypeError:  # not numbers: the encoder says what is wrong
+                    common = False
+                if common:
+                    hits.append(h)
+                    values.append(value)
+                    users.append(u / 1e6)
+                    systems.append(s / 1e6)
         self.timers = timers
         if shape:
             self.timer_shape = tuple(shape)
-            self.timer_columns = (hits, values, users, systems)
+            self.timer_columns = (hits, values, users, systems) if common else None
         return self
 
 

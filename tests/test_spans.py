@@ -278,21 +278,25 @@ def test_a_sealed_line_holds_seconds_that_encode_back_to_its_microseconds(us: in
 
 
 @pytest.mark.parametrize(
-    ("us", "cpu"),
-    [(0, 0.0), (1, 0.0000015), (999_999, 0.25), (1_000_000, 3.9), (3_899_999, 1e12),
-     (4_294_967_295_000_000, float("nan")), (2**52, -1.0)],
+    ("us", "cpu", "hits"),
+    [(0, 0.0, 3), (1, 0.0000015, 127), (999_999, 0.25, 128), (1_000_000, 3.9, 3),
+     (3_899_999, 1e12, 2**32 - 1), (4_294_967_295_000_000, float("nan"), 2**32 + 3),
+     (2**52, -1.0, 3), (5, float("inf"), 3), (5, 0.1, float("nan")), (5, 0.1, 3.0),
+     (5, 0.1, 1e300)],
 )  # fmt: skip
 def test_the_numbers_worked_out_when_sealed_make_the_packet_the_timers_make(
-    us: int, cpu: float
+    us: int, cpu: float, hits: int
 ) -> None:
-    # The seal works out the timers' numbers as the packet carries them (timer_columns); the
-    # encoder otherwise reads them from each timer. Both ways give the same bytes.
+    # The seal works out the timers' numbers as the packet carries them (timer_columns) when
+    # they are in the common range; the encoder otherwise reads them from each timer. Both
+    # ways give the same bytes, the first packet of a layout (the careful path) and the next.
     span = RequestSpan("h", "s", "/p", timer_rusage=False)
-    span.add(timer_spec({"t": "x"}), 0.0, 3, ru_utime=cpu, ru_stime=cpu / 3)
+    span.add(timer_spec({"t": "x"}), 0.0, hits, ru_utime=cpu, ru_stime=cpu / 3)
     span.add(timer_spec({"t": "y", "n": 1}), 0.5)
     span.lines[timer_spec({"t": "x"})].usec = us
     span.seal()
-    assert span.timer_columns is not None
+    common = us < 1e6 and 0 <= cpu < 1 and 0 < hits < 2**32
+    assert (span.timer_columns is not None) == common
     record = PinbaRequest(
         span.hostname, span.server_name, span.script_name,
         request_time=span.request_time, ru_utime=span.ru_utime, ru_stime=span.ru_stime,

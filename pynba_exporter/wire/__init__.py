@@ -51,7 +51,7 @@ from pynba_exporter.wire._errors import (
 )
 from pynba_exporter.wire._fit import FOLDED_TIMER_TAGS, MIN_PACKET_SIZE, TRUNCATED_TAG, Fitted, fit
 from pynba_exporter.wire._pure import Packet
-from pynba_exporter.wire._text import MAX_TIMER_SECONDS, php_text, timer_seconds, usec
+from pynba_exporter.wire._text import MAX_TIMER_SECONDS, php_text, usec
 
 __all__ = [
     "DECODE_ERROR_KINDS",
@@ -70,6 +70,5 @@ __all__ = [
     "fit",
     "parse",
     "php_text",
-    "timer_seconds",
     "usec",
 ]

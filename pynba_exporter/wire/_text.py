@@ -182,17 +182,3 @@ def usec(value: object, where: str) -> int:
     -> 3,899,999 us. pynba follows the function every PHP app's timers go through; see
     docs/wire.md.)"""
     return int(min(seconds(value, where), MAX_TIMER_SECONDS) * 1000000.0)
-
-
-_MAX_TIMER_USEC: Final = MAX_TIMER_SECONDS * 1000000.0
-
-
-def timer_seconds(us: float) -> float:
-    """Whole microseconds of a timer (an int, or a float holding one) -> the seconds a packet
-    carries for them: the reference client's ``timeval_to_float()``, whole seconds and the
-    fraction apart (exactly ``us / 1e6`` below a second). Negative and NaN are 0, and the
-    time is capped at MAX_TIMER_SECONDS, as :func:`usec` does."""
-    if not us > 0.0:
-        return 0.0
-    us = min(us, _MAX_TIMER_USEC)
-    return us // 1000000 + (us % 1000000) / 1000000.0
