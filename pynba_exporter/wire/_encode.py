@@ -153,6 +153,7 @@ class _Layout:
     __slots__ = (
         "cpu_args",
         "cpu_struct",
+        "cpu_zero",
         "dictionary",
         "n",
         "plan",
@@ -168,6 +169,7 @@ class _Layout:
         self.plan = plan  # merged slot of each timer; None when no two timers merge
         self.cpu_struct: struct.Struct | None = None  # fields 22 and 23 unpacked, in one go
         self.cpu_args: list[Any] = []
+        self.cpu_zero = b""  # fields 22 and 23 when every value is 0
         self.timer_struct: struct.Struct | None = None  # fields 10 and 11 unpacked, in one go
         self.timer_args: list[Any] = []
 
@@ -341,6 +343,11 @@ def _cpu_fields(layout: _Layout, ru_utime: list[float], ru_stime: list[float]) -
     if st is None:
         st = layout.cpu_struct = struct.Struct("<" + "BBf" * (2 * n))
         layout.cpu_args = [0xB5, 0x01, 0.0] * n + [0xBD, 0x01, 0.0] * n
+        layout.cpu_zero = st.pack(*layout.cpu_args)
+    if not any(ru_utime) and not any(ru_stime):
+        # No CPU measured (timers with timer_rusage off, the default of OTel child spans):
+        # the fields as they always are then, without packing each zero again.
+        return layout.cpu_zero
     args = layout.cpu_args.copy()
     args[2 : 3 * n : 3] = ru_utime
     args[3 * n + 2 :: 3] = ru_stime
