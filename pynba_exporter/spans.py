@@ -495,7 +495,7 @@ class RequestSpan:
             timers.append(line)
             if common:
                 h = line.hit_count
-                try:
+                try:  # (// 1.0: int()'s truncation without a call, as encode's _columns)
                     u = line.ru_utime * 1e6 // 1.0
                     s = line.ru_stime * 1e6 // 1.0
                     common = 0 < h <= _UINT32_MAX and us < 1e6 and 0.0 <= u < 1e6 and 0.0 <= s < 1e6
