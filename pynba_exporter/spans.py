@@ -495,17 +495,24 @@ class RequestSpan:
             timers.append(line)
             if common:
                 h = line.hit_count
-                try:  # (// 1.0: int()'s truncation without a call, as encode's _columns)
-                    u = line.ru_utime * 1e6 // 1.0
-                    s = line.ru_stime * 1e6 // 1.0
-                    common = 0 < h <= _UINT32_MAX and us < 1e6 and 0.0 <= u < 1e6 and 0.0 <= s < 1e6
-                except TypeError:  # not numbers: the encoder says what is wrong
+                u = line.ru_utime
+                s = line.ru_stime
+                if not (0 < h <= _UINT32_MAX and us < 1e6):
                     common = False
+                elif u or s:  # (no CPU, the common case of timers without their own: as is)
+                    try:  # (// 1.0: int()'s truncation without a call, as encode's _columns)
+                        u = u * 1e6 // 1.0
+                        s = s * 1e6 // 1.0
+                        common = 0.0 <= u < 1e6 and 0.0 <= s < 1e6
+                    except TypeError:  # not numbers: the encoder says what is wrong
+                        common = False
+                    u /= 1e6
+                    s /= 1e6
                 if common:
                     hits.append(h)
                     values.append(value)
-                    users.append(u / 1e6)
-                    systems.append(s / 1e6)
+                    users.append(u)
+                    systems.append(s)
         self.timers = timers
         if shape:
             self.timer_shape = tuple(shape)
