@@ -499,15 +499,19 @@ class RequestSpan:
                 s = line.ru_stime
                 if not (0 < h <= _UINT32_MAX and us < 1e6):
                     common = False
-                elif u or s:  # (no CPU, the common case of timers without their own: as is)
-                    try:  # (// 1.0: int()'s truncation without a call, as encode's _columns)
-                        u = u * 1e6 // 1.0
-                        s = s * 1e6 // 1.0
+                elif u or s:
+                    try:  # (// 1.0: int()'s truncation without a call; + 0.0 makes -0.0 a 0.0)
+                        u = (u * 1e6 + 0.0) // 1.0
+                        s = (s * 1e6 + 0.0) // 1.0
                         common = 0.0 <= u < 1e6 and 0.0 <= s < 1e6
+                        u /= 1e6
+                        s /= 1e6
                     except TypeError:  # not numbers: the encoder says what is wrong
                         common = False
-                    u /= 1e6
-                    s /= 1e6
+                elif type(u) is float and type(s) is float:
+                    u = s = 0.0  # no CPU (timers without their own): nothing to convert
+                else:
+                    common = False  # 0j, None, a Decimal 0...: the encoder says what they are
                 if common:
                     hits.append(h)
                     values.append(value)

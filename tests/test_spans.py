@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
 
 from pynba_exporter import (
     MemoryTransport,
+    PinbaEncodeError,
     PinbaRequest,
     PinbaTimer,
     Transport,
@@ -307,6 +310,39 @@ def test_the_numbers_worked_out_when_sealed_make_the_packet_the_timers_make(
     for packed in (False, True):
         assert encode(span, packed=packed) == encode(record, packed=packed)
         assert encode(span, packed=packed) == encode(record, packed=packed)  # layout cached
+
+
+@pytest.mark.parametrize(
+    "odd", [-0.0, 0j, None, "0.5", 0, Fraction(1, 3000), Decimal("0.0005"), Decimal(0)]
+)
+@pytest.mark.parametrize("other_cpu", [0.0, 0.25])
+def test_odd_timer_cpu_values_go_out_as_the_encoder_makes_them_first_packet_or_next(
+    odd: object, other_cpu: float
+) -> None:
+    # What the seal does not recognise as a plain CPU time it leaves to the encoder: sent as
+    # the encoder converts it from a record, or refused alike, on every packet.
+    span = RequestSpan("h", "s", "/p", timer_rusage=False)
+    span.add(timer_spec({"t": "odd"}), 0.001)
+    span.add(timer_spec({"t": "other"}), 0.002, 1, other_cpu)
+    span.lines[timer_spec({"t": "odd"})].ru_utime = odd  # type: ignore[assignment]
+    span.seal()  # never raises for them
+    record = PinbaRequest(
+        "h", "s", "/p", request_time=span.request_time, ru_utime=span.ru_utime,
+        ru_stime=span.ru_stime, memory_peak=span.memory_peak,
+        memory_footprint=span.memory_footprint,
+        timers=[PinbaTimer(t.tags, t.value, t.hit_count, t.ru_utime, t.ru_stime)
+                for t in span.timers],
+    )  # fmt: skip
+
+    def outcome(request: Any, packed: bool) -> object:
+        try:
+            return encode(request, packed=packed)
+        except PinbaEncodeError as exc:
+            return exc.field
+
+    for packed in (False, True):
+        for _ in range(2):  # the first packet of a layout, then with the layout cached
+            assert outcome(span, packed) == outcome(record, packed)
 
 
 def test_an_empty_hostname_is_the_machines_and_an_empty_tag_name_is_left_out(
