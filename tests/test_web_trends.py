@@ -269,6 +269,32 @@ def test_names_that_are_not_utf8_keep_the_trends_view(site: Site, page: Page) ->
         assert "cannot reach" not in (page.text_content("#updated") or "")
 
 
+def test_a_drag_cut_short_by_leaving_the_view_leaves_the_next_graphs_drawn(
+    site: Site, page: Page
+) -> None:
+    # A drag whose graph is taken away under it (the view changed meanwhile: a click that
+    # straddled a redraw pressed on a graph, then the page went elsewhere) never gets its
+    # pointerup. The graphs of the next view are drawn all the same, and so is a new answer.
+    site.now = T0 + 1
+    site.send(req("/ok", 0.1), req("/b", 0.2))
+    site.now = T0 + 10
+    page.goto(site.url + "#/trends")
+    page.locator(RPS + '[data-requests="2"]').wait_for(state="attached")
+    box = page.locator("#trend-charts svg").first.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.evaluate("location.hash = '#/trends?by=script&key=%2Fok'")
+    page.wait_for_function(
+        "() => document.getElementById('trend-key')?.textContent === 'script /ok'"
+    )
+    page.locator(RPS + '[data-requests="1"]').wait_for(state="attached")
+    page.mouse.up()
+    site.now = T0 + 11
+    site.send(req("/ok", 0.1))  # in the next 5 s interval: a second point of one request
+    page.locator(RPS + '[data-requests="1"]').nth(1).wait_for(state="attached")
+
+
 def test_hostile_names_in_the_trends_view_render_as_text(browser: Browser, site: Site) -> None:
     site.now = T0 + 1
     for i, name in enumerate(HOSTILE):

@@ -501,8 +501,9 @@
       // An answer the same as the one drawn is not drawn again: a redraw replaces the elements
       // under the pointer, and a click pressed before it and released after it would be lost.
       const text = JSON.stringify(data);
-      if (nav !== state.drawnNav || text !== state.drawnText) {
-        view.update(data);
+      // (A view may decline to draw, false: the Trends view while a graph is being dragged;
+      // the same answer is drawn at the next refresh then.)
+      if ((nav !== state.drawnNav || text !== state.drawnText) && view.update(data) !== false) {
         state.drawnNav = nav;
         state.drawnText = text;
       }

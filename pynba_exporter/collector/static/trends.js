@@ -146,7 +146,11 @@ window.pynbaTrends = (h) => {
       chart.setPointerCapture(e.pointerId);
       e.preventDefault();
     });
-    chart.addEventListener("pointercancel", () => { start = null; dragging = false; attrs(band, { width: 0 }); });
+    // A drag ends without its pointerup when the graph is taken away under it (the user went
+    // to another view meanwhile): the lost capture ends it, or the views would wait for good.
+    const cancel = () => { start = null; dragging = false; attrs(band, { width: 0 }); };
+    chart.addEventListener("pointercancel", cancel);
+    chart.addEventListener("lostpointercapture", () => { if (start !== null) cancel(); });
     chart.addEventListener("pointermove", (e) => {
       if (start === null) return;
       const x = at(e);
@@ -243,6 +247,7 @@ window.pynbaTrends = (h) => {
         .then(([series, changes]) => ({ series, changes }));
     },
     mount(root, arg) {
+      dragging = false; // a drag on the graphs of the view left ends with them
       const t = (this.t = parse(arg));
       const go = (changes) => { location.hash = address(Object.assign({}, t, changes)); };
       const button = (label, id, on, pressed) => {
@@ -280,7 +285,7 @@ window.pynbaTrends = (h) => {
       this.go({ from: Math.round(middle - half), to: Math.round(Math.min(middle + half, d.now)) });
     },
     update(d) {
-      if (dragging) return; // the next update draws it
+      if (dragging) return false; // not drawn: the next refresh draws it
       const s = d.series, box = document.getElementById("trend-charts");
       if (s.error || d.changes.error) {
         box.replaceChildren(el("p", { class: "error" }, s.error || d.changes.error));
